@@ -1,0 +1,27 @@
+"""System checks for the monitor's settings."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.core.checks import Error, Tags, register
+from django.core.exceptions import ImproperlyConfigured
+
+from . import conf
+
+
+@register(Tags.compatibility)
+def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Error]:
+    """Report settings of the wrong type, so a typo fails at start-up, not at the first purge."""
+    errors = []
+    for setting in conf.EXPIRES_SETTINGS:
+        try:
+            conf.to_expires(*setting.raw())
+        except ImproperlyConfigured as exc:
+            errors.append(Error(str(exc), id="celery_monitor.E001"))
+    for setting in conf.SIZE_SETTINGS:
+        try:
+            conf.to_positive_int(*setting.raw())
+        except ImproperlyConfigured as exc:
+            errors.append(Error(str(exc), id="celery_monitor.E002"))
+    return errors

@@ -1,0 +1,149 @@
+"""Every setting of the monitor, in one place.
+
+Each setting is looked up when it is read, so ``override_settings`` and late configuration
+just work. A setting is found, in this order, in Django's settings under its ``CELERY_``
+name (``CELERY_MONITOR_TASK_SUCCESS_EXPIRES``), then in the Celery configuration
+(``monitor_task_success_expires``), then under the name django_celery_monitor 1.1.2 read
+(``monitors_expire_success``), and only then falls back to its default. A value the user set,
+``None`` included, always wins over the default.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from celery import Celery, current_app
+from django.conf import settings as django_settings
+from django.core.exceptions import ImproperlyConfigured
+
+_MISSING = object()
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One setting: its documented name, the names it was known by, and its default."""
+
+    name: str
+    default: Any
+    legacy: tuple[str, ...] = ()
+    description: str = ""
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return (self.name, *self.legacy)
+
+    def django_name(self, name: str) -> str:
+        return f"CELERY_{name.upper()}"
+
+    def raw(self, app: Celery | None = None) -> tuple[str, Any]:
+        """Return ``(where, value)`` of the first place that sets this, or the default."""
+        app = app or current_app
+        for name in self.names:
+            django_name = self.django_name(name)
+            if django_settings.configured and hasattr(django_settings, django_name):
+                return django_name, getattr(django_settings, django_name)
+            if name in app.conf:
+                return name, app.conf[name]
+        return self.name, self.default
+
+
+def to_expires(where: str, value: Any) -> timedelta | None:
+    """Turn an expiry setting (a timedelta, seconds, or None for never) into a timedelta."""
+    if value is None or isinstance(value, timedelta):
+        return value
+    if isinstance(value, int | float) and not isinstance(value, bool) and value >= 0:
+        return timedelta(seconds=value)
+    raise ImproperlyConfigured(
+        f"{where} must be a datetime.timedelta, a number of seconds (>= 0) or None "
+        f"(never expire), not {value!r}."
+    )
+
+
+def to_positive_int(where: str, value: Any) -> int:
+    """Check that a size setting is a positive integer."""
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return value
+    raise ImproperlyConfigured(f"{where} must be a positive integer, not {value!r}.")
+
+
+TASK_SUCCESS_EXPIRES = Setting(
+    "monitor_task_success_expires",
+    timedelta(days=1),
+    legacy=("monitors_expire_success",),
+    description="How long to keep tasks that succeeded.",
+)
+TASK_ERROR_EXPIRES = Setting(
+    "monitor_task_error_expires",
+    timedelta(days=3),
+    legacy=("monitors_expire_error",),
+    description="How long to keep tasks that failed, were retried or revoked.",
+)
+TASK_PENDING_EXPIRES = Setting(
+    "monitor_task_pending_expires",
+    timedelta(days=5),
+    legacy=("monitors_expire_pending",),
+    description="How long to keep tasks that never finished.",
+)
+WRITE_BATCH_SIZE = Setting(
+    "monitor_write_batch_size",
+    500,
+    description="How many task rows one statement of the camera's write reads or writes.",
+)
+PURGE_BATCH_SIZE = Setting(
+    "monitor_purge_batch_size",
+    5000,
+    description="How many rows one short transaction of the expiry hides or deletes.",
+)
+MAX_TEXT_LENGTH = Setting(
+    "monitor_max_text_length",
+    65536,
+    description="Longer args, kwargs, results and tracebacks are cut, with a marker.",
+)
+
+EXPIRES_SETTINGS = (TASK_SUCCESS_EXPIRES, TASK_ERROR_EXPIRES, TASK_PENDING_EXPIRES)
+SIZE_SETTINGS = (WRITE_BATCH_SIZE, PURGE_BATCH_SIZE, MAX_TEXT_LENGTH)
+
+
+class MonitorSettings:
+    """Typed access to the settings; each property reads the configuration when used.
+
+    Pass a Celery app to read its configuration; otherwise the current app is used.
+    """
+
+    def __init__(self, app: Celery | None = None) -> None:
+        self.app = app
+
+    def _expires(self, setting: Setting) -> timedelta | None:
+        return to_expires(*setting.raw(self.app))
+
+    def _size(self, setting: Setting) -> int:
+        return to_positive_int(*setting.raw(self.app))
+
+    @property
+    def task_success_expires(self) -> timedelta | None:
+        return self._expires(TASK_SUCCESS_EXPIRES)
+
+    @property
+    def task_error_expires(self) -> timedelta | None:
+        return self._expires(TASK_ERROR_EXPIRES)
+
+    @property
+    def task_pending_expires(self) -> timedelta | None:
+        return self._expires(TASK_PENDING_EXPIRES)
+
+    @property
+    def write_batch_size(self) -> int:
+        return self._size(WRITE_BATCH_SIZE)
+
+    @property
+    def purge_batch_size(self) -> int:
+        return self._size(PURGE_BATCH_SIZE)
+
+    @property
+    def max_text_length(self) -> int:
+        return self._size(MAX_TEXT_LENGTH)
+
+
+monitor_settings = MonitorSettings()

@@ -1,0 +1,343 @@
+"""The model managers: the querysets of 1.1.2, and the batch writer the camera uses."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from datetime import timedelta
+from typing import Any
+
+from celery import states
+from celery.utils.time import maybe_timedelta
+from django.db import IntegrityError, models, router, transaction
+from django.db.models.functions import Now
+from django.utils import timezone
+
+from .conf import monitor_settings
+
+#: The fields Celery takes from task-received whatever the order of the events
+#: (``celery.events.state.Task.merge_rules``): a late event fills them in but never
+#: changes the state.
+MERGE_FIELDS = ("name", "args", "kwargs", "parent_id", "root_id", "retries", "eta", "expires")
+#: Timestamps of single events: a late event fills them in when they are still empty.
+FILL_FIELDS = ("received", "started", "worker_id")
+#: How often the batch writer starts over when another writer inserted the same row first.
+WRITE_ATTEMPTS = 3
+
+
+def incoming_state_wins(current: str | None, incoming: str) -> bool:
+    """Tell whether a task in state ``incoming`` replaces the recorded state ``current``.
+
+    Celery's own rules: the state of higher precedence wins, RETRY always moves on (a
+    retried task is received and started again), and equal states take the later event.
+    On top of them, a finished task never goes back to an unfinished state.
+    """
+    if current is None:
+        return True
+    if current in states.READY_STATES and incoming not in states.READY_STATES:
+        return False
+    if states.RETRY in (current, incoming):
+        return True
+    return states.precedence(incoming) <= states.precedence(current)
+
+
+def merge_task_values(current: Mapping[str, Any] | None, incoming: Mapping[str, Any]) -> dict:
+    """Return the fields of a task row that ``incoming`` changes.
+
+    ``current`` is the recorded row (None when there is none); ``incoming`` the values a
+    snapshot saw. A value of None never blanks one recorded before.
+    """
+    if current is None:
+        return {key: value for key, value in incoming.items() if value is not None}
+    if incoming_state_wins(current.get("state"), incoming["state"]):
+        fields: Iterable[str] = incoming.keys()
+    else:
+        fields = (*MERGE_FIELDS, *(f for f in FILL_FIELDS if current.get(f) is None))
+    changes = {}
+    for key in fields:
+        value = incoming.get(key)
+        if value is not None and current.get(key) != value:
+            changes[key] = value
+    return changes
+
+
+def _chunks(items: list, size: int) -> Iterable[list]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+class ExtendedQuerySet(models.QuerySet):
+    """A custom model queryset that implements a few helpful methods."""
+
+    def select_for_update_or_create(
+        self, defaults: Mapping[str, Any] | None = None, **kwargs: Any
+    ) -> tuple[models.Model, bool]:
+        """Extend update_or_create with select_for_update.
+
+        Look up an object with the given kwargs, updating one with defaults if it exists,
+        otherwise create a new one. Return a tuple ``(object, created)``, where created is
+        a boolean specifying whether an object was created. The row stays locked until the
+        surrounding transaction ends.
+        """
+        defaults = dict(defaults or {})
+        db = router.db_for_write(self.model)
+        with transaction.atomic(using=db):
+            try:
+                obj = self.using(db).select_for_update().get(**kwargs)
+            except self.model.DoesNotExist:
+                params = {**kwargs, **{k: v() if callable(v) else v for k, v in defaults.items()}}
+                try:
+                    with transaction.atomic(using=db):
+                        return self.using(db).create(**params), True
+                except IntegrityError:
+                    obj = self.using(db).select_for_update().get(**kwargs)
+            for key, value in defaults.items():
+                setattr(obj, key, value() if callable(value) else value)
+            obj.save(using=db)
+        return obj, False
+
+
+class WorkerStateQuerySet(ExtendedQuerySet):
+    """A custom model queryset for the WorkerState model with some helpers."""
+
+    def update_heartbeat(self, hostname: str, heartbeat: Any, update_freq: float) -> Any:
+        """Record a heartbeat of ``hostname``, at most once every ``update_freq`` seconds.
+
+        Returns the worker's row. A heartbeat older than the recorded one is ignored.
+        """
+        recent = self.filter(
+            hostname=hostname, last_update__gte=Now() - timedelta(seconds=update_freq)
+        ).first()
+        if recent is not None:
+            return recent
+        db = router.db_for_write(self.model)
+        with transaction.atomic(using=db):
+            obj, _ = self.select_for_update_or_create(hostname=hostname)
+            if heartbeat is not None and (
+                obj.last_heartbeat is None or heartbeat > obj.last_heartbeat
+            ):
+                obj.last_heartbeat = heartbeat
+                obj.offline = False
+            obj.save(using=db)
+        return obj
+
+    def merge_rows(self, rows: Mapping[str, Mapping[str, Any]]) -> dict[str, int]:
+        """Write worker rows (hostname -> field values) and return hostname -> primary key.
+
+        Must run inside a transaction. A hostname mapped to an empty dict is only created
+        when missing (a task names a worker the camera has no heartbeat of). A heartbeat
+        never goes back in time.
+        """
+        if not rows:
+            return {}
+        hostnames = sorted(rows)
+        now = timezone.now()
+        existing = {
+            w.hostname: w
+            for chunk in _chunks(hostnames, monitor_settings.write_batch_size)
+            for w in self.select_for_update().filter(hostname__in=chunk).order_by("hostname")
+        }
+        missing = [h for h in hostnames if h not in existing]
+        if missing:
+            self.bulk_create(
+                [self.model(hostname=h, last_update=now, **rows[h]) for h in missing],
+                ignore_conflicts=True,
+            )
+            existing.update(
+                (w.hostname, w)
+                for w in self.select_for_update().filter(hostname__in=missing).order_by("hostname")
+            )
+        changed, fields = [], {"last_update"}
+        for hostname in hostnames:
+            worker, values = existing[hostname], dict(rows[hostname])
+            if hostname in missing or not values:
+                continue
+            heartbeat = values.get("last_heartbeat")
+            recorded = worker.last_heartbeat
+            if heartbeat is not None and recorded is not None and heartbeat < recorded:
+                values.pop("last_heartbeat")
+                values.pop("offline", None)
+            updated = {
+                k: v for k, v in values.items() if v is not None and getattr(worker, k) != v
+            }
+            if updated:
+                for key, value in updated.items():
+                    setattr(worker, key, value)
+                worker.last_update = now
+                fields.update(updated)
+                changed.append(worker)
+        if changed:
+            self.bulk_update(changed, sorted(fields), batch_size=monitor_settings.write_batch_size)
+        return {hostname: worker.pk for hostname, worker in existing.items()}
+
+
+class TaskStateQuerySet(ExtendedQuerySet):
+    """A custom model queryset for the TaskState model with some helpers."""
+
+    def active(self) -> TaskStateQuerySet:
+        """Return all active task states (not hidden by the expiry)."""
+        return self.filter(hidden=False)
+
+    def expired(self, states: Iterable[str], expires: Any) -> TaskStateQuerySet:
+        """Return the task states in ``states`` older than ``expires`` (a timedelta or seconds)."""
+        return self.filter(
+            state__in=list(states), tstamp__lte=timezone.now() - maybe_timedelta(expires)
+        )
+
+    def expire_by_states(self, states: Iterable[str], expires: Any) -> int | None:
+        """Hide the tasks with one of the given states older than ``expires``.
+
+        Returns how many rows were hidden, or None when ``expires`` is None (never expire).
+        Rows are hidden in short transactions of at most ``monitor_purge_batch_size`` rows,
+        so a large expiry never holds a long lock.
+        """
+        if expires is None:
+            return None
+        batch = monitor_settings.purge_batch_size
+        expired = self.expired(states, expires).filter(hidden=False).order_by()
+        total = 0
+        while True:
+            ids = list(expired.values_list("pk", flat=True)[:batch])
+            if not ids:
+                return total
+            total += self.filter(pk__in=ids).update(hidden=True)
+            if len(ids) < batch:
+                return total
+
+    def purge(self) -> int:
+        """Purge all expired (hidden) task states, in batches. Returns how many were deleted."""
+        batch = monitor_settings.purge_batch_size
+        db = router.db_for_write(self.model)
+        hidden = self.using(db).filter(hidden=True).order_by()
+        total = 0
+        while True:
+            ids = list(hidden.values_list("pk", flat=True)[:batch])
+            if not ids:
+                return total
+            with transaction.atomic(using=db):
+                deleted, _ = self.using(db).filter(pk__in=ids).delete()
+            total += deleted
+            if len(ids) < batch:
+                return total
+
+    def update_state(self, state: str, task_id: str, defaults: Mapping[str, Any]) -> Any:
+        """Create or update one task row, following Celery's state precedence.
+
+        Returns the row. A late event (say, task-received after task-succeeded) only fills
+        in the fields Celery takes from task-received and never changes the state.
+        """
+        incoming = {**defaults, "state": state}
+        if "worker" in incoming:
+            worker = incoming.pop("worker")
+            incoming["worker_id"] = getattr(worker, "pk", worker)
+        db = router.db_for_write(self.model)
+        with transaction.atomic(using=db):
+            obj = self.using(db).select_for_update().filter(task_id=task_id).first()
+            if obj is None:
+                try:
+                    with transaction.atomic(using=db):
+                        return self.using(db).create(task_id=task_id, **_with_defaults(incoming))
+                except IntegrityError:
+                    obj = self.using(db).select_for_update().get(task_id=task_id)
+            changes = merge_task_values(_task_values(obj), incoming)
+            if changes:
+                for key, value in changes.items():
+                    setattr(obj, key, value)
+                obj.save(using=db, update_fields=list(changes))
+            return obj
+
+    def merge_rows(self, rows: Mapping[str, Mapping[str, Any]]) -> int:
+        """Write a batch of task rows (task id -> field values) and return how many changed.
+
+        Must run inside a transaction. Reads the recorded rows of the batch with one query
+        per ``monitor_write_batch_size`` ids (locked, in id order, so concurrent writers
+        never deadlock), then inserts the new rows and updates the changed ones in bulk.
+        Raises IntegrityError when another writer inserted one of the new rows first:
+        run it again and the row is merged.
+        """
+        if not rows:
+            return 0
+        batch = monitor_settings.write_batch_size
+        task_ids = sorted(rows)
+        existing: dict[str, Any] = {}
+        for chunk in _chunks(task_ids, batch):
+            for obj in self.select_for_update().filter(task_id__in=chunk).order_by("task_id"):
+                existing[obj.task_id] = obj
+        new, changed, fields = [], [], set()
+        for task_id in task_ids:
+            obj = existing.get(task_id)
+            if obj is None:
+                new.append(self.model(task_id=task_id, **_with_defaults(rows[task_id])))
+                continue
+            changes = merge_task_values(_task_values(obj), rows[task_id])
+            if changes:
+                for key, value in changes.items():
+                    setattr(obj, key, value)
+                fields.update(changes)
+                changed.append(obj)
+        if new:
+            self.bulk_create(new, batch_size=batch)
+        if changed:
+            self.bulk_update(changed, sorted(fields), batch_size=batch)
+        return len(new) + len(changed)
+
+
+TASK_FIELDS = (
+    "state", "name", "tstamp", "args", "kwargs", "eta", "expires", "result", "traceback",
+    "runtime", "retries", "worker_id", "received", "started", "exception", "parent_id",
+    "root_id",
+)  # fmt: skip
+
+
+def _task_values(obj: Any) -> dict[str, Any]:
+    return {field: getattr(obj, field) for field in TASK_FIELDS}
+
+
+def _with_defaults(values: Mapping[str, Any]) -> dict[str, Any]:
+    row = {key: value for key, value in values.items() if value is not None}
+    row.setdefault("retries", 0)
+    row.setdefault("tstamp", timezone.now())
+    return row
+
+
+def write_snapshot(
+    workers: Mapping[str, Mapping[str, Any]],
+    tasks: Mapping[str, Mapping[str, Any]],
+    using: str | None = None,
+) -> tuple[dict[str, int], int]:
+    """Write one snapshot: worker rows, then task rows, in one transaction.
+
+    ``workers`` maps hostnames to WorkerState field values; ``tasks`` maps task ids to
+    TaskState field values, with the worker given by hostname under ``"worker"``. Returns
+    ``(hostname -> worker primary key, number of task rows written)``. Retries when a
+    concurrent writer created one of the rows first; any other error propagates, and
+    nothing of the snapshot is written.
+    """
+    from .models import TaskState, WorkerState
+
+    db = using or router.db_for_write(TaskState)
+    worker_rows = {hostname: dict(values) for hostname, values in workers.items()}
+    for values in tasks.values():
+        hostname = values.get("worker")
+        if hostname and hostname not in worker_rows:
+            worker_rows[hostname] = {}
+    for attempt in range(WRITE_ATTEMPTS):
+        try:
+            with transaction.atomic(using=db):
+                worker_ids = WorkerState.objects.using(db).merge_rows(worker_rows)
+                task_rows = {
+                    task_id: _with_worker_id(values, worker_ids)
+                    for task_id, values in tasks.items()
+                }
+                written = TaskState.objects.using(db).merge_rows(task_rows)
+            return worker_ids, written
+        except IntegrityError:
+            if attempt == WRITE_ATTEMPTS - 1:
+                raise
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _with_worker_id(values: Mapping[str, Any], worker_ids: Mapping[str, int]) -> dict:
+    row = dict(values)
+    hostname = row.pop("worker", None)
+    row["worker_id"] = worker_ids.get(hostname) if hostname else None
+    return row

@@ -1,0 +1,124 @@
+"""Make the untrusted values of Celery events fit the database columns.
+
+Events come from any process that can publish to the broker: a value may be of the wrong
+type, carry NUL bytes (PostgreSQL refuses them) or lone surrogates (no encoding accepts
+them), be megabytes long, or be a timestamp from the year 50000. Each function here returns
+something every supported database stores, or ``None``, and never raises.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from celery.utils.time import maybe_iso8601
+
+from .utils import correct_awareness, fromtimestamp
+
+#: The largest POSIX timestamp every database and Python datetime can hold (9999-12-31).
+MAX_TIMESTAMP = 253402300799.0
+#: Integers stored in 32-bit columns.
+MAX_INT = 2**31 - 1
+
+
+def _to_str(value: Any) -> str:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return value if isinstance(value, str) else str(value)
+
+
+def clean_text(value: Any, max_length: int | None = None) -> str | None:
+    """Return ``value`` as valid unicode without NUL characters, cut to ``max_length``.
+
+    A cut value ends with a marker that says how many characters were dropped.
+    """
+    if value is None:
+        return None
+    try:
+        text = _to_str(value)
+    except Exception:  # a repr that raises: store that it could not be shown
+        return "<unprintable value>"
+    if "\x00" in text:
+        text = text.replace("\x00", "\\x00")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = text.encode("utf-8", "replace").decode("utf-8")
+    if max_length is not None and len(text) > max_length:
+        marker = f"... [{len(text) - max_length} more characters cut]"
+        while len(marker) >= max_length and max_length > 0:
+            marker = marker[: max_length // 2]
+        keep = max_length - len(marker)
+        text = text[:keep] + marker
+    return text
+
+
+def clean_id(value: Any, max_length: int = 255) -> str | None:
+    """Return a task id or hostname that fits ``max_length`` and stays unique.
+
+    An id too long for the column keeps its start and ends with a hash of the whole id,
+    so two long ids never share a row.
+    """
+    text = clean_text(value)
+    if text is None or len(text) <= max_length:
+        return text
+    digest = hashlib.sha1(text.encode("utf-8"), usedforsecurity=False).hexdigest()
+    return f"{text[: max_length - len(digest) - 1]}~{digest}"
+
+
+def clean_number(value: Any) -> float | None:
+    """Return a finite float, or None."""
+    if isinstance(value, bool) or value is None:
+        return None
+    try:
+        number = float(value) if isinstance(value, int | float | Decimal | str) else None
+    except (TypeError, ValueError, OverflowError):
+        return None
+    if number is None or not math.isfinite(number):
+        return None
+    return number
+
+
+def clean_int(value: Any, default: int | None = None) -> int | None:
+    """Return an integer that fits a 32-bit column, or ``default``."""
+    number = clean_number(value)
+    if number is None or abs(number) > MAX_INT:
+        return default
+    return int(number)
+
+
+def clean_timestamp(value: Any) -> datetime | None:
+    """Return the datetime of a POSIX timestamp, or None when it is missing or absurd."""
+    number = clean_number(value)
+    if number is None or not 0 < number <= MAX_TIMESTAMP:
+        return None
+    try:
+        return fromtimestamp(number)
+    except (OverflowError, OSError, ValueError):
+        return None
+
+
+def clean_datetime(value: Any) -> datetime | None:
+    """Return an ISO 8601 string or datetime as a datetime fit for the database, or None."""
+    if value is None or value == "":
+        return None
+    if not isinstance(value, datetime):
+        try:
+            value = maybe_iso8601(_to_str(value))
+        except (TypeError, ValueError, OverflowError):
+            return None
+    try:
+        return correct_awareness(value)
+    except (OverflowError, ValueError):
+        return None
+
+
+def clean_loadavg(value: Any) -> list[float] | None:
+    """Return up to three finite load averages, or None."""
+    if not isinstance(value, list | tuple):
+        return None
+    numbers = [clean_number(v) for v in value[:3]]
+    return [round(n, 2) for n in numbers if n is not None] or None
