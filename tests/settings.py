@@ -71,4 +71,4 @@ else:
 STATIC_URL = "/static/"
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
-CELERY_BROKER_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/15")
+CELERY_BROKER_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6390/15")

@@ -25,7 +25,6 @@ from .utils import fromtimestamp
 
 #: Seconds between two heartbeat writes of one worker.
 WORKER_UPDATE_FREQ = 5
-SUCCESS_STATES = frozenset([states.SUCCESS])
 #: The timestamps Celery's State keeps per task; any of them changing means a new event.
 EVENT_TIMESTAMPS = (
     "sent", "received", "started", "succeeded", "failed", "retried", "revoked", "rejected",
@@ -98,11 +97,7 @@ class Camera(Polaroid):
     @property
     def expire_task_states(self) -> tuple[tuple[frozenset[str], Any], ...]:
         """Return a twople of Celery task states and expiration timedeltas."""
-        return (
-            (SUCCESS_STATES, self.settings.task_success_expires),
-            (states.EXCEPTION_STATES, self.settings.task_error_expires),
-            (states.UNREADY_STATES, self.settings.task_pending_expires),
-        )
+        return self.settings.expire_task_states
 
     # -- seeing what changed ---------------------------------------------------------------
 
@@ -174,6 +169,10 @@ class Camera(Polaroid):
             "active": clean_int(getattr(worker, "active", None)),
             "loadavg": clean_loadavg(getattr(worker, "loadavg", None)),
         }
+        if row["sw_ident"] is None:
+            # Only worker events carry these; a worker known from task events alone has
+            # Celery's default period, not its own.
+            row["freq"] = None
         event = self._last_worker_event.get(worker.hostname)
         if event == "offline":
             row["offline"] = True
@@ -213,7 +212,12 @@ class Camera(Polaroid):
         from .managers import merge_task_values
 
         now = time.monotonic()
-        for hostname, worker in list(state.workers.items()):
+        workers = dict(state.workers.items())
+        # Celery's State forgets a worker that says goodbye when it was not in the state.
+        for hostname, event in self._last_worker_event.items():
+            if event == "offline" and hostname not in workers:
+                workers[hostname] = state.Worker(hostname)
+        for hostname, worker in workers.items():
             key = clean_id(hostname)
             if not key:
                 continue

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from celery import Celery, current_app
+from celery import Celery, current_app, states
 from django.conf import settings as django_settings
 from django.core.exceptions import ImproperlyConfigured
 
@@ -144,6 +144,15 @@ class MonitorSettings:
     @property
     def max_text_length(self) -> int:
         return self._size(MAX_TEXT_LENGTH)
+
+    @property
+    def expire_task_states(self) -> tuple[tuple[frozenset[str], timedelta | None], ...]:
+        """The state groups of the expiry, each with how long its tasks are kept."""
+        return (
+            (frozenset([states.SUCCESS]), self.task_success_expires),
+            (states.EXCEPTION_STATES, self.task_error_expires),
+            (states.UNREADY_STATES, self.task_pending_expires),
+        )
 
 
 monitor_settings = MonitorSettings()

@@ -1,0 +1,95 @@
+"""Run the camera: record the cluster's tasks and workers in the database."""
+
+from __future__ import annotations
+
+import logging
+import signal
+from typing import Any
+
+from celery import current_app
+from celery.utils.imports import symbol_by_name
+from django.core.management.base import BaseCommand, CommandError
+
+from ...runner import MonitorRunner
+
+
+class Command(BaseCommand):
+    help = (
+        "Record Celery tasks and workers from the event stream in the database. "
+        "Reconnects when the broker goes away; SIGTERM or Ctrl-C writes a last snapshot "
+        "and exits."
+    )
+
+    def add_arguments(self, parser: Any) -> None:
+        parser.add_argument(
+            "-A",
+            "--app",
+            help="The Celery app (module:attribute); default: the project's current app.",
+        )
+        parser.add_argument(
+            "-F",
+            "--frequency",
+            type=float,
+            default=2.0,
+            help="Seconds between two snapshots (default: 2).",
+        )
+        parser.add_argument(
+            "-r", "--maxrate", help='At most this many snapshots, as a rate such as "10/m".'
+        )
+        parser.add_argument(
+            "--cleanup-frequency",
+            type=float,
+            default=3600.0,
+            help="Seconds between two expiries and purges of old tasks (default: 3600).",
+        )
+        parser.add_argument(
+            "--enable-events",
+            type=float,
+            default=None,
+            metavar="SECONDS",
+            help="Every SECONDS, ask all workers to send task events (for workers not "
+            "started with -E).",
+        )
+        parser.add_argument(
+            "--queue-name",
+            help="Name of this camera's event queue; give each camera its own. "
+            "Default: celery_monitor.<hostname>.",
+        )
+        parser.add_argument(
+            "--max-tasks-in-memory",
+            type=int,
+            default=100_000,
+            help="How many unfinished tasks the camera keeps track of (default: 100000).",
+        )
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        if options["frequency"] <= 0 or options["cleanup_frequency"] <= 0:
+            raise CommandError("--frequency and --cleanup-frequency must be positive.")
+        try:
+            app = symbol_by_name(options["app"]) if options["app"] else current_app
+        except (ImportError, AttributeError, ValueError) as exc:
+            raise CommandError(f"Cannot load the Celery app {options['app']!r}: {exc}") from exc
+        if options["verbosity"] > 1:
+            logging.getLogger("django_celery_monitor").setLevel(logging.DEBUG)
+        runner = MonitorRunner(
+            app,
+            freq=options["frequency"],
+            maxrate=options["maxrate"],
+            cleanup_freq=options["cleanup_frequency"],
+            enable_events_every=options["enable_events"],
+            queue_name=options["queue_name"],
+            max_tasks_in_memory=options["max_tasks_in_memory"],
+        )
+
+        def stop(signum: int, frame: Any) -> None:
+            self.stdout.write(f"Got signal {signal.Signals(signum).name}; stopping...")
+            runner.stop()
+
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+        self.stdout.write(
+            f"Recording events from {app.connection_for_read().as_uri()} "
+            f"every {options['frequency']} s (queue {runner.queue_name}). Ctrl-C to stop."
+        )
+        runner.run()
+        self.stdout.write("Stopped.")

@@ -1,0 +1,131 @@
+"""Run the event receiver and the camera until told to stop, reconnecting to the broker."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from typing import Any
+
+from celery import Celery
+from celery.utils.log import get_logger
+from django.db import connections
+
+from .camera import Camera
+
+logger = get_logger(__name__)
+
+#: Seconds to wait before reconnecting: doubles after each failure, up to the maximum.
+BACKOFF_START = 1.0
+BACKOFF_MAX = 30.0
+
+
+def default_queue_name() -> str:
+    """A receiver queue name fixed for this host, so a restart reuses its queue."""
+    return f"celery_monitor.{socket.gethostname()}"
+
+
+class MonitorRunner:
+    """Consume the event stream into a State and let the camera write it to the database.
+
+    The camera takes a shot every ``freq`` seconds and cleans up every ``cleanup_freq``
+    seconds. When the broker connection is lost the runner reconnects, waiting longer after
+    each failure; the camera keeps writing what it already has in the meantime. ``stop()``
+    (from a signal handler or another thread) ends ``run()``, which takes a last shot.
+    """
+
+    def __init__(
+        self,
+        app: Celery,
+        freq: float = 2.0,
+        maxrate: str | None = None,
+        cleanup_freq: float = 3600.0,
+        enable_events_every: float | None = None,
+        queue_name: str | None = None,
+        max_tasks_in_memory: int = 100_000,
+        camera_class: type[Camera] = Camera,
+    ) -> None:
+        self.app = app
+        self.enable_events_every = enable_events_every
+        self.queue_name = queue_name or default_queue_name()
+        self.state = app.events.State(max_tasks_in_memory=max_tasks_in_memory)
+        self.camera = camera_class(
+            self.state, freq=freq, maxrate=maxrate, cleanup_freq=cleanup_freq, app=app
+        )
+        self.reconnects = 0
+        self.connected = threading.Event()
+        self._stopping = threading.Event()
+        self._receiver: Any = None
+
+    def stop(self) -> None:
+        """Ask ``run()`` to return; it does within about a second."""
+        self._stopping.set()
+        if self._receiver is not None:
+            self._receiver.should_stop = True
+
+    def enable_events(self) -> None:
+        """Ask every worker to send task events (they do not by default)."""
+        try:
+            self.app.control.enable_events()
+        except Exception:  # the broker is down: the receiver loop reports it
+            logger.debug("Could not broadcast enable_events.", exc_info=True)
+
+    def run(self) -> None:
+        """Capture events until ``stop()``; then take a last shot and return."""
+        self.camera.install()
+        if self.enable_events_every:
+            self.camera.timer.call_repeatedly(self.enable_events_every, self.enable_events)
+        backoff = BACKOFF_START
+        try:
+            while not self._stopping.is_set():
+                try:
+                    self._capture()
+                    backoff = BACKOFF_START
+                except Exception as exc:
+                    if self._stopping.is_set():
+                        break
+                    self.connected.clear()
+                    self.reconnects += 1
+                    logger.warning(
+                        "Lost the broker connection (%s: %s); reconnecting in %.0f s.",
+                        type(exc).__name__,
+                        exc,
+                        backoff,
+                    )
+                    self._stopping.wait(backoff)
+                    backoff = min(backoff * 2, BACKOFF_MAX)
+        finally:
+            self.camera.cancel()
+            self._close_timer_connections()
+            self.camera.timer.stop()
+            connections.close_all()
+            logger.info("Stopped; the last snapshot is written.")
+
+    def _close_timer_connections(self) -> None:
+        """Close the database connections the camera opened in its timer thread."""
+        done = threading.Event()
+
+        def close() -> None:
+            try:
+                connections.close_all()
+            finally:
+                done.set()
+
+        self.camera.timer.call_after(0, close)
+        done.wait(10)
+
+    def _capture(self) -> None:
+        with self.app.connection_for_read() as connection:
+            connection.ensure_connection(max_retries=1)
+            receiver = self.app.events.Receiver(
+                connection,
+                handlers={"*": self.state.event},
+                node_id=self.queue_name,
+            )
+            self._receiver = receiver
+            if self._stopping.is_set():
+                return
+            logger.info("Connected to %s; capturing events.", connection.as_uri())
+            self.connected.set()
+            if self.enable_events_every:
+                self.enable_events()
+            receiver.capture(limit=None, timeout=None, wakeup=True)
