@@ -265,7 +265,7 @@ class Camera(Polaroid):
             )
             self._close_broken_connection()
             return 0
-        except DatabaseError:
+        except (DatabaseError, ValueError, TypeError):
             logger.exception("The database refused a batch; writing it row by row.")
             written = self._flush_one_by_one()
         self.pending_tasks.clear()
@@ -281,12 +281,12 @@ class Camera(Polaroid):
         for hostname, values in self.pending_workers.items():
             try:
                 write_snapshot({hostname: values}, {})
-            except DatabaseError:
+            except (DatabaseError, ValueError, TypeError):
                 logger.exception("Dropping worker %r the database refuses: %r", hostname, values)
         for task_id, values in self.pending_tasks.items():
             try:
                 written += write_snapshot({}, {task_id: values})[1]
-            except DatabaseError:
+            except (DatabaseError, ValueError, TypeError):
                 logger.exception("Dropping task %r the database refuses: %r", task_id, values)
         return written
 
@@ -294,7 +294,8 @@ class Camera(Polaroid):
         from django.db import connections
 
         for connection in connections.all(initialized_only=True):
-            connection.close_if_unusable_or_obsolete()
+            if not connection.in_atomic_block:
+                connection.close_if_unusable_or_obsolete()
 
     # -- Polaroid hooks ----------------------------------------------------------------------
 

@@ -62,6 +62,13 @@ class MonitorRunner:
         if self._receiver is not None:
             self._receiver.should_stop = True
 
+    def on_event(self, event: dict) -> None:
+        """Hand an event to the state; an event the state cannot take is logged and dropped."""
+        try:
+            self.state.event(event)
+        except Exception:
+            logger.warning("Dropped an event Celery's state refuses: %r", event, exc_info=True)
+
     def enable_events(self) -> None:
         """Ask every worker to send task events (they do not by default)."""
         try:
@@ -118,14 +125,21 @@ class MonitorRunner:
             connection.ensure_connection(max_retries=1)
             receiver = self.app.events.Receiver(
                 connection,
-                handlers={"*": self.state.event},
+                handlers={"*": self.on_event},
                 node_id=self.queue_name,
             )
             self._receiver = receiver
             if self._stopping.is_set():
                 return
-            logger.info("Connected to %s; capturing events.", connection.as_uri())
-            self.connected.set()
-            if self.enable_events_every:
-                self.enable_events()
+            consume_ready = receiver.on_consume_ready
+
+            def on_consume_ready(*args: Any, **kwargs: Any) -> None:
+                consume_ready(*args, **kwargs)
+                # The queue is bound now: events sent from here on reach the camera.
+                logger.info("Connected to %s; capturing events.", connection.as_uri())
+                self.connected.set()
+                if self.enable_events_every:
+                    self.enable_events()
+
+            receiver.on_consume_ready = on_consume_ready
             receiver.capture(limit=None, timeout=None, wakeup=True)

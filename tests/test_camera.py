@@ -1,0 +1,334 @@
+"""The camera: a snapshot of Celery's State becomes one batched write."""
+
+from __future__ import annotations
+
+import time
+import uuid as uuidlib
+from unittest import mock
+
+import pytest
+from celery.events.state import State
+from django.db import OperationalError, connection
+from django.test.utils import CaptureQueriesContext
+
+from django_celery_monitor.camera import Camera
+from django_celery_monitor.models import TaskState, WorkerState
+from tests import events
+
+pytestmark = pytest.mark.django_db
+
+
+def new_id() -> str:
+    return str(uuidlib.uuid4())
+
+
+@pytest.fixture
+def state():
+    return State()
+
+
+@pytest.fixture
+def camera(state, app):
+    return Camera(state, app=app)
+
+
+def feed(state, *evs):
+    for event in evs:
+        state.event(event)
+
+
+def shutter(camera):
+    """What Polaroid.capture does: the shutter under the state's lock, then clear."""
+    camera.state.freeze_while(camera.shutter, clear_after=camera.clear_after)
+
+
+def row(task_id) -> TaskState:
+    return TaskState.objects.get(task_id=task_id)
+
+
+def test_camera_without_app_uses_the_current_app(state, app):
+    app.set_current()
+    assert Camera(state).app is app
+
+
+def test_models_are_the_app_models(camera):
+    assert camera.TaskState is TaskState
+    assert camera.WorkerState is WorkerState
+
+
+def test_a_task_is_written_with_everything_its_events_carry(state, camera):
+    tid, parent = new_id(), new_id()
+    now = time.time()
+    feed(
+        state,
+        events.received(tid, ts=now - 3, parent_id=parent, root_id=parent, eta=None),
+        events.started(tid, ts=now - 2),
+        events.succeeded(tid, ts=now - 1, result="'done'", runtime=1.25),
+    )
+    shutter(camera)
+    task = row(tid)
+    assert task.state == "SUCCESS"
+    assert task.name == "proj.add"
+    assert (task.args, task.kwargs, task.result) == ("(1, 2)", "{}", "'done'")
+    assert task.runtime == 1.25
+    assert task.worker.hostname == events.WORKER
+    assert task.received.timestamp() == pytest.approx(now - 3)
+    assert task.started.timestamp() == pytest.approx(now - 2)
+    assert task.tstamp.timestamp() == pytest.approx(now - 1)
+    assert (task.parent_id, task.root_id) == (parent, parent)
+    assert task.retries == 0
+
+
+def test_states_move_forward_across_shutters(state, camera):
+    tid = new_id()
+    feed(state, events.received(tid))
+    shutter(camera)
+    assert row(tid).state == "RECEIVED"
+    feed(state, events.started(tid))
+    shutter(camera)
+    assert row(tid).state == "STARTED"
+    feed(state, events.failed(tid, exception="KeyError('k')"))
+    shutter(camera)
+    task = row(tid)
+    assert task.state == "FAILURE"
+    assert task.exception == "KeyError('k')"
+    assert task.result == "KeyError('k')"  # as 1.1.2 stored it
+    assert task.traceback == "Traceback..."
+    assert task.name == "proj.add"  # not blanked by the events without a name
+
+
+def test_a_late_event_never_regresses_a_finished_task(state, camera):
+    tid = new_id()
+    now = time.time()
+    feed(state, events.started(tid, ts=now - 1), events.succeeded(tid, ts=now))
+    shutter(camera)
+    task = row(tid)
+    assert task.state == "SUCCESS"
+    assert task.name is None  # the camera never saw task-received
+
+    # task-received and task-started arrive late, in a later snapshot.
+    feed(state, events.received(tid, ts=now - 2, name="proj.late"), events.started(tid))
+    shutter(camera)
+    task = row(tid)
+    assert task.state == "SUCCESS"
+    assert task.name == "proj.late"  # the late event fills in what it alone carries
+    assert task.args == "(1, 2)"
+    assert task.result == "3"
+    assert task.tstamp.timestamp() == pytest.approx(now)
+
+
+def test_a_retried_task_moves_on_and_keeps_its_retries(state, camera):
+    tid = new_id()
+    feed(
+        state,
+        events.received(tid),
+        events.started(tid),
+        events.task_event("retried", tid, exception="RuntimeError()", traceback="tb"),
+    )
+    shutter(camera)
+    assert row(tid).state == "RETRY"
+    feed(state, events.received(tid, retries=1), events.started(tid), events.succeeded(tid))
+    shutter(camera)
+    task = row(tid)
+    assert task.state == "SUCCESS"
+    assert task.retries == 1
+    assert task.exception == "RuntimeError()"
+
+
+def test_unfinished_tasks_are_not_rewritten_by_each_shutter(state, camera):
+    ids = [new_id() for _ in range(50)]
+    feed(state, *(events.received(tid) for tid in ids))
+    shutter(camera)
+    assert TaskState.objects.filter(state="RECEIVED").count() == 50
+    assert len(state.tasks) == 50  # Celery keeps unfinished tasks after the shutter
+
+    with CaptureQueriesContext(connection) as queries:
+        shutter(camera)
+    assert len(queries) == 0
+
+    feed(state, events.started(ids[0]))
+    with CaptureQueriesContext(connection) as queries:
+        shutter(camera)
+    task_updates = [q for q in queries if "celery_monitor_taskstate" in q["sql"]]
+    assert task_updates, "the changed task was written"
+    assert row(ids[0]).state == "STARTED"
+
+
+def test_a_shutter_costs_a_handful_of_statements_not_one_per_task(state, camera):
+    ids = [new_id() for _ in range(300)]
+    feed(state, *(events.received(tid) for tid in ids))
+    with CaptureQueriesContext(connection) as queries:
+        shutter(camera)
+    assert TaskState.objects.count() == 300
+    assert len(queries) <= 12
+
+    feed(state, *(events.succeeded(tid) for tid in ids))
+    with CaptureQueriesContext(connection) as queries:
+        shutter(camera)
+    assert TaskState.objects.filter(state="SUCCESS").count() == 300
+    assert len(queries) <= 12
+
+
+def test_a_failed_write_keeps_the_batch_for_the_next_shutter(state, camera):
+    tid = new_id()
+    feed(state, events.received(tid), events.started(tid), events.succeeded(tid))
+    with mock.patch(
+        "django_celery_monitor.managers.write_snapshot",
+        side_effect=OperationalError("database is down"),
+    ):
+        shutter(camera)
+    assert not TaskState.objects.filter(task_id=tid).exists()
+    assert tid not in state.tasks  # Celery dropped the finished task from its state
+
+    shutter(camera)
+    assert row(tid).state == "SUCCESS"
+    assert camera.pending_tasks == {}
+
+
+def test_events_seen_while_the_database_is_down_are_merged_in_order(state, camera):
+    tid = new_id()
+    feed(state, events.received(tid))
+    with mock.patch(
+        "django_celery_monitor.managers.write_snapshot", side_effect=OperationalError("down")
+    ):
+        shutter(camera)
+        feed(state, events.started(tid), events.succeeded(tid, result="42"))
+        shutter(camera)
+    shutter(camera)
+    task = row(tid)
+    assert (task.state, task.result, task.name) == ("SUCCESS", "42", "proj.add")
+
+
+def test_a_shot_skipped_by_maxrate_is_written_with_the_next(state, app):
+    camera = Camera(state, app=app, maxrate="1/h")
+    first, second = new_id(), new_id()
+    feed(state, events.received(first), events.succeeded(first))
+    shutter(camera)  # takes the one token of the hour
+    feed(state, events.received(second), events.succeeded(second))
+    shutter(camera)  # skipped by maxrate: Celery still clears the state
+    assert not TaskState.objects.filter(task_id=second).exists()
+    camera.maxrate = None
+    shutter(camera)
+    assert row(second).state == "SUCCESS"
+
+
+def test_untrusted_event_values_are_stored_safely(state, camera):
+    nul, surrogate, huge, long_id = new_id(), new_id(), new_id(), "x" * 300
+    feed(
+        state,
+        events.received(nul, args="('a\x00b',)", name="proj.\x00nul"),
+        events.received(surrogate, args="('\ud800',)", kwargs="{'k': '\udcff'}"),
+        events.received(huge),
+        events.succeeded(huge, result="r" * 2_000_000),
+        events.received(long_id),
+        events.received(new_id(), ts=1e15),
+        events.task_event("started", new_id(), ts=None),
+    )
+    shutter(camera)
+    assert TaskState.objects.count() == 6
+    assert "\x00" not in row(nul).args
+    assert row(nul).name == "proj.\\x00nul"
+    assert row(surrogate).args == "('?',)"
+    result = row(huge).result
+    assert len(result) == camera.settings.max_text_length
+    assert "more characters cut" in result
+    stored = TaskState.objects.get(task_id__startswith="x" * 100)
+    assert len(stored.task_id) == 255
+    assert TaskState.objects.filter(tstamp__isnull=True).count() == 0
+
+
+def test_a_batch_with_a_row_the_database_refuses_still_writes_the_others(state, camera):
+    good, bad = new_id(), new_id()
+    feed(state, events.received(good), events.received(bad))
+    camera.collect(state)
+    camera.pending_tasks[bad]["retries"] = 10**12  # too big for its column on PostgreSQL
+    camera.pending_tasks[bad]["runtime"] = "not a number"  # refused everywhere
+    camera.flush()
+    assert row(good).state == "RECEIVED"
+    assert not TaskState.objects.filter(task_id=bad).exists()
+    assert camera.pending_tasks == {}
+
+
+def test_workers_are_written_with_their_heartbeat(state, camera):
+    now = time.time()
+    feed(
+        state, events.worker_event("online", ts=now - 1), events.worker_event("heartbeat", ts=now)
+    )
+    shutter(camera)
+    worker = WorkerState.objects.get(hostname=events.WORKER)
+    assert worker.last_heartbeat.timestamp() == pytest.approx(now)
+    assert (worker.sw_ident, worker.sw_ver, worker.sw_sys) == ("py-celery", "5.7.0", "Linux")
+    assert (worker.freq, worker.active, worker.processed) == (2.0, 1, 10)
+    assert worker.loadavg == [0.5, 0.25, 0.1]
+    assert worker.is_alive()
+    assert not worker.offline
+
+
+def test_worker_heartbeats_are_throttled(state, camera):
+    feed(state, events.worker_event("heartbeat"))
+    shutter(camera)
+    feed(state, events.worker_event("heartbeat", processed=11))
+    with CaptureQueriesContext(connection) as queries:
+        shutter(camera)
+    assert len(queries) == 0
+    assert WorkerState.objects.get().processed == 10
+
+    camera.worker_update_freq = 0
+    feed(state, events.worker_event("heartbeat", processed=12))
+    shutter(camera)
+    assert WorkerState.objects.get().processed == 12
+
+
+def test_a_worker_that_says_goodbye_is_offline_at_once(state, camera):
+    feed(state, events.worker_event("heartbeat"))
+    shutter(camera)
+    assert WorkerState.objects.get().is_alive()
+    feed(state, events.worker_event("offline"))
+    shutter(camera)
+    worker = WorkerState.objects.get()
+    assert worker.offline
+    assert not worker.is_alive()
+    feed(state, events.worker_event("online"))
+    shutter(camera)
+    assert WorkerState.objects.get().is_alive()
+
+
+def test_task_events_do_not_overwrite_the_worker_heartbeat_period(state, camera):
+    feed(state, events.worker_event("heartbeat", freq=5.0))
+    shutter(camera)
+    camera.worker_update_freq = 0
+    tid = new_id()
+    feed(state, events.received(tid))  # creates the worker in the state, with freq=60
+    shutter(camera)
+    assert WorkerState.objects.get().freq == 5.0
+    assert row(tid).worker == WorkerState.objects.get()
+
+
+def test_handle_task_and_handle_worker_write_one_row_now(state, camera):
+    tid = new_id()
+    feed(state, events.worker_event("heartbeat"), events.received(tid))
+    worker = camera.handle_worker((events.WORKER, state.workers[events.WORKER]))
+    assert isinstance(worker, WorkerState)
+    assert worker.last_heartbeat == camera.get_heartbeat(state.workers[events.WORKER])
+    task = camera.handle_task((tid, state.tasks[tid]))
+    assert isinstance(task, TaskState)
+    assert (task.state, task.worker) == ("RECEIVED", worker)
+    assert camera.handle_task((tid, state.tasks[tid])) is None  # nothing changed
+
+
+def test_get_heartbeat_without_heartbeats_is_none(state, camera):
+    assert camera.get_heartbeat(state.Worker("nobody")) is None
+
+
+def test_on_cleanup_expires_each_state_group_and_purges(state, camera, settings):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    settings.CELERY_MONITOR_TASK_ERROR_EXPIRES = None  # never
+    old = timezone.now() - timedelta(days=10)
+    for state_name in ("SUCCESS", "FAILURE", "STARTED", "SUCCESS"):
+        TaskState.objects.create(task_id=new_id(), state=state_name, tstamp=old)
+    TaskState.objects.create(task_id=new_id(), state="SUCCESS", tstamp=timezone.now())
+    assert camera.on_cleanup() == 3
+    assert sorted(TaskState.objects.values_list("state", flat=True)) == ["FAILURE", "SUCCESS"]

@@ -1,0 +1,193 @@
+"""The querysets: the 1.1.2 API and the batch writer."""
+
+from __future__ import annotations
+
+import threading
+import uuid as uuidlib
+from datetime import timedelta
+
+import pytest
+from celery import states
+from django.db import connection, connections
+from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
+
+from django_celery_monitor.managers import incoming_state_wins, merge_task_values, write_snapshot
+from django_celery_monitor.models import TaskState, WorkerState
+
+pytestmark = pytest.mark.django_db
+
+
+def new_id() -> str:
+    return str(uuidlib.uuid4())
+
+
+def make_task(state="SUCCESS", age=timedelta(0), **fields) -> TaskState:
+    return TaskState.objects.create(
+        task_id=new_id(), state=state, tstamp=timezone.now() - age, **fields
+    )
+
+
+@pytest.mark.parametrize(
+    ("current", "incoming", "wins"),
+    [
+        (None, "RECEIVED", True),
+        ("RECEIVED", "STARTED", True),
+        ("STARTED", "SUCCESS", True),
+        ("STARTED", "RECEIVED", False),
+        ("SUCCESS", "STARTED", False),
+        ("SUCCESS", "RECEIVED", False),
+        ("FAILURE", "RETRY", False),  # a finished task never goes back
+        ("RETRY", "RECEIVED", True),  # a retried task is received again
+        ("STARTED", "RETRY", True),
+        ("SUCCESS", "FAILURE", False),  # SUCCESS has the higher precedence
+        ("REVOKED", "SUCCESS", True),
+        ("STARTED", "STARTED", True),
+        ("STARTED", "PROGRESS", True),  # custom states rank above STARTED in Celery
+        ("PENDING", "RECEIVED", True),
+    ],
+)
+def test_incoming_state_wins(current, incoming, wins):
+    assert incoming_state_wins(current, incoming) is wins
+
+
+def test_merge_never_blanks_and_late_events_only_fill_in():
+    current = {"state": "SUCCESS", "name": None, "result": "3", "received": None, "args": None}
+    late = {"state": "RECEIVED", "name": "proj.add", "result": None, "args": "(1,)"}
+    assert merge_task_values(current, late) == {"name": "proj.add", "args": "(1,)"}
+    newer = {"state": "SUCCESS", "result": None, "name": None}
+    assert merge_task_values({"state": "STARTED", "name": "n", "result": None}, newer) == {
+        "state": "SUCCESS"
+    }
+
+
+def test_expire_by_states_never_when_expires_is_none():
+    make_task(age=timedelta(days=100))
+    assert TaskState.objects.expire_by_states([states.SUCCESS], None) is None
+    assert TaskState.objects.active().count() == 1
+
+
+def test_expire_by_states_hides_old_rows_of_those_states_in_batches(settings):
+    settings.CELERY_MONITOR_PURGE_BATCH_SIZE = 2
+    for _ in range(5):
+        make_task(age=timedelta(days=2))
+    young = make_task(age=timedelta(hours=1))
+    failed = make_task(state="FAILURE", age=timedelta(days=2))
+    with CaptureQueriesContext(connection) as queries:
+        hidden = TaskState.objects.expire_by_states([states.SUCCESS], timedelta(days=1))
+    assert hidden == 5
+    updates = [q for q in queries if q["sql"].startswith("UPDATE")]
+    assert len(updates) == 3  # batches of 2, 2 and 1
+    assert set(TaskState.objects.active()) == {young, failed}
+    assert TaskState.objects.expire_by_states([states.SUCCESS], 86400) == 0  # seconds work too
+
+
+def test_expired_and_active():
+    old = make_task(age=timedelta(days=2))
+    make_task(age=timedelta(minutes=1))
+    assert list(TaskState.objects.expired([states.SUCCESS], timedelta(days=1))) == [old]
+    TaskState.objects.filter(pk=old.pk).update(hidden=True)
+    assert old not in TaskState.objects.active()
+
+
+def test_purge_deletes_hidden_rows_in_batches(settings):
+    settings.CELERY_MONITOR_PURGE_BATCH_SIZE = 3
+    keep = make_task()
+    for _ in range(7):
+        make_task(hidden=True)
+    with CaptureQueriesContext(connection) as queries:
+        assert TaskState.objects.purge() == 7
+    deletes = [q for q in queries if q["sql"].startswith("DELETE")]
+    assert len(deletes) == 3
+    assert list(TaskState.objects.all()) == [keep]
+
+
+def test_update_state_follows_precedence():
+    tid = new_id()
+    now = timezone.now()
+    obj = TaskState.objects.update_state("STARTED", tid, {"tstamp": now, "name": None})
+    assert obj.state == "STARTED"
+    obj = TaskState.objects.update_state("SUCCESS", tid, {"tstamp": now, "result": "1"})
+    assert (obj.state, obj.result) == ("SUCCESS", "1")
+    obj = TaskState.objects.update_state("RECEIVED", tid, {"tstamp": now, "name": "proj.x"})
+    obj.refresh_from_db()
+    assert (obj.state, obj.name, obj.result) == ("SUCCESS", "proj.x", "1")
+
+
+def test_select_for_update_or_create():
+    worker, created = WorkerState.objects.select_for_update_or_create(
+        hostname="a", defaults={"freq": 2.0}
+    )
+    assert created and worker.freq == 2.0
+    worker, created = WorkerState.objects.select_for_update_or_create(
+        hostname="a", defaults={"freq": 3.0}
+    )
+    assert not created and WorkerState.objects.get(hostname="a").freq == 3.0
+
+
+def test_update_heartbeat_is_throttled_and_never_goes_back():
+    now = timezone.now()
+    worker = WorkerState.objects.update_heartbeat("w", heartbeat=now, update_freq=60)
+    assert worker.last_heartbeat == now
+    again = WorkerState.objects.update_heartbeat("w", now + timedelta(seconds=5), update_freq=60)
+    assert again.last_heartbeat == now  # within update_freq: not written
+    WorkerState.objects.update_heartbeat("w", now - timedelta(minutes=5), update_freq=0)
+    assert WorkerState.objects.get(hostname="w").last_heartbeat == now
+
+
+def task_values(state="RECEIVED", **fields):
+    return {"state": state, "tstamp": timezone.now(), "name": "proj.t", **fields}
+
+
+def test_write_snapshot_inserts_updates_and_links_workers():
+    first, second = new_id(), new_id()
+    ids, written = write_snapshot(
+        {"w1": {"freq": 2.0}},
+        {first: task_values(worker="w1"), second: task_values(worker="w2")},
+    )
+    assert written == 2
+    assert set(ids) == {"w1", "w2"}
+    assert TaskState.objects.get(task_id=second).worker.hostname == "w2"
+    _, written = write_snapshot({}, {first: task_values("SUCCESS", result="ok")})
+    assert written == 1
+    assert TaskState.objects.get(task_id=first).result == "ok"
+    _, written = write_snapshot({}, {first: task_values("STARTED")})
+    assert written == 0  # a late STARTED changes nothing
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_cameras_writing_at_once_lose_nothing():
+    """Concurrent overlapping batches: every row is written once, with the final state."""
+    if connection.vendor == "sqlite":
+        pytest.skip("SQLite serialises writers with a file lock; this is PostgreSQL's case.")
+    ids = [new_id() for _ in range(400)]
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(4)
+
+    def writer(order, state):
+        try:
+            barrier.wait()
+            for _ in range(3):
+                write_snapshot(
+                    {"w1": {"freq": 2.0}, "w2": {"freq": 2.0}},
+                    {tid: task_values(state, worker="w1") for tid in order},
+                )
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            connections.close_all()
+
+    threads = [
+        threading.Thread(target=writer, args=(ids, "RECEIVED")),
+        threading.Thread(target=writer, args=(list(reversed(ids)), "SUCCESS")),
+        threading.Thread(target=writer, args=(ids[::2], "STARTED")),
+        threading.Thread(target=writer, args=(ids[1::2] + ids[::2], "SUCCESS")),
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert not errors
+    assert TaskState.objects.count() == 400
+    assert set(TaskState.objects.values_list("state", flat=True)) == {"SUCCESS"}
+    assert WorkerState.objects.count() == 2

@@ -1,0 +1,109 @@
+"""The runner: events in, snapshots out, through broker outages."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import threading
+import uuid as uuidlib
+
+import pytest
+from celery import Celery
+
+from django_celery_monitor.models import TaskState
+from django_celery_monitor.runner import MonitorRunner
+from tests import events
+from tests.conftest import REQUIRE_SERVICES, wait_for
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class RedisServer:
+    """A private redis-server process that a test can stop and start again."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", ""],
+            stdout=subprocess.DEVNULL,
+        )
+        wait_for(self._answers, timeout=10, message="redis-server to start")
+
+    def _answers(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                return True
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(10)
+            self.process = None
+
+
+@pytest.fixture
+def redis_server():
+    if shutil.which("redis-server") is None:
+        message = "redis-server is not installed; run scripts/services.sh."
+        if REQUIRE_SERVICES:
+            pytest.fail(message)
+        pytest.skip(message)
+    server = RedisServer(free_port())
+    yield server
+    server.stop()
+
+
+def test_an_event_the_state_refuses_is_dropped_not_fatal(app, caplog):
+    runner = MonitorRunner(app)
+    runner.on_event(events.task_event("received", "t1", ts=float("nan")))
+    runner.on_event(events.received("t2"))
+    assert "t2" in runner.state.tasks
+    assert "refuses" in caplog.text
+
+
+@pytest.mark.e2e
+@pytest.mark.django_db(transaction=True)
+def test_the_runner_waits_for_the_broker_and_reconnects(redis_server):
+    app = Celery("reconnect", broker=f"redis://127.0.0.1:{redis_server.port}/0")
+    app.conf.broker_connection_timeout = 1
+    runner = MonitorRunner(app, freq=0.2, queue_name="celery_monitor.reconnect-test")
+    thread = threading.Thread(target=runner.run, daemon=True)
+    thread.start()
+    try:
+        # The broker is down: the runner retries instead of exiting.
+        wait_for(lambda: runner.reconnects >= 2, timeout=30, message="two failed attempts")
+        assert not runner.connected.is_set()
+        assert thread.is_alive()
+
+        redis_server.start()
+        assert runner.connected.wait(40), "connected once the broker is up"
+        redis_server.stop()
+        wait_for(lambda: not runner.connected.is_set(), timeout=30, message="the loss")
+        redis_server.start()
+        assert runner.connected.wait(40), "reconnected"
+
+        task_id = str(uuidlib.uuid4())
+        with app.connection_for_write() as conn:
+            dispatcher = app.events.Dispatcher(conn, hostname="w@reconnect", enabled=True)
+            dispatcher.send("task-received", uuid=task_id, name="proj.after", args="()")
+            dispatcher.send("task-succeeded", uuid=task_id, result="1", runtime=0.1)
+            dispatcher.close()
+        row = wait_for(
+            lambda: TaskState.objects.filter(task_id=task_id, state="SUCCESS").first(),
+            message="the events sent after the reconnect",
+        )
+        assert row.name == "proj.after"
+    finally:
+        runner.stop()
+        thread.join(30)
+    assert not thread.is_alive()
