@@ -1,0 +1,938 @@
+"""The admin: read-only lists and details of tasks and workers, and their control actions."""
+
+from __future__ import annotations
+
+import ast
+import contextlib
+import datetime
+from collections.abc import Sequence
+from pprint import pformat
+from typing import Any
+
+from celery import states
+from django import forms
+from django.contrib import admin, messages
+from django.contrib.admin.models import CHANGE, LogEntry
+from django.contrib.admin.views.main import ChangeList
+from django.core.paginator import Paginator
+from django.db import models
+from django.http import HttpRequest, HttpResponse
+from django.template.response import TemplateResponse
+from django.urls import reverse
+from django.utils import formats, timezone
+from django.utils.functional import cached_property
+from django.utils.html import format_html, format_html_join
+from django.utils.text import capfirst
+from django.utils.translation import gettext, ngettext, ngettext_lazy
+from django.utils.translation import gettext_lazy as _
+
+from . import control
+from .conf import get_celery_app
+from .humanize import naturaldate
+from .models import ALL_STATES, TaskState, WorkerState
+
+__all__ = [
+    "NODE_STATE_COLORS",
+    "TASK_STATE_COLORS",
+    "CappedPaginator",
+    "ModelMonitor",
+    "MonitorList",
+    "TaskMonitor",
+    "WorkerMonitor",
+]
+
+#: The badge color of each task state (a CSS class ``cm-badge-<color>``).
+TASK_STATE_COLORS = {
+    states.SUCCESS: "green",
+    states.FAILURE: "red",
+    states.REVOKED: "magenta",
+    states.STARTED: "yellow",
+    states.RETRY: "orange",
+    "RECEIVED": "blue",
+}
+#: The badge color of a worker that is online or offline.
+NODE_STATE_COLORS = {"ONLINE": "green", "OFFLINE": "gray"}
+
+#: The most tasks one action handles: a larger selection is refused with a message.
+MAX_ACTION_TASKS = 1000
+#: The most tasks "retry" sends again at once.
+MAX_RETRY_TASKS = 100
+#: How many children a task's detail page lists.
+MAX_CHILDREN = 50
+
+
+def _log(request: HttpRequest, objects: Sequence[models.Model], message: str) -> None:
+    """Write one admin LogEntry (a change) per object, in one statement where possible."""
+    if not objects:
+        return
+    manager = LogEntry.objects
+    if hasattr(manager, "log_actions"):
+        manager.log_actions(
+            user_id=request.user.pk, queryset=objects, action_flag=CHANGE, change_message=message
+        )
+    else:  # pragma: no cover  (Django < 5.1)
+        for obj in objects:
+            manager.log_action(
+                user_id=request.user.pk,
+                content_type_id=_content_type_id(obj),
+                object_id=obj.pk,
+                object_repr=str(obj)[:200],
+                action_flag=CHANGE,
+                change_message=message,
+            )
+
+
+def _content_type_id(obj: models.Model) -> int:  # pragma: no cover  (Django < 5.1)
+    from django.contrib.contenttypes.models import ContentType
+
+    return ContentType.objects.get_for_model(obj, for_concrete_model=False).pk
+
+
+def _badge(text: Any, color: str, title: Any = "") -> str:
+    return format_html(
+        '<span class="cm-badge cm-badge-{}" title="{}">{}</span>', color, title or text, text
+    )
+
+
+def _when(value: datetime.datetime | None) -> str:
+    """The time in natural words, the exact time on hover."""
+    if value is None:
+        return ""
+    exact = formats.date_format(timezone.localtime(value), "DATETIME_FORMAT")
+    return format_html(
+        '<time datetime="{}" title="{}">{}</time>',
+        value.isoformat(),
+        exact,
+        naturaldate(value, include_seconds=True),
+    )
+
+
+def _short(value: str | None, maxlen: int = 24) -> str:
+    """A value shortened in a fixed-width font, given in full (up to 1000 chars) on hover."""
+    if value is None or value == "":
+        return ""
+    short = value if len(value) <= maxlen else value[:maxlen] + "…"
+    return format_html('<code class="cm-fixedwidth" title="{}">{}</code>', value[:1000], short)
+
+
+def _pretty(value: str | None) -> str:
+    """A recorded repr, pretty-printed when it is a Python literal, in a ``<pre>`` block."""
+    if value is None or value == "":
+        return "-"
+    text = value
+    with contextlib.suppress(ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        text = pformat(ast.literal_eval(value), width=88, sort_dicts=False)
+    return format_html('<pre class="cm-pre">{}</pre>', text)
+
+
+def _seconds(value: float | None) -> str:
+    if value is None:
+        return ""
+    if value < 1:
+        return gettext("%(ms).1f ms") % {"ms": value * 1000}
+    return gettext("%(s).3f s") % {"s": value}
+
+
+def _change_url(obj: models.Model) -> str:
+    opts = obj._meta
+    return reverse(f"admin:{opts.app_label}_{opts.model_name}_change", args=[obj.pk])
+
+
+def _changelist_url(model: type[models.Model]) -> str:
+    opts = model._meta
+    return reverse(f"admin:{opts.app_label}_{opts.model_name}_changelist")
+
+
+class CappedPaginator(Paginator):
+    """A paginator that counts at most ``cap`` rows, so a page never counts a whole table."""
+
+    cap = 10_000
+
+    @cached_property
+    def count(self) -> int:
+        object_list = self.object_list
+        if not isinstance(object_list, models.QuerySet):
+            return len(object_list)
+        found = object_list[: self.cap + 1].count()
+        self.capped = found > self.cap
+        return min(found, self.cap)
+
+    capped = False
+
+
+class MonitorList(ChangeList):
+    """The changelist of the monitor: titled after the model, with a bounded date drill-down."""
+
+    def __init__(self, request: HttpRequest, *args: Any, **kwargs: Any) -> None:
+        super().__init__(request, *args, **kwargs)
+        self.title = capfirst(self.opts.verbose_name_plural)
+
+    @property
+    def count_capped(self) -> bool:
+        return getattr(self.paginator, "capped", False)
+
+    def date_choices(self) -> dict[str, Any]:
+        """The date drill-down, built from the first and last date only.
+
+        Django's own ``date_hierarchy`` runs ``SELECT DISTINCT`` over the dates of every
+        row; this one reads the range with MIN/MAX (served by the index) and offers every
+        year, month or day in it.
+        """
+        field = self.model_admin.date_drilldown
+        if not field:
+            return {"show": False}
+        params = {part: self.params.get(f"{field}__{part}") for part in ("year", "month", "day")}
+        generic = f"{field}__"
+
+        def link(year=None, month=None, day=None) -> str:
+            values = {"year": year, "month": month, "day": day}
+            new = {f"{field}__{k}": v for k, v in values.items() if v is not None}
+            return self.get_query_string(new, [generic])
+
+        year, month, day = params["year"], params["month"], params["day"]
+        if year and month and day:
+            date = datetime.date(int(year), int(month), int(day))
+            return {
+                "show": True,
+                "back": {
+                    "link": link(year, month),
+                    "title": capfirst(formats.date_format(date, "YEAR_MONTH_FORMAT")),
+                },
+                "choices": [{"title": capfirst(formats.date_format(date, "MONTH_DAY_FORMAT"))}],
+            }
+        bounds = self.queryset.aggregate(first=models.Min(field), last=models.Max(field))
+        first, last = bounds["first"], bounds["last"]
+        if first is None or last is None:
+            return {"show": False}
+        if timezone.is_aware(first):
+            first, last = timezone.localtime(first), timezone.localtime(last)
+        first_d, last_d = first.date(), last.date()
+        if year and month:
+            year, month = int(year), int(month)
+            days = [
+                first_d + datetime.timedelta(days=n)
+                for n in range((last_d - first_d).days + 1)
+                if (first_d + datetime.timedelta(days=n)).month == month
+            ]
+            return {
+                "show": True,
+                "back": {"link": link(year), "title": str(year)},
+                "choices": [
+                    {
+                        "link": link(year, month, d.day),
+                        "title": capfirst(formats.date_format(d, "MONTH_DAY_FORMAT")),
+                    }
+                    for d in days
+                ],
+            }
+        if year:
+            year = int(year)
+            months = range(first_d.month, last_d.month + 1) if first_d.year == last_d.year else []
+            return {
+                "show": True,
+                "back": {"link": link(), "title": gettext("All dates")},
+                "choices": [
+                    {
+                        "link": link(year, m),
+                        "title": capfirst(
+                            formats.date_format(datetime.date(year, m, 1), "YEAR_MONTH_FORMAT")
+                        ),
+                    }
+                    for m in months
+                ],
+            }
+        return {
+            "show": True,
+            "back": None,
+            "choices": [
+                {"link": link(y), "title": str(y)} for y in range(first_d.year, last_d.year + 1)
+            ],
+        }
+
+
+class ModelMonitor(admin.ModelAdmin):
+    """Base of the monitor's admins: read-only, no counting of whole tables."""
+
+    #: The Celery app the control actions use; ``None`` means the current app.
+    celery_app = None
+    #: The date field of the bounded date drill-down (see :meth:`MonitorList.date_choices`).
+    date_drilldown: str | None = None
+
+    show_full_result_count = False
+    paginator = CappedPaginator
+    list_per_page = 50
+    list_max_show_all = 200
+    actions_selection_counter = True
+
+    class Media:
+        css = {"all": ("django_celery_monitor/style.css",)}
+
+    if hasattr(admin, "ShowFacets"):
+        show_facets = admin.ShowFacets.NEVER
+
+    def get_celery_app(self):
+        return get_celery_app(self.celery_app)
+
+    def get_changelist(self, request: HttpRequest, **kwargs: Any) -> type[ChangeList]:
+        return MonitorList
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def _has_perm(self, request: HttpRequest, codename: str) -> bool:
+        return request.user.has_perm(f"{self.opts.app_label}.{codename}")
+
+    def _control(self, request: HttpRequest, call, *args: Any, **kwargs: Any) -> Any:
+        """Run a control call; on a broker failure, tell the user and return None."""
+        try:
+            return call(*args, app=self.get_celery_app(), **kwargs)
+        except control.ControlError as exc:
+            self.message_user(
+                request,
+                gettext("Could not reach the message broker: nothing was sent (%(error)s).")
+                % {"error": exc.__cause__ or exc},
+                messages.ERROR,
+            )
+            return None
+
+
+class StateFilter(admin.SimpleListFilter):
+    """Filter by task state, from the fixed list of Celery states."""
+
+    title = _("state")
+    parameter_name = "state"
+
+    def lookups(self, request, model_admin):
+        return [(state, state) for state in ALL_STATES]
+
+    def queryset(self, request, queryset):
+        if self.value():
+            return queryset.filter(state=self.value())
+        return queryset
+
+
+class WorkerFilter(admin.SimpleListFilter):
+    """Filter by worker, offering the workers seen last (a bounded query)."""
+
+    title = _("worker")
+    parameter_name = "worker"
+    limit = 50
+
+    def lookups(self, request, model_admin):
+        workers = list(WorkerState.objects.values_list("pk", "hostname")[: self.limit])
+        value = self.value()
+        if value and value.isdigit() and all(str(pk) != value for pk, _name in workers):
+            workers += list(WorkerState.objects.filter(pk=value).values_list("pk", "hostname"))
+        return [(str(pk), hostname) for pk, hostname in workers]
+
+    def queryset(self, request, queryset):
+        value = self.value()
+        if value:
+            if not value.isdigit():
+                return queryset.none()
+            return queryset.filter(worker_id=int(value))
+        return queryset
+
+
+class TaskNameFilter(admin.SimpleListFilter):
+    """Filter by task name, offering the names of the latest tasks (a bounded query).
+
+    Names not seen lately are reached by searching for them.
+    """
+
+    title = _("task name")
+    parameter_name = "name"
+    sample = 2000
+
+    def lookups(self, request, model_admin):
+        latest = TaskState.objects.order_by("-tstamp").values_list("name", flat=True)
+        names = {name for name in latest[: self.sample] if name}
+        if self.value():
+            names.add(self.value())
+        return [(name, name) for name in sorted(names)]
+
+    def queryset(self, request, queryset):
+        if self.value():
+            return queryset.filter(name=self.value())
+        return queryset
+
+
+class RateLimitForm(forms.Form):
+    """The confirmation form of the rate limit action."""
+
+    rate_limit = forms.CharField(
+        label=_("Rate limit"),
+        max_length=32,
+        help_text=_(
+            "Tasks per second, or per minute or hour: 10, 10/s, 100/m, 1000/h. "
+            "0 removes the limit."
+        ),
+    )
+
+    def clean_rate_limit(self) -> str:
+        try:
+            return control.parse_rate(self.cleaned_data["rate_limit"])
+        except ValueError:
+            raise forms.ValidationError(
+                _("Enter a number, optionally followed by /s, /m or /h."), code="invalid"
+            ) from None
+
+
+@admin.register(TaskState)
+class TaskMonitor(ModelMonitor):
+    """Tasks: what ran where, when, with what, and how it ended."""
+
+    date_drilldown = "tstamp"
+    list_display = (
+        "state_badge",
+        "task_id_display",
+        "name",
+        "args_display",
+        "kwargs_display",
+        "eta",
+        "when",
+        "runtime_display",
+        "retries_display",
+        "worker_link",
+    )
+    list_display_links = ("task_id_display",)
+    list_filter = (
+        StateFilter,
+        WorkerFilter,
+        TaskNameFilter,
+        ("tstamp", admin.DateFieldListFilter),
+    )
+    search_fields = ("=task_id", "^name", "^worker__hostname")
+    search_help_text = _(
+        "A task id (exact), the beginning of a task name, or the beginning of a worker hostname."
+    )
+    ordering = ("-tstamp",)
+    sortable_by = ("state_badge", "name", "eta", "when", "runtime_display", "retries_display")
+    list_select_related = ("worker",)
+    actions = [
+        "revoke_tasks",
+        "terminate_tasks",
+        "kill_tasks",
+        "rate_limit_tasks",
+        "retry_tasks",
+    ]
+    change_list_template = "admin/django_celery_monitor/change_list.html"
+    fieldsets = (
+        (
+            None,
+            {
+                "fields": (
+                    "state_badge",
+                    "task_id",
+                    "name",
+                    "worker_link",
+                    "retries",
+                    "eta",
+                    "expires",
+                    "tstamp",
+                )
+            },
+        ),
+        (_("Timeline"), {"fields": ("timeline",)}),
+        (_("Arguments"), {"fields": ("args_pretty", "kwargs_pretty")}),
+        (_("Outcome"), {"fields": ("result_pretty", "exception_pretty", "traceback_pretty")}),
+        (_("Workflow"), {"fields": ("parent_link", "root_link", "children_links")}),
+    )
+    readonly_fields = tuple(field for _title, options in fieldsets for field in options["fields"])
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).select_related("worker")
+
+    # -- list columns
+
+    @admin.display(description=_("state"), ordering="state")
+    def state_badge(self, obj: TaskState) -> str:
+        return _badge(obj.state, TASK_STATE_COLORS.get(obj.state, "gray"))
+
+    @admin.display(description=_("UUID"), ordering="task_id")
+    def task_id_display(self, obj: TaskState) -> str:
+        short = obj.task_id if len(obj.task_id) <= 13 else obj.task_id[:8] + "…"
+        return format_html(
+            '<code class="cm-fixedwidth cm-id" title="{}">{}</code>', obj.task_id, short
+        )
+
+    @admin.display(description=_("Arguments"))
+    def args_display(self, obj: TaskState) -> str:
+        return _short(obj.args)
+
+    @admin.display(description=_("Keyword arguments"))
+    def kwargs_display(self, obj: TaskState) -> str:
+        return _short(obj.kwargs)
+
+    @admin.display(description=_("event received at"), ordering="tstamp")
+    def when(self, obj: TaskState) -> str:
+        return _when(obj.tstamp)
+
+    @admin.display(description=_("execution time"), ordering="runtime")
+    def runtime_display(self, obj: TaskState) -> str:
+        return _seconds(obj.runtime)
+
+    @admin.display(description=_("retries"), ordering="retries")
+    def retries_display(self, obj: TaskState) -> int:
+        return obj.retries
+
+    @admin.display(description=_("worker"), ordering="worker__hostname")
+    def worker_link(self, obj: TaskState) -> str:
+        if obj.worker is None:
+            return ""
+        return format_html(
+            '<a class="cm-nowrap" href="{}">{}</a>', _change_url(obj.worker), obj.worker.hostname
+        )
+
+    # -- detail fields
+
+    @admin.display(description=_("timeline"))
+    def timeline(self, obj: TaskState) -> str:
+        finished = obj.tstamp if obj.state in states.READY_STATES else None
+        steps = [
+            (_("received"), obj.received),
+            (_("started"), obj.started),
+            (_("finished") if finished else _("last event"), finished or obj.tstamp),
+        ]
+        items = format_html_join(
+            "",
+            '<li class="{}"><span class="cm-step">{}</span> {}</li>',
+            (
+                ("cm-done" if value else "cm-missing", capfirst(label), _when(value) or "-")
+                for label, value in steps
+            ),
+        )
+        waited = (
+            (obj.started - obj.received).total_seconds() if obj.started and obj.received else None
+        )
+        ran = obj.runtime
+        if ran is None and finished and obj.started:
+            ran = (finished - obj.started).total_seconds()
+        return format_html(
+            '<ol class="cm-timeline">{}</ol><p class="cm-durations">{}: {} &middot; {}: {}</p>',
+            items,
+            gettext("waited"),
+            _seconds(waited) or "-",
+            gettext("ran"),
+            _seconds(ran) or "-",
+        )
+
+    @admin.display(description=_("Arguments"))
+    def args_pretty(self, obj: TaskState) -> str:
+        return _pretty(obj.args)
+
+    @admin.display(description=_("Keyword arguments"))
+    def kwargs_pretty(self, obj: TaskState) -> str:
+        return _pretty(obj.kwargs)
+
+    @admin.display(description=_("result"))
+    def result_pretty(self, obj: TaskState) -> str:
+        return _pretty(obj.result)
+
+    @admin.display(description=_("exception"))
+    def exception_pretty(self, obj: TaskState) -> str:
+        return _pretty(obj.exception)
+
+    @admin.display(description=_("traceback"))
+    def traceback_pretty(self, obj: TaskState) -> str:
+        if not obj.traceback:
+            return "-"
+        return format_html('<pre class="cm-pre cm-traceback">{}</pre>', obj.traceback)
+
+    def _task_link(self, task_id: str | None) -> str:
+        if not task_id:
+            return "-"
+        pk = TaskState.objects.filter(task_id=task_id).values_list("pk", flat=True).first()
+        if pk is None:
+            return format_html(
+                '<code class="cm-fixedwidth">{}</code> <span class="cm-muted">({})</span>',
+                task_id,
+                gettext("not recorded"),
+            )
+        url = reverse("admin:celery_monitor_taskstate_change", args=[pk])
+        return format_html('<a href="{}"><code class="cm-fixedwidth">{}</code></a>', url, task_id)
+
+    @admin.display(description=_("parent task"))
+    def parent_link(self, obj: TaskState) -> str:
+        return self._task_link(obj.parent_id)
+
+    @admin.display(description=_("root task"))
+    def root_link(self, obj: TaskState) -> str:
+        if obj.root_id == obj.task_id:
+            return gettext("this task")
+        return self._task_link(obj.root_id)
+
+    @admin.display(description=_("children"))
+    def children_links(self, obj: TaskState) -> str:
+        children = list(
+            TaskState.objects.filter(parent_id=obj.task_id)
+            .exclude(pk=obj.pk)
+            .order_by("tstamp")
+            .values_list("pk", "task_id", "name", "state")[: MAX_CHILDREN + 1]
+        )
+        if not children:
+            return "-"
+        more = len(children) > MAX_CHILDREN
+        items = format_html_join(
+            "",
+            '<li>{} <a href="{}"><code class="cm-fixedwidth">{}</code></a> {}</li>',
+            (
+                (
+                    _badge(state, TASK_STATE_COLORS.get(state, "gray")),
+                    reverse("admin:celery_monitor_taskstate_change", args=[pk]),
+                    task_id,
+                    name or "",
+                )
+                for pk, task_id, name, state in children[:MAX_CHILDREN]
+            ),
+        )
+        if more:
+            return format_html(
+                '<ul class="cm-children">{}<li>{}</li></ul>',
+                items,
+                gettext("and more (the first %(n)d are shown)") % {"n": MAX_CHILDREN},
+            )
+        return format_html('<ul class="cm-children">{}</ul>', items)
+
+    # -- actions
+
+    def has_revoke_permission(self, request: HttpRequest) -> bool:
+        return self._has_perm(request, "revoke_taskstate")
+
+    def has_rate_limit_permission(self, request: HttpRequest) -> bool:
+        return self._has_perm(request, "rate_limit_taskstate")
+
+    def has_retry_permission(self, request: HttpRequest) -> bool:
+        return self._has_perm(request, "retry_taskstate")
+
+    def _selected(self, request: HttpRequest, queryset, cap: int) -> list[TaskState] | None:
+        tasks = list(queryset.order_by()[: cap + 1])
+        if len(tasks) > cap:
+            self.message_user(
+                request,
+                ngettext(
+                    "Select at most %(count)d task for this action.",
+                    "Select at most %(count)d tasks for this action.",
+                    cap,
+                )
+                % {"count": cap},
+                messages.ERROR,
+            )
+            return None
+        return tasks
+
+    def _revoke(self, request, queryset, terminate=False, signal=None) -> None:
+        tasks = self._selected(request, queryset, MAX_ACTION_TASKS)
+        if not tasks:
+            return
+        replies = self._control(
+            request,
+            control.revoke,
+            [task.task_id for task in tasks],
+            terminate=terminate,
+            signal=signal,
+        )
+        if replies is None:
+            return
+        if signal:
+            verb = gettext("Killed") if signal == "SIGKILL" else gettext("Terminated")
+        else:
+            verb = gettext("Revoked")
+        log = f"{verb} ({signal})" if signal else verb
+        _log(request, tasks, log)
+        text = ngettext("%(verb)s %(count)d task", "%(verb)s %(count)d tasks", len(tasks)) % {
+            "verb": verb,
+            "count": len(tasks),
+        }
+        self._report_replies(request, text, replies)
+
+    def _report_replies(self, request, text: str, replies: dict[str, Any]) -> None:
+        answered = len(replies)
+        if answered:
+            text += ngettext(
+                "; %(workers)d worker acknowledged.",
+                "; %(workers)d workers acknowledged.",
+                answered,
+            ) % {"workers": answered}
+            self.message_user(request, text, messages.SUCCESS)
+        else:
+            text += gettext("; no worker answered.")
+            self.message_user(request, text, messages.WARNING)
+
+    @admin.action(description=_("Revoke selected tasks"), permissions=["revoke"])
+    def revoke_tasks(self, request, queryset):
+        self._revoke(request, queryset)
+
+    @admin.action(
+        description=_("Terminate selected tasks (revoke, and SIGTERM the running ones)"),
+        permissions=["revoke"],
+    )
+    def terminate_tasks(self, request, queryset):
+        self._revoke(request, queryset, terminate=True, signal="SIGTERM")
+
+    @admin.action(
+        description=_("Kill selected tasks (revoke, and SIGKILL the running ones)"),
+        permissions=["revoke"],
+    )
+    def kill_tasks(self, request, queryset):
+        self._revoke(request, queryset, terminate=True, signal="SIGKILL")
+
+    @admin.action(description=_("Rate limit selected task types"), permissions=["rate_limit"])
+    def rate_limit_tasks(self, request, queryset) -> HttpResponse | None:
+        tasks = self._selected(request, queryset, MAX_ACTION_TASKS)
+        if not tasks:
+            return None
+        names = sorted({task.name for task in tasks if task.name})
+        if not names:
+            self.message_user(
+                request, gettext("The selected tasks have no recorded name."), messages.ERROR
+            )
+            return None
+        form = RateLimitForm(request.POST if "apply" in request.POST else None)
+        if form.is_valid():
+            rate = form.cleaned_data["rate_limit"]
+            reached: dict[str, Any] = {}
+            for name in names:
+                replies = self._control(request, control.rate_limit, name, rate)
+                if replies is None:
+                    return None
+                reached.update(replies)
+            _log(request, tasks, f"Rate limit of {', '.join(names)} set to {rate}")
+            text = ngettext(
+                "Rate limit set to %(rate)s for %(count)d task type",
+                "Rate limit set to %(rate)s for %(count)d task types",
+                len(names),
+            ) % {"rate": rate, "count": len(names)}
+            self._report_replies(request, text, reached)
+            return None
+        context = {
+            **self.admin_site.each_context(request),
+            "title": gettext("Rate limit task types"),
+            "opts": self.opts,
+            "form": form,
+            "names": names,
+            "tasks": tasks,
+            "action": "rate_limit_tasks",
+            "select_across": request.POST.get("select_across", "0"),
+            "action_checkbox_name": admin.helpers.ACTION_CHECKBOX_NAME,
+            "selected": request.POST.getlist(admin.helpers.ACTION_CHECKBOX_NAME),
+            "media": self.media + forms.Media(),
+        }
+        request.current_app = self.admin_site.name
+        return TemplateResponse(request, "django_celery_monitor/confirm_rate_limit.html", context)
+
+    @admin.action(description=_("Send selected tasks again"), permissions=["retry"])
+    def retry_tasks(self, request, queryset):
+        tasks = self._selected(request, queryset, MAX_RETRY_TASKS)
+        if not tasks:
+            return
+        sent: list[TaskState] = []
+        refused: list[str] = []
+        for task in tasks:
+            try:
+                new_id = self._control(request, control.retry, task)
+            except control.RetryError as exc:
+                refused.append(f"{task.task_id}: {exc}")
+                continue
+            if new_id is None:
+                break
+            sent.append(task)
+        if sent:
+            _log(request, sent, "Sent again")
+            self.message_user(
+                request,
+                ngettext("Sent %(count)d task again.", "Sent %(count)d tasks again.", len(sent))
+                % {"count": len(sent)},
+                messages.SUCCESS,
+            )
+        if refused:
+            self.message_user(
+                request,
+                ngettext(
+                    "%(count)d task could not be sent again: %(reason)s",
+                    "%(count)d tasks could not be sent again; the first: %(reason)s",
+                    len(refused),
+                )
+                % {"count": len(refused), "reason": refused[0]},
+                messages.WARNING,
+            )
+
+
+@admin.register(WorkerState)
+class WorkerMonitor(ModelMonitor):
+    """Workers: who is online, what they run, and the buttons to control them."""
+
+    list_display = (
+        "hostname",
+        "status_badge",
+        "heartbeat",
+        "sw_ver",
+        "processed",
+        "active",
+        "loadavg_display",
+    )
+    search_fields = ("^hostname",)
+    ordering = ("-last_heartbeat",)
+    actions = [
+        "shutdown_nodes",
+        "enable_events",
+        "disable_events",
+        "pool_grow",
+        "pool_shrink",
+        "ping_workers",
+    ]
+    change_list_template = "admin/django_celery_monitor/change_list.html"
+    fieldsets = (
+        (
+            None,
+            {"fields": ("hostname", "status_badge", "heartbeat", "freq", "offline", "tasks_link")},
+        ),
+        (_("Software"), {"fields": ("sw_ident", "sw_ver", "sw_sys")}),
+        (_("Load"), {"fields": ("processed", "active", "loadavg_display", "last_update")}),
+    )
+    readonly_fields = tuple(field for _title, options in fieldsets for field in options["fields"])
+
+    @admin.display(description=_("status"))
+    def status_badge(self, obj: WorkerState) -> str:
+        status = "ONLINE" if obj.is_alive() else "OFFLINE"
+        label = gettext("online") if status == "ONLINE" else gettext("offline")
+        return _badge(label, NODE_STATE_COLORS[status])
+
+    @admin.display(description=_("last heartbeat"), ordering="last_heartbeat")
+    def heartbeat(self, obj: WorkerState) -> str:
+        return _when(obj.last_heartbeat) or "-"
+
+    @admin.display(description=_("load average"))
+    def loadavg_display(self, obj: WorkerState) -> str:
+        if not obj.loadavg:
+            return ""
+        return format_html(
+            '<code class="cm-fixedwidth">{}</code>',
+            " ".join(
+                f"{value:.2f}" if isinstance(value, float) else str(value) for value in obj.loadavg
+            ),
+        )
+
+    @admin.display(description=_("tasks"))
+    def tasks_link(self, obj: WorkerState) -> str:
+        url = f"{_changelist_url(TaskState)}?worker={obj.pk}"
+        return format_html('<a href="{}">{}</a>', url, gettext("Tasks of this worker"))
+
+    def has_control_permission(self, request: HttpRequest) -> bool:
+        return self._has_perm(request, "control_workerstate")
+
+    def _hostnames(self, queryset) -> list[WorkerState]:
+        return list(queryset.order_by("hostname"))
+
+    def _broadcast(self, request, queryset, call, done: Any, **kwargs) -> None:
+        workers = self._hostnames(queryset)
+        replies = self._control(request, call, [w.hostname for w in workers], **kwargs)
+        if replies is None:
+            return
+        _log(request, workers, str(call.__name__).replace("_", " ").capitalize())
+        answered = [w for w in workers if w.hostname in replies]
+        text = str(done % {"count": len(workers), "answered": len(answered)})
+        self.message_user(request, text, messages.SUCCESS if answered else messages.WARNING)
+
+    @admin.action(description=_("Shut down selected workers"), permissions=["control"])
+    def shutdown_nodes(self, request, queryset):
+        workers = self._hostnames(queryset)
+        sent = self._control(request, control.shutdown, [w.hostname for w in workers])
+        if sent is None:
+            return
+        _log(request, workers, "Shutdown")
+        self.message_user(
+            request,
+            ngettext(
+                "Shutdown sent to %(count)d worker.",
+                "Shutdown sent to %(count)d workers.",
+                len(sent),
+            )
+            % {"count": len(sent)},
+            messages.SUCCESS,
+        )
+
+    @admin.action(description=_("Enable events on selected workers"), permissions=["control"])
+    def enable_events(self, request, queryset):
+        self._broadcast(
+            request,
+            queryset,
+            control.enable_events,
+            ngettext_lazy(
+                "Events enabled: %(answered)d of %(count)d worker answered.",
+                "Events enabled: %(answered)d of %(count)d workers answered.",
+                "count",
+            ),
+        )
+
+    @admin.action(description=_("Disable events on selected workers"), permissions=["control"])
+    def disable_events(self, request, queryset):
+        self._broadcast(
+            request,
+            queryset,
+            control.disable_events,
+            ngettext_lazy(
+                "Events disabled: %(answered)d of %(count)d worker answered.",
+                "Events disabled: %(answered)d of %(count)d workers answered.",
+                "count",
+            ),
+        )
+
+    @admin.action(
+        description=_("Grow the pool of selected workers by one"), permissions=["control"]
+    )
+    def pool_grow(self, request, queryset):
+        self._broadcast(
+            request,
+            queryset,
+            control.pool_grow,
+            ngettext_lazy(
+                "Pool grown: %(answered)d of %(count)d worker answered.",
+                "Pool grown: %(answered)d of %(count)d workers answered.",
+                "count",
+            ),
+        )
+
+    @admin.action(
+        description=_("Shrink the pool of selected workers by one"), permissions=["control"]
+    )
+    def pool_shrink(self, request, queryset):
+        self._broadcast(
+            request,
+            queryset,
+            control.pool_shrink,
+            ngettext_lazy(
+                "Pool shrunk: %(answered)d of %(count)d worker answered.",
+                "Pool shrunk: %(answered)d of %(count)d workers answered.",
+                "count",
+            ),
+        )
+
+    @admin.action(description=_("Ping selected workers"), permissions=["control"])
+    def ping_workers(self, request, queryset):
+        workers = self._hostnames(queryset)
+        answered = self._control(request, control.ping, [w.hostname for w in workers])
+        if answered is None:
+            return
+        _log(request, workers, "Ping")
+        text = ngettext(
+            "%(answered)d of %(count)d worker answered",
+            "%(answered)d of %(count)d workers answered",
+            len(workers),
+        ) % {"answered": len(answered), "count": len(workers)}
+        details = [
+            gettext("%(host)s in %(ms).1f ms") % {"host": host, "ms": ms}
+            for host, ms in sorted(answered.items(), key=lambda item: item[1])
+        ]
+        silent = [w.hostname for w in workers if w.hostname not in answered]
+        if silent:
+            details.append(gettext("no answer from %(hosts)s") % {"hosts": ", ".join(silent)})
+        if details:
+            text += ": " + "; ".join(details)
+        self.message_user(request, text + ".", messages.SUCCESS if answered else messages.WARNING)
