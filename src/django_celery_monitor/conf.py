@@ -15,10 +15,33 @@ from datetime import timedelta
 from typing import Any
 
 from celery import Celery, current_app, states
+from celery._state import _get_active_apps
+from celery.utils.imports import symbol_by_name
 from django.conf import settings as django_settings
 from django.core.exceptions import ImproperlyConfigured
 
 _MISSING = object()
+
+
+def get_celery_app(app: Celery | None = None) -> Celery:
+    """Return the Celery app of the project.
+
+    ``CELERY_MONITOR_APP`` in Django's settings ("proj.celery:app") names it when a process
+    has several apps. Otherwise it is Celery's current app; and where that is Celery's
+    unconfigured fallback (``current_app`` is per thread: a request thread of a threaded
+    server sees the fallback), the one app the project created.
+    """
+    if app is not None:
+        return app
+    configured = getattr(django_settings, "CELERY_MONITOR_APP", None)
+    if configured:
+        return symbol_by_name(configured) if isinstance(configured, str) else configured
+    current = current_app._get_current_object()
+    if current.main == "default":
+        created = [a for a in _get_active_apps() if a is not current and a.main != "default"]
+        if len(created) == 1:
+            return created[0]
+    return current
 
 
 @dataclass(frozen=True)
@@ -39,13 +62,15 @@ class Setting:
 
     def raw(self, app: Celery | None = None) -> tuple[str, Any]:
         """Return ``(where, value)`` of the first place that sets this, or the default."""
-        app = app or current_app
+        app = get_celery_app(app)
         for name in self.names:
             django_name = self.django_name(name)
             if django_settings.configured and hasattr(django_settings, django_name):
                 return django_name, getattr(django_settings, django_name)
-            if name in app.conf:
-                return name, app.conf[name]
+            # ``get`` applies the configuration's namespace; ``in`` does not.
+            value = app.conf.get(name, _MISSING)
+            if value is not _MISSING:
+                return name, value
         return self.name, self.default
 
 
@@ -54,7 +79,10 @@ def to_expires(where: str, value: Any) -> timedelta | None:
     if value is None or isinstance(value, timedelta):
         return value
     if isinstance(value, int | float) and not isinstance(value, bool) and value >= 0:
-        return timedelta(seconds=value)
+        try:
+            return timedelta(seconds=value)
+        except (OverflowError, ValueError):
+            pass
     raise ImproperlyConfigured(
         f"{where} must be a datetime.timedelta, a number of seconds (>= 0) or None "
         f"(never expire), not {value!r}."

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from datetime import timezone as dt_timezone
 
 from django.conf import settings
 from django.utils import timezone
@@ -45,6 +46,10 @@ def _local(value: datetime) -> datetime:
     return timezone.localtime(value) if settings.USE_TZ else value
 
 
+def _utc(value: datetime) -> datetime:
+    return value.astimezone(dt_timezone.utc) if timezone.is_aware(value) else value
+
+
 def naturaldate(date: datetime | None, include_seconds: bool = False) -> str:
     """Convert datetime into a human natural date string.
 
@@ -58,7 +63,8 @@ def naturaldate(date: datetime | None, include_seconds: bool = False) -> str:
     right_now = _local(timezone.now())
     date = _local(date)
     today = right_now.replace(hour=0, minute=0, second=0, microsecond=0)
-    delta = right_now - date
+    # Elapsed time in UTC: wall clocks of one zone jump at daylight saving changes.
+    delta = _utc(right_now) - _utc(date)
     delta_midnight = today - date
 
     days = delta.days

@@ -40,7 +40,7 @@ def clean_text(value: Any, max_length: int | None = None) -> str | None:
     try:
         text = _to_str(value)
     except Exception:  # a repr that raises: store that it could not be shown
-        return "<unprintable value>"
+        text = "<unprintable value>"
     if "\x00" in text:
         text = text.replace("\x00", "\\x00")
     try:
@@ -48,12 +48,20 @@ def clean_text(value: Any, max_length: int | None = None) -> str | None:
     except UnicodeEncodeError:
         text = text.encode("utf-8", "replace").decode("utf-8")
     if max_length is not None and len(text) > max_length:
-        marker = f"... [{len(text) - max_length} more characters cut]"
-        while len(marker) >= max_length and max_length > 0:
-            marker = marker[: max_length // 2]
-        keep = max_length - len(marker)
-        text = text[:keep] + marker
+        text = _cut(text, max(max_length, 0))
     return text
+
+
+def _cut(text: str, max_length: int) -> str:
+    """Cut ``text`` to ``max_length`` characters, ending with a marker of what was cut."""
+    keep = max_length
+    for _ in range(3):  # the marker's length depends on the count it shows
+        marker = f"... [{len(text) - keep} more characters cut]"
+        keep = max_length - len(marker)
+    if keep < 0:  # no room for the marker
+        return text[:max_length]
+    marker = f"... [{len(text) - keep} more characters cut]"
+    return text[:keep] + marker[: max_length - keep]
 
 
 def clean_id(value: Any, max_length: int = 255) -> str | None:
@@ -66,7 +74,8 @@ def clean_id(value: Any, max_length: int = 255) -> str | None:
     if text is None or len(text) <= max_length:
         return text
     digest = hashlib.sha1(text.encode("utf-8"), usedforsecurity=False).hexdigest()
-    return f"{text[: max_length - len(digest) - 1]}~{digest}"
+    prefix = max(max_length - len(digest) - 1, 0)
+    return f"{text[:prefix]}~{digest}"[:max_length]
 
 
 def clean_number(value: Any) -> float | None:

@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 from django.conf import settings
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
+from django.utils.safestring import mark_safe
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -125,7 +126,7 @@ def fixedwidth(
             '<span title="{}" class="cm-fixedwidth" style="font-size: {}pt;">{}</span>',
             val[:255],
             pt,
-            format_html_join(format_html("<br>"), "{}", ((line,) for line in lines)),
+            format_html_join(mark_safe("<br>"), "{}", ((line,) for line in lines)),
         )
 
     return f

@@ -1,0 +1,101 @@
+"""System checks: a wrong setting fails at start-up, with a stable id."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from django.core.checks import Error, run_checks
+from django.core.management import call_command
+from django.core.management.base import SystemCheckError
+from django.test import override_settings
+
+from django_celery_monitor.checks import check_settings
+
+
+def ids(errors: list[Error]) -> list[str]:
+    return [error.id for error in errors]
+
+
+def test_no_errors_by_default():
+    assert check_settings() == []
+    assert [m for m in run_checks() if m.id and m.id.startswith("celery_monitor.")] == []
+
+
+@override_settings(
+    CELERY_MONITOR_TASK_SUCCESS_EXPIRES=60,
+    CELERY_MONITOR_TASK_ERROR_EXPIRES=None,
+    CELERY_MONITOR_WRITE_BATCH_SIZE=100,
+)
+def test_no_errors_for_good_values():
+    assert check_settings() == []
+
+
+@pytest.mark.parametrize("value", ["1 day", -1, True, [1]])
+def test_e001_for_a_wrong_expiry(value):
+    with override_settings(CELERY_MONITOR_TASK_SUCCESS_EXPIRES=value):
+        errors = check_settings()
+    assert ids(errors) == ["celery_monitor.E001"]
+    assert "CELERY_MONITOR_TASK_SUCCESS_EXPIRES" in errors[0].msg
+    assert repr(value) in errors[0].msg
+
+
+@override_settings(CELERY_MONITOR_TASK_PENDING_EXPIRES=math.inf)
+def test_e001_for_an_infinite_expiry():
+    assert ids(check_settings()) == ["celery_monitor.E001"]
+
+
+@override_settings(CELERY_MONITORS_EXPIRE_ERROR="3 days")
+def test_e001_for_a_wrong_expiry_under_the_1_1_2_name():
+    errors = check_settings()
+    assert ids(errors) == ["celery_monitor.E001"]
+    assert "CELERY_MONITORS_EXPIRE_ERROR" in errors[0].msg
+
+
+@override_settings(
+    CELERY_MONITOR_TASK_SUCCESS_EXPIRES="1 day", CELERY_MONITOR_TASK_ERROR_EXPIRES="3 days"
+)
+def test_one_error_per_wrong_setting():
+    assert ids(check_settings()) == ["celery_monitor.E001", "celery_monitor.E001"]
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "CELERY_MONITOR_WRITE_BATCH_SIZE",
+        "CELERY_MONITOR_PURGE_BATCH_SIZE",
+        "CELERY_MONITOR_MAX_TEXT_LENGTH",
+    ],
+)
+@pytest.mark.parametrize("value", [0, -1, "500", 2.5, None])
+def test_e002_for_a_bad_size(name, value):
+    with override_settings(**{name: value}):
+        errors = check_settings()
+    assert ids(errors) == ["celery_monitor.E002"]
+    assert name in errors[0].msg
+
+
+def test_the_check_is_registered():
+    with override_settings(CELERY_MONITOR_PURGE_BATCH_SIZE=0):
+        assert "celery_monitor.E002" in ids(run_checks())
+
+
+def test_check_command_fails_with_the_error_id():
+    with (
+        override_settings(CELERY_MONITOR_TASK_SUCCESS_EXPIRES="1 day"),
+        pytest.raises(SystemCheckError, match=r"celery_monitor\.E001"),
+    ):
+        call_command("check")
+
+
+def test_check_command_fails_for_a_bad_batch_size():
+    with (
+        override_settings(CELERY_MONITOR_WRITE_BATCH_SIZE=0),
+        pytest.raises(SystemCheckError, match=r"celery_monitor\.E002"),
+    ):
+        call_command("check")
+
+
+def test_check_command_passes_by_default(capsys):
+    call_command("check")
+    assert "no issues" in capsys.readouterr().out
