@@ -62,6 +62,16 @@ class Command(BaseCommand):
             help="How many unfinished tasks the camera keeps track of (default: 100000).",
         )
 
+    def _setup_logging(self, verbosity: int) -> None:
+        """Show the monitor's log on the console, unless the project's LOGGING handles it."""
+        logger = logging.getLogger("django_celery_monitor")
+        logger.setLevel({0: logging.WARNING, 1: logging.INFO}.get(verbosity, logging.DEBUG))
+        if not logger.hasHandlers():
+            handler = logging.StreamHandler(self.stderr)
+            handler.terminator = ""  # OutputWrapper ends each line itself
+            handler.setFormatter(logging.Formatter("[%(asctime)s %(levelname)s] %(message)s"))
+            logger.addHandler(handler)
+
     def handle(self, *args: Any, **options: Any) -> None:
         if options["frequency"] <= 0 or options["cleanup_frequency"] <= 0:
             raise CommandError("--frequency and --cleanup-frequency must be positive.")
@@ -69,8 +79,7 @@ class Command(BaseCommand):
             app = symbol_by_name(options["app"]) if options["app"] else current_app
         except (ImportError, AttributeError, ValueError) as exc:
             raise CommandError(f"Cannot load the Celery app {options['app']!r}: {exc}") from exc
-        if options["verbosity"] > 1:
-            logging.getLogger("django_celery_monitor").setLevel(logging.DEBUG)
+        self._setup_logging(options["verbosity"])
         runner = MonitorRunner(
             app,
             freq=options["frequency"],

@@ -1,0 +1,144 @@
+"""The management commands, and the camera as the 1.1.2 manual runs it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import uuid as uuidlib
+from datetime import timedelta
+from io import StringIO
+from pathlib import Path
+
+import pytest
+from django.core.management import CommandError, call_command
+from django.db import connection
+from django.utils import timezone
+
+from django_celery_monitor.models import TaskState
+from tests.celery_app import app as celery_app
+from tests.conftest import wait_for
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def make_task(state, age):
+    return TaskState.objects.create(
+        task_id=str(uuidlib.uuid4()), state=state, tstamp=timezone.now() - age
+    )
+
+
+@pytest.mark.django_db
+def test_purge_dry_run_counts_and_changes_nothing():
+    make_task("SUCCESS", timedelta(days=2))
+    make_task("FAILURE", timedelta(days=4))
+    make_task("SUCCESS", timedelta(hours=1))
+    out = StringIO()
+    call_command("celery_monitor_purge", "--dry-run", stdout=out)
+    assert "SUCCESS: 1 would expire" in out.getvalue()
+    assert "FAILURE, RETRY, REVOKED: 1 would expire" in out.getvalue()
+    assert TaskState.objects.active().count() == 3
+
+
+@pytest.mark.django_db
+def test_purge_expires_and_deletes(settings):
+    settings.CELERY_MONITOR_TASK_PENDING_EXPIRES = None
+    make_task("SUCCESS", timedelta(days=2))
+    make_task("STARTED", timedelta(days=20))
+    out = StringIO()
+    call_command("celery_monitor_purge", stdout=out)
+    assert out.getvalue().strip() == "Expired 1 task states; purged 1."
+    assert list(TaskState.objects.values_list("state", flat=True)) == ["STARTED"]
+
+
+def test_monitor_command_refuses_bad_options():
+    with pytest.raises(CommandError, match="positive"):
+        call_command("celery_monitor", "--frequency", "0")
+    with pytest.raises(CommandError, match="Cannot load"):
+        call_command("celery_monitor", "--app", "no.such.module:app")
+
+
+def subprocess_env() -> dict:
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "tests.settings", "PYTHONUNBUFFERED": "1"}
+    if connection.vendor == "postgresql":
+        env["PGDATABASE"] = connection.settings_dict["NAME"]  # the test database
+    return env
+
+
+def send_events(task_id: str, hostname: str = "w@commands") -> None:
+    with celery_app.connection_for_write() as conn:
+        dispatcher = celery_app.events.Dispatcher(conn, hostname=hostname, enabled=True)
+        dispatcher.send("task-received", uuid=task_id, name="proj.cmd", args="(1,)")
+        dispatcher.send("task-succeeded", uuid=task_id, result="2", runtime=0.01)
+        dispatcher.close()
+
+
+class Process:
+    """A command running in the background with its output in a file."""
+
+    def __init__(self, command, tmp_path):
+        self.log_path = tmp_path / "output.log"
+        self._log = open(self.log_path, "w")  # noqa: SIM115  (closed in end())
+        self.popen = subprocess.Popen(
+            command, cwd=ROOT, env=subprocess_env(), stdout=self._log, stderr=subprocess.STDOUT
+        )
+
+    def output(self):
+        return self.log_path.read_text()
+
+    def end(self):
+        if self.popen.poll() is None:
+            self.popen.kill()
+        self.popen.wait(30)
+        self._log.close()
+
+
+def wait_for_output(output, text, timeout=30):
+    wait_for(lambda: text in output(), timeout=timeout, message=f"{text!r} in the output")
+
+
+@pytest.mark.e2e
+@pytest.mark.django_db(transaction=True)
+def test_monitor_command_writes_a_last_snapshot_on_sigterm(redis_url, tmp_path):
+    process = Process(
+        [sys.executable, "-m", "django", "celery_monitor", "--app", "tests.celery_app:app",
+         "--frequency", "3600", "--queue-name", f"celery_monitor.cmd-{uuidlib.uuid4().hex[:6]}",
+         "-v", "2"],
+        tmp_path,
+    )  # fmt: skip
+    try:
+        wait_for_output(process.output, "capturing events")
+        task_id = str(uuidlib.uuid4())
+        send_events(task_id)
+        wait_for(lambda: True, timeout=1)
+        assert not TaskState.objects.filter(task_id=task_id).exists()  # no shot for an hour
+        process.popen.send_signal(signal.SIGTERM)
+        assert process.popen.wait(30) == 0, process.output()
+    finally:
+        process.end()
+    assert TaskState.objects.get(task_id=task_id).state == "SUCCESS"
+
+
+@pytest.mark.e2e
+@pytest.mark.django_db(transaction=True)
+def test_celery_events_with_the_camera_as_the_manual_says(redis_url, tmp_path):
+    process = Process(
+        [sys.executable, "-m", "celery", "-A", "tests.celery_app", "events", "-l", "info",
+         "--camera", "django_celery_monitor.camera.Camera", "--frequency=0.5"],
+        tmp_path,
+    )  # fmt: skip
+    try:
+        wait_for_output(process.output, "Taking snapshots with django_celery_monitor.camera")
+        task_id = str(uuidlib.uuid4())
+
+        def recorded():
+            send_events(task_id)  # until the receiver's queue is bound
+            return TaskState.objects.filter(task_id=task_id, state="SUCCESS").first()
+
+        row = wait_for(recorded, timeout=30, interval=1, message="the camera to write")
+        assert row.name == "proj.cmd"
+        assert row.worker.hostname == "w@commands"
+    finally:
+        process.popen.terminate()
+        process.end()
