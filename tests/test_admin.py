@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import re
 import uuid
 from datetime import timedelta
@@ -117,6 +118,19 @@ def test_task_list_columns(admin_client):
     assert "just now" in html
     assert "django_celery_monitor/style.css" in html
     assert "Add task" not in html
+
+
+def test_pages_work_with_use_tz_off(admin_client, settings):
+    settings.USE_TZ = False
+    now = datetime.datetime.now()
+    worker = WorkerState.objects.create(hostname="naive@test", last_heartbeat=now, freq=2.0)
+    task = TaskState.objects.create(
+        task_id=str(uuid.uuid4()), state="SUCCESS", tstamp=now, received=now, worker=worker
+    )
+    for url in (TASKS, task_url(task), worker_url(worker)):
+        response = admin_client.get(url)
+        assert response.status_code == 200
+    assert "just now" in admin_client.get(TASKS).content.decode()
 
 
 def test_long_args_are_shortened_with_the_full_value_on_hover(admin_client):

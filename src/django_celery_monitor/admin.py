@@ -98,7 +98,8 @@ def _when(value: datetime.datetime | None) -> str:
     """The time in natural words, the exact time on hover."""
     if value is None:
         return ""
-    exact = formats.date_format(timezone.localtime(value), "DATETIME_FORMAT")
+    local = timezone.localtime(value) if timezone.is_aware(value) else value  # USE_TZ off
+    exact = formats.date_format(local, "DATETIME_FORMAT")
     return format_html(
         '<time datetime="{}" title="{}">{}</time>',
         value.isoformat(),
