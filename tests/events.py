@@ -11,12 +11,10 @@ _clock = itertools.count(1)
 WORKER = "worker1@example.com"
 
 
-def task_event(kind: str, uuid: str, hostname: str = WORKER, ts: float | None = None, **fields):
-    """A ``task-<kind>`` event of task ``uuid``."""
+def _event(type_: str, hostname: str, ts: float | None, **fields: Any) -> dict:
     ts = time.time() if ts is None else ts
     return {
-        "type": f"task-{kind}",
-        "uuid": uuid,
+        "type": type_,
         "hostname": hostname,
         "timestamp": ts,
         "local_received": ts,
@@ -25,6 +23,11 @@ def task_event(kind: str, uuid: str, hostname: str = WORKER, ts: float | None = 
         "pid": 1234,
         **fields,
     }
+
+
+def task_event(kind: str, uuid: str, hostname: str = WORKER, ts: float | None = None, **fields):
+    """A ``task-<kind>`` event of task ``uuid``."""
+    return _event(f"task-{kind}", hostname, ts, uuid=uuid, **fields)
 
 
 def received(uuid: str, name="proj.add", args="(1, 2)", kwargs="{}", retries=0, **fields):
@@ -47,15 +50,7 @@ def failed(uuid: str, exception="ValueError('x')", traceback="Traceback...", **f
 
 def worker_event(kind: str, hostname: str = WORKER, ts: float | None = None, **fields: Any):
     """A ``worker-<kind>`` event (online, heartbeat, offline)."""
-    ts = time.time() if ts is None else ts
-    return {
-        "type": f"worker-{kind}",
-        "hostname": hostname,
-        "timestamp": ts,
-        "local_received": ts,
-        "clock": next(_clock),
-        "utcoffset": 0,
-        "pid": 1234,
+    defaults = {
         "freq": 2.0,
         "sw_ident": "py-celery",
         "sw_ver": "5.7.0",
@@ -63,5 +58,5 @@ def worker_event(kind: str, hostname: str = WORKER, ts: float | None = None, **f
         "active": 1,
         "processed": 10,
         "loadavg": [0.5, 0.25, 0.1],
-        **fields,
     }
+    return _event(f"worker-{kind}", hostname, ts, **{**defaults, **fields})
