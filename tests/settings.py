@@ -56,7 +56,7 @@ if os.environ.get("DATABASE") == "postgresql":
             "USER": os.environ.get("PGUSER", "postgres"),
             "PASSWORD": os.environ.get("PGPASSWORD", ""),
             "HOST": os.environ.get("PGHOST", "127.0.0.1"),
-            "PORT": os.environ.get("PGPORT", "5432"),
+            "PORT": os.environ.get("PGPORT", "5439"),
         }
     }
 else:

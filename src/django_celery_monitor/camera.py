@@ -180,9 +180,12 @@ class Camera(Polaroid):
             row["offline"] = False
         return row
 
-    def task_row(self, task: Any) -> dict[str, Any]:
-        """Return the TaskState values of a task of Celery's State, cleaned for the database."""
-        limit = self.settings.max_text_length
+    def task_row(self, task: Any, limit: int | None = None) -> dict[str, Any]:
+        """Return the TaskState values of a task of Celery's State, cleaned for the database.
+
+        Texts are cut at ``limit`` characters (default: ``monitor_max_text_length``).
+        """
+        limit = limit or self.settings.max_text_length
         exception = clean_text(task.exception, limit)
         result = clean_text(task.result, limit)
         worker = task.worker.hostname if task.worker is not None else None
@@ -230,11 +233,12 @@ class Camera(Polaroid):
                 self._worker_written[key] = (now, offline)
         self._last_worker_event.clear()
 
+        limit = self.settings.max_text_length
         for uuid, task in self._changed_tasks(state):
             task_id = clean_id(uuid)
             if not task_id:
                 continue
-            row = self.task_row(task)
+            row = self.task_row(task, limit)
             pending = self.pending_tasks.get(task_id)
             if pending is not None:
                 row = {**pending, **merge_task_values(pending, row)}

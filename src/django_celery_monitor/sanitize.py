@@ -11,10 +11,12 @@ from __future__ import annotations
 import hashlib
 import math
 from datetime import datetime
+from datetime import timezone as dt_timezone
 from decimal import Decimal
 from typing import Any
 
 from celery.utils.time import maybe_iso8601
+from django.conf import settings
 
 from .utils import correct_awareness, fromtimestamp
 
@@ -105,6 +107,8 @@ def clean_timestamp(value: Any) -> datetime | None:
     if number is None or not 0 < number <= MAX_TIMESTAMP:
         return None
     try:
+        if settings.USE_TZ:  # the same instant as fromtimestamp(), without the zone lookup
+            return datetime.fromtimestamp(number, tz=dt_timezone.utc)
         return fromtimestamp(number)
     except (OverflowError, OSError, ValueError):
         return None
