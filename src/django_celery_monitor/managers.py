@@ -8,7 +8,7 @@ from typing import Any
 
 from celery import states
 from celery.utils.time import maybe_timedelta
-from django.db import IntegrityError, models, router, transaction
+from django.db import IntegrityError, connections, models, router, transaction
 from django.db.models.functions import Now
 from django.utils import timezone
 
@@ -282,11 +282,13 @@ class TaskStateQuerySet(ExtendedQuerySet):
         if changed:
             # The rows are locked and merged: write them back with one UPSERT per batch,
             # much cheaper than bulk_update's CASE expression per field and row.
+            with_target = connections[self.db].features.supports_update_conflicts_with_target
             self.bulk_create(
                 [self.model(task_id=obj.task_id, **_task_values(obj)) for obj in changed],
                 batch_size=batch,
                 update_conflicts=True,
-                unique_fields=["task_id"],
+                # MySQL's ON DUPLICATE KEY takes no target (task_id is its only other key).
+                unique_fields=["task_id"] if with_target else None,
                 update_fields=sorted(fields),
             )
         return len(new) + len(changed)
