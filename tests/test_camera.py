@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid as uuidlib
 from unittest import mock
@@ -38,8 +39,8 @@ def feed(state, *evs):
 
 
 def shutter(camera):
-    """What Polaroid.capture does: the shutter under the state's lock, then clear."""
-    camera.state.freeze_while(camera.shutter, clear_after=camera.clear_after)
+    """A shot, as the camera's timer takes it."""
+    camera.capture()
 
 
 def row(task_id) -> TaskState:
@@ -204,12 +205,125 @@ def test_a_shot_skipped_by_maxrate_is_written_with_the_next(state, app):
     first, second = new_id(), new_id()
     feed(state, events.received(first), events.succeeded(first))
     shutter(camera)  # takes the one token of the hour
+    assert row(first).state == "SUCCESS"
     feed(state, events.received(second), events.succeeded(second))
     shutter(camera)  # skipped by maxrate: Celery still clears the state
     assert not TaskState.objects.filter(task_id=second).exists()
+    assert second not in state.tasks
     camera.maxrate = None
     shutter(camera)
     assert row(second).state == "SUCCESS"
+
+
+def test_the_last_shot_writes_what_just_happened(state, app):
+    camera = Camera(state, app=app, freq=3600, cleanup_freq=3600)
+    camera.install()
+    try:
+        tid = new_id()
+        feed(state, events.received(tid), events.succeeded(tid))
+        camera.cancel()  # a second after install: no timer shot was due
+        assert row(tid).state == "SUCCESS"
+    finally:
+        camera.close()
+
+
+def test_the_receiver_is_not_blocked_while_a_shot_is_written(state, camera):
+    writing, release = threading.Event(), threading.Event()
+
+    def slow_write(*args, **kwargs):
+        writing.set()
+        release.wait(10)
+        raise OperationalError("slow and then down")
+
+    feed(state, events.received(new_id()))
+    with mock.patch("django_celery_monitor.managers.write_snapshot", side_effect=slow_write):
+        shot = threading.Thread(target=camera.capture)
+        shot.start()
+        assert writing.wait(10)
+        handled = threading.Thread(target=state.event, args=(events.received(new_id()),))
+        handled.start()
+        handled.join(2)
+        blocked = handled.is_alive()
+        release.set()
+        shot.join(10)
+        handled.join(10)
+    assert not blocked, "the state's lock was held during the write"
+    assert len(camera.pending_tasks) == 1  # kept for the next shot
+
+
+def test_a_task_evicted_from_celerys_state_is_still_written(app):
+    state = State(max_tasks_in_memory=10)
+    camera = Camera(state, app=app)
+    first, *others = [new_id() for _ in range(10)]
+    feed(state, events.received(first), *(events.received(tid) for tid in others))
+    shutter(camera)
+    feed(state, events.started(first), events.succeeded(first))
+    feed(state, *(events.received(new_id()) for _ in range(10)))  # evicts the oldest
+    assert first not in state.tasks
+    shutter(camera)
+    assert row(first).state == "SUCCESS"
+
+
+def test_an_outage_during_the_row_by_row_write_keeps_the_rows(state, camera):
+    from django.db import DataError
+
+    from django_celery_monitor.managers import write_snapshot
+
+    ids = [new_id() for _ in range(3)]
+    feed(state, *(events.received(tid) for tid in ids))
+    calls = iter(["refuse", "write", "down"])
+
+    def flaky(workers, tasks, **kwargs):
+        step = next(calls, "write")
+        if step == "refuse":
+            raise DataError("one row is bad")
+        if step == "down":
+            raise OperationalError("the database went away")
+        return write_snapshot(workers, tasks, **kwargs)
+
+    with mock.patch("django_celery_monitor.managers.write_snapshot", side_effect=flaky):
+        shutter(camera)
+    assert len(camera.pending_tasks) == 3  # the whole batch, written rows included
+    shutter(camera)
+    assert TaskState.objects.filter(task_id__in=ids).count() == 3
+    assert camera.pending_tasks == {}
+
+
+def test_pending_rows_are_capped_while_the_database_is_down(state, camera, settings):
+    settings.CELERY_MONITOR_MAX_PENDING_TASKS = 3
+    ids = [new_id() for _ in range(5)]
+    with mock.patch(
+        "django_celery_monitor.managers.write_snapshot", side_effect=OperationalError("down")
+    ):
+        for tid in ids:
+            feed(state, events.received(tid), events.succeeded(tid))
+            shutter(camera)
+    assert list(camera.pending_tasks) == ids[2:]  # the newest are kept
+    shutter(camera)
+    assert set(TaskState.objects.values_list("task_id", flat=True)) == set(ids[2:])
+
+
+def test_an_expired_task_that_moves_on_is_shown_again(state, camera):
+    tid = new_id()
+    feed(state, events.received(tid))
+    shutter(camera)
+    TaskState.objects.filter(task_id=tid).update(hidden=True)
+    feed(state, events.started(tid))
+    shutter(camera)
+    assert not row(tid).hidden
+
+
+def test_times_from_a_clock_far_ahead_are_not_trusted(state, camera):
+    ahead = time.time() + 365 * 86400
+    tid = new_id()
+    feed(state, events.worker_event("heartbeat"))
+    shutter(camera)
+    camera.worker_update_freq = 0
+    feed(state, events.received(tid, ts=ahead))  # also a heartbeat of its worker
+    shutter(camera)
+    assert row(tid).tstamp.timestamp() < time.time() + 60
+    worker = WorkerState.objects.get()
+    assert worker.last_heartbeat.timestamp() < time.time() + 60
 
 
 def test_untrusted_event_values_are_stored_safely(state, camera):

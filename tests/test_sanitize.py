@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import re
+import time
 import uuid
 from datetime import datetime
 from datetime import timezone as dt_timezone
@@ -309,11 +310,19 @@ def test_clean_timestamp_refuses_the_year_50000():
 
 
 def test_clean_timestamp_at_the_end_of_time(settings):
-    assert clean_timestamp(MAX_TIMESTAMP + 1) is None
+    assert clean_timestamp(MAX_TIMESTAMP + 1, future=True) is None
     # 9999-12-31 23:59:59 UTC is already the year 10000 in Berlin: not a crash.
-    assert clean_timestamp(MAX_TIMESTAMP) is None or clean_timestamp(MAX_TIMESTAMP).year == 9999
+    end = clean_timestamp(MAX_TIMESTAMP, future=True)
+    assert end is None or end.year == 9999
     settings.TIME_ZONE = "UTC"
-    assert clean_timestamp(MAX_TIMESTAMP) == utc(9999, 12, 31, 23, 59, 59)
+    assert clean_timestamp(MAX_TIMESTAMP, future=True) == utc(9999, 12, 31, 23, 59, 59)
+
+
+def test_clean_timestamp_refuses_times_ahead_of_this_clock():
+    now = time.time()
+    assert clean_timestamp(now + 30) is not None  # within the allowed clock skew
+    assert clean_timestamp(now + 3600) is None
+    assert clean_timestamp(now + 3600, future=True) is not None
 
 
 def test_clean_timestamp_without_use_tz_is_naive_in_time_zone(settings):

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import threading
 import time
-from collections.abc import Callable
 from typing import Any
 
 from celery import states
 from celery.events.snapshot import Polaroid
 from celery.utils.imports import symbol_by_name
 from celery.utils.log import get_logger
+from celery.utils.timer2 import Timer
+from django.db import DatabaseError, InterfaceError, OperationalError, ProgrammingError
 
 from .conf import MonitorSettings
 from .sanitize import (
@@ -31,6 +33,11 @@ EVENT_TIMESTAMPS = (
 )  # fmt: skip
 
 logger = get_logger(__name__)
+
+#: The longest a timer sleeps before it looks again: how fast it stops when asked.
+TIMER_TICK = 0.25
+#: Down, unreachable, or not migrated yet: worth trying again with the next shot.
+UNAVAILABLE = (OperationalError, InterfaceError, ProgrammingError)
 
 
 def _signature(task: Any) -> tuple:
@@ -58,6 +65,8 @@ class Camera(Polaroid):
     worker_update_freq = WORKER_UPDATE_FREQ
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
+        if kwargs.get("timer") is None:
+            kwargs["timer"] = Timer(max_interval=TIMER_TICK)
         super().__init__(*args, **kwargs)
         self.settings = MonitorSettings(self.app)
         #: Rows collected but not yet written: task id -> values, hostname -> values.
@@ -67,10 +76,15 @@ class Camera(Polaroid):
         self._collected: dict[str, tuple] = {}
         #: When each worker's heartbeat was last collected (monotonic), and its offline flag.
         self._worker_written: dict[str, tuple[float, bool]] = {}
-        #: Changes seen by the event callback, when it could be installed.
-        self._dirty_tasks: set[str] | None = None
+        #: The tasks events touched since the last shot (the objects: Celery's LRU may
+        #: evict a task before the shot), when the dispatcher could be wrapped.
+        self._dirty_tasks: dict[str, Any] | None = None
         self._last_worker_event: dict[str, str] = {}
-        self._install_event_callback()
+        #: Guards the pending rows (collected under the state's lock, written outside it),
+        #: and keeps two writes (a timer shot and the last shot) from running at once.
+        self._pending_lock = threading.RLock()
+        self._flush_lock = threading.Lock()
+        self._wrap_dispatcher()
 
     # -- models ------------------------------------------------------------------------
 
@@ -89,11 +103,6 @@ class Camera(Polaroid):
 
         django.setup()
 
-    def install(self) -> None:
-        """Set Django up, then schedule the shutter and the cleanup."""
-        self.django_setup()
-        super().install()
-
     @property
     def expire_task_states(self) -> tuple[tuple[frozenset[str], Any], ...]:
         """Return a twople of Celery task states and expiration timedeltas."""
@@ -101,36 +110,38 @@ class Camera(Polaroid):
 
     # -- seeing what changed ---------------------------------------------------------------
 
-    def _install_event_callback(self) -> None:
+    def _wrap_dispatcher(self) -> None:
         """Have the state tell us which tasks and workers each event touches.
 
         Possible only before the state handled its first event (it builds its dispatcher
         then); otherwise every shutter compares all tasks in the state instead.
         """
-        if "_event" in vars(self.state):
+        state = self.state
+        if "_event" in vars(state):
             return
-        previous: Callable | None = self.state.event_callback
-        dirty: set[str] = set()
+        dispatch = state._create_dispatcher()
+        dirty: dict[str, Any] = {}
         last_worker_event = self._last_worker_event
 
-        def on_event(state: Any, event: dict) -> None:
-            group, _, subject = str(event.get("type", "")).partition("-")
-            if group == "task":
-                dirty.add(event.get("uuid"))
-            elif group == "worker" and "hostname" in event:
-                last_worker_event[event["hostname"]] = subject
-            if previous is not None:
-                previous(state, event)
+        def _event(event: dict) -> Any:
+            result = dispatch(event)
+            if result is not None:
+                (obj, _created), subject = result
+                group = event.get("type", "").partition("-")[0]
+                if group == "task":
+                    dirty[obj.uuid] = obj
+                elif group == "worker":
+                    last_worker_event[obj.hostname] = subject
+            return result
 
-        self.state.event_callback = on_event
+        state._event = _event  # the cached dispatcher: State.event() calls it
         self._dirty_tasks = dirty
 
     def _changed_tasks(self, state: Any) -> list[tuple[str, Any]]:
         if self._dirty_tasks is None:
             candidates = list(state.tasks.items())
         else:
-            tasks = state.tasks.data if hasattr(state.tasks, "data") else state.tasks
-            candidates = [(uuid, tasks[uuid]) for uuid in self._dirty_tasks if uuid in tasks]
+            candidates = list(self._dirty_tasks.items())
             self._dirty_tasks.clear()
         changed = []
         for uuid, task in candidates:
@@ -152,10 +163,11 @@ class Camera(Polaroid):
     def get_heartbeat(self, worker: Any) -> Any:
         """Return the time of the worker's last heartbeat (aware with USE_TZ), or None."""
         try:
-            heartbeat = worker.heartbeats[-1]
-        except (IndexError, AttributeError, TypeError):
+            heartbeats = reversed(worker.heartbeats)
+        except (AttributeError, TypeError):
             return None
-        return clean_timestamp(heartbeat)
+        # The newest heartbeat that is not in the future (a worker's clock can be wrong).
+        return next(filter(None, map(clean_timestamp, heartbeats)), None)
 
     def worker_row(self, worker: Any) -> dict[str, Any]:
         """Return the WorkerState values of a worker of Celery's State."""
@@ -211,7 +223,7 @@ class Camera(Polaroid):
         }
 
     def collect(self, state: Any) -> None:
-        """Add what changed in ``state`` since the last shutter to the pending rows."""
+        """Add what changed in ``state`` since the last shot to the pending rows."""
         from .managers import merge_task_values
 
         now = time.monotonic()
@@ -220,6 +232,7 @@ class Camera(Polaroid):
         for hostname, event in self._last_worker_event.items():
             if event == "offline" and hostname not in workers:
                 workers[hostname] = state.Worker(hostname)
+        worker_rows = {}
         for hostname, worker in workers.items():
             key = clean_id(hostname)
             if not key:
@@ -229,69 +242,114 @@ class Camera(Polaroid):
             offline = row.get("offline", was_offline)
             due = written_at is None or now - written_at >= self.worker_update_freq
             if due or offline != was_offline:
-                self.pending_workers[key] = {**self.pending_workers.get(key, {}), **row}
+                worker_rows[key] = row
                 self._worker_written[key] = (now, offline)
         self._last_worker_event.clear()
 
         limit = self.settings.max_text_length
+        task_rows = {}
         for uuid, task in self._changed_tasks(state):
             task_id = clean_id(uuid)
-            if not task_id:
-                continue
-            row = self.task_row(task, limit)
-            pending = self.pending_tasks.get(task_id)
-            if pending is not None:
-                row = {**pending, **merge_task_values(pending, row)}
-            self.pending_tasks[task_id] = row
+            if task_id:
+                task_rows[task_id] = self.task_row(task, limit)
+
+        with self._pending_lock:
+            for key, row in worker_rows.items():
+                self.pending_workers[key] = {**self.pending_workers.get(key, {}), **row}
+            for task_id, row in task_rows.items():
+                pending = self.pending_tasks.get(task_id)
+                if pending is not None:
+                    row = {**pending, **merge_task_values(pending, row)}
+                self.pending_tasks[task_id] = row
+            self._limit_pending()
+
+    def _limit_pending(self) -> None:
+        """Drop the oldest pending rows past ``monitor_max_pending_tasks`` (database down)."""
+        excess = len(self.pending_tasks) - self.settings.max_pending_tasks
+        if excess > 0:
+            for task_id in list(self.pending_tasks)[:excess]:
+                del self.pending_tasks[task_id]
+            logger.error(
+                "The database has been unreachable too long: dropped the %d oldest of the "
+                "tasks waiting to be written (monitor_max_pending_tasks).",
+                excess,
+            )
+
+    def _restore(self, tasks: dict[str, dict], workers: dict[str, dict]) -> None:
+        """Put rows that could not be written back, before what was collected meanwhile."""
+        from .managers import merge_task_values
+
+        with self._pending_lock:
+            newer_tasks, newer_workers = self.pending_tasks, self.pending_workers
+            for task_id, row in newer_tasks.items():
+                older = tasks.get(task_id)
+                tasks[task_id] = (
+                    row if older is None else {**older, **merge_task_values(older, row)}
+                )
+            for hostname, row in newer_workers.items():
+                workers[hostname] = {**workers.get(hostname, {}), **row}
+            self.pending_tasks, self.pending_workers = tasks, workers
+            self._limit_pending()
 
     # -- writing ---------------------------------------------------------------------------
 
     def flush(self) -> int:
-        """Write the pending rows in one batch; keep them when the write fails.
+        """Write the pending rows, a transaction per ``monitor_write_batch_size`` tasks.
 
-        Returns how many task rows changed. A batch the database refuses because of one of
-        its rows (not because it is unreachable) is written row by row, and only the rows
+        Returns how many task rows changed. While the database cannot be written (down,
+        unreachable, not migrated yet) the rows stay pending for the next shot. A batch the
+        database refuses because of one of its rows is written row by row, and only the rows
         it still refuses are dropped, with an error in the log.
         """
-        from django.db import DatabaseError, InterfaceError, OperationalError
-
         from .managers import write_snapshot
 
-        if not self.pending_tasks and not self.pending_workers:
-            return 0
-        try:
-            _, written = write_snapshot(self.pending_workers, self.pending_tasks)
-        except (OperationalError, InterfaceError):
-            logger.exception(
-                "Could not write %d tasks and %d workers; keeping them for the next shutter.",
-                len(self.pending_tasks),
-                len(self.pending_workers),
-            )
-            self._close_broken_connection()
-            return 0
-        except (DatabaseError, ValueError, TypeError):
-            logger.exception("The database refused a batch; writing it row by row.")
-            written = self._flush_one_by_one()
-        self.pending_tasks.clear()
-        self.pending_workers.clear()
-        return written
+        with self._flush_lock:
+            with self._pending_lock:
+                tasks, workers = self.pending_tasks, self.pending_workers
+                self.pending_tasks, self.pending_workers = {}, {}
+            if not tasks and not workers:
+                return 0
+            written = 0
+            batch = self.settings.write_batch_size
+            task_ids = list(tasks)
+            try:
+                for start in range(0, max(len(task_ids), 1), batch):
+                    chunk = {
+                        task_id: tasks[task_id] for task_id in task_ids[start : start + batch]
+                    }
+                    try:
+                        written += write_snapshot(workers, chunk)[1]
+                    except UNAVAILABLE:
+                        raise
+                    except (DatabaseError, ValueError, TypeError):
+                        logger.exception("The database refused a batch; writing it row by row.")
+                        written += self._write_one_by_one(workers, chunk)
+                    workers = {}
+                    for task_id in chunk:
+                        del tasks[task_id]
+            except UNAVAILABLE:
+                logger.exception(
+                    "Could not write %d tasks and %d workers; keeping them for the next shot.",
+                    len(tasks),
+                    len(workers),
+                )
+                self._close_broken_connection()
+                self._restore(tasks, workers)
+            return written
 
-    def _flush_one_by_one(self) -> int:
-        from django.db import DatabaseError
-
+    def _write_one_by_one(self, workers: dict[str, dict], tasks: dict[str, dict]) -> int:
         from .managers import write_snapshot
 
         written = 0
-        for hostname, values in self.pending_workers.items():
+        rows = [({hostname: values}, {}) for hostname, values in workers.items()]
+        rows += [({}, {task_id: values}) for task_id, values in tasks.items()]
+        for worker_row, task_row in rows:
             try:
-                write_snapshot({hostname: values}, {})
+                written += write_snapshot(worker_row, task_row)[1]
+            except UNAVAILABLE:
+                raise
             except (DatabaseError, ValueError, TypeError):
-                logger.exception("Dropping worker %r the database refuses: %r", hostname, values)
-        for task_id, values in self.pending_tasks.items():
-            try:
-                written += write_snapshot({}, {task_id: values})[1]
-            except (DatabaseError, ValueError, TypeError):
-                logger.exception("Dropping task %r the database refuses: %r", task_id, values)
+                logger.exception("Dropping a row the database refuses: %r", worker_row or task_row)
         return written
 
     def _close_broken_connection(self) -> None:
@@ -303,19 +361,81 @@ class Camera(Polaroid):
 
     # -- Polaroid hooks ----------------------------------------------------------------------
 
+    def install(self) -> None:
+        """Set Django up, then schedule the shots, and the cleanup on a timer of its own.
+
+        A long expiry and purge then never delays the shots (and the heartbeats they write).
+        """
+        self.django_setup()
+        self._tref = self.timer.call_repeatedly(self.freq, self.capture)
+        self.cleanup_timer = Timer(max_interval=TIMER_TICK)
+        self._ctref = self.cleanup_timer.call_repeatedly(self.cleanup_freq, self.cleanup)
+
+    def capture(self, force: bool = False) -> int:
+        """Take a shot: collect under the state's lock, write after releasing it.
+
+        The receiver keeps handling events while the database write runs. Returns how many
+        task rows were written. ``force`` ignores ``maxrate`` (the last shot).
+        """
+        due: list[bool] = []
+
+        def shoot() -> None:
+            if force or self.maxrate is None or self.maxrate.can_consume():
+                self.shutter_signal.send(sender=self.state)
+                due.append(True)
+            self.collect(self.state)
+
+        self.state.freeze_while(shoot, clear_after=self.clear_after)
+        written = self.flush() if due else 0
+        if written:
+            logger.debug("Shot: wrote %d tasks.", written)
+        return written
+
+    def cancel(self) -> None:
+        """Stop the timers and take a last shot, whatever the time since the previous one."""
+        for ref in (self._tref, self._ctref):
+            if ref is not None:
+                ref.cancel()
+        self._tref = self._ctref = None
+        self.capture(force=True)
+        if self.pending_tasks or self.pending_workers:
+            logger.error(
+                "Stopped with %d tasks and %d workers not written: the database is unreachable.",
+                len(self.pending_tasks),
+                len(self.pending_workers),
+            )
+
+    def close(self) -> None:
+        """Close the database connections of the timer threads, then stop them."""
+        from django.db import connections
+
+        for timer in (self.timer, getattr(self, "cleanup_timer", None)):
+            if timer is None:
+                continue
+            done = threading.Event()
+
+            def close_connections(done: threading.Event = done) -> None:
+                try:
+                    connections.close_all()
+                finally:
+                    done.set()
+
+            timer.call_after(0, close_connections)
+            done.wait(10)
+            timer.stop()
+
     def shutter(self) -> None:
-        """Take a shot; when ``maxrate`` skips the write, still keep what the shot saw."""
+        """Polaroid's shutter: write the shot, or when ``maxrate`` skips it, keep it."""
         if self.maxrate is None or self.maxrate.can_consume():
-            super().shutter()
+            self.shutter_signal.send(sender=self.state)
+            self.on_shutter(self.state)
         else:
             self.collect(self.state)
 
     def on_shutter(self, state: Any) -> None:
-        """Write what changed since the last shutter, in one batch."""
+        """Write what changed since the last shot, in batches."""
         self.collect(state)
-        written = self.flush()
-        if written:
-            logger.debug("Shutter: wrote %d tasks.", written)
+        self.flush()
 
     def handle_worker(self, hostname_worker: tuple[str, Any]) -> Any:
         """Write one worker now and return its WorkerState."""

@@ -130,8 +130,14 @@ MAX_TEXT_LENGTH = Setting(
     description="Longer args, kwargs, results and tracebacks are cut, with a marker.",
 )
 
+MAX_PENDING_TASKS = Setting(
+    "monitor_max_pending_tasks",
+    100_000,
+    description="How many task rows the camera keeps while the database is unreachable.",
+)
+
 EXPIRES_SETTINGS = (TASK_SUCCESS_EXPIRES, TASK_ERROR_EXPIRES, TASK_PENDING_EXPIRES)
-SIZE_SETTINGS = (WRITE_BATCH_SIZE, PURGE_BATCH_SIZE, MAX_TEXT_LENGTH)
+SIZE_SETTINGS = (WRITE_BATCH_SIZE, PURGE_BATCH_SIZE, MAX_TEXT_LENGTH, MAX_PENDING_TASKS)
 
 
 class MonitorSettings:
@@ -172,6 +178,10 @@ class MonitorSettings:
     @property
     def max_text_length(self) -> int:
         return self._size(MAX_TEXT_LENGTH)
+
+    @property
+    def max_pending_tasks(self) -> int:
+        return self._size(MAX_PENDING_TASKS)
 
     @property
     def expire_task_states(self) -> tuple[tuple[frozenset[str], timedelta | None], ...]:

@@ -13,13 +13,14 @@ from django.db.models.functions import Now
 from django.utils import timezone
 
 from .conf import monitor_settings
+from .sanitize import MAX_CLOCK_SKEW
 
 #: The fields Celery takes from task-received whatever the order of the events
 #: (``celery.events.state.Task.merge_rules``): a late event fills them in but never
 #: changes the state.
 MERGE_FIELDS = ("name", "args", "kwargs", "parent_id", "root_id", "retries", "eta", "expires")
 #: Timestamps of single events: a late event fills them in when they are still empty.
-FILL_FIELDS = ("received", "started", "worker_id")
+FILL_FIELDS = ("received", "started", "worker_id", "worker")
 #: How often the batch writer starts over when another writer inserted the same row first.
 WRITE_ATTEMPTS = 3
 
@@ -48,11 +49,13 @@ def merge_task_values(current: Mapping[str, Any] | None, incoming: Mapping[str, 
     """
     if current is None:
         return {key: value for key, value in incoming.items() if value is not None}
+    changes = {}
     if incoming_state_wins(current.get("state"), incoming["state"]):
         fields: Iterable[str] = incoming.keys()
+        if current.get("hidden"):
+            changes["hidden"] = False  # expired, then moved on: keep it
     else:
         fields = (*MERGE_FIELDS, *(f for f in FILL_FIELDS if current.get(f) is None))
-    changes = {}
     for key in fields:
         value = incoming.get(key)
         if value is not None and current.get(key) != value:
@@ -153,6 +156,8 @@ class WorkerStateQuerySet(ExtendedQuerySet):
                 continue
             heartbeat = values.get("last_heartbeat")
             recorded = worker.last_heartbeat
+            if recorded is not None and recorded > now + timedelta(seconds=MAX_CLOCK_SKEW):
+                recorded = None  # written from a clock that ran ahead: not a reference
             if heartbeat is not None and recorded is not None and heartbeat < recorded:
                 values.pop("last_heartbeat")
                 values.pop("offline", None)
@@ -297,7 +302,7 @@ class TaskStateQuerySet(ExtendedQuerySet):
 TASK_FIELDS = (
     "state", "name", "tstamp", "args", "kwargs", "eta", "expires", "result", "traceback",
     "runtime", "retries", "worker_id", "received", "started", "exception", "parent_id",
-    "root_id",
+    "root_id", "hidden",
 )  # fmt: skip
 
 

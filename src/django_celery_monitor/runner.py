@@ -102,23 +102,9 @@ class MonitorRunner:
                     backoff = min(backoff * 2, BACKOFF_MAX)
         finally:
             self.camera.cancel()
-            self._close_timer_connections()
-            self.camera.timer.stop()
+            self.camera.close()
             connections.close_all()
-            logger.info("Stopped; the last snapshot is written.")
-
-    def _close_timer_connections(self) -> None:
-        """Close the database connections the camera opened in its timer thread."""
-        done = threading.Event()
-
-        def close() -> None:
-            try:
-                connections.close_all()
-            finally:
-                done.set()
-
-        self.camera.timer.call_after(0, close)
-        done.wait(10)
+            logger.info("Stopped.")
 
     def _capture(self) -> None:
         with self.app.connection_for_read() as connection:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import time
 from datetime import datetime
 from datetime import timezone as dt_timezone
 from decimal import Decimal
@@ -22,6 +23,9 @@ from .utils import correct_awareness, fromtimestamp
 
 #: The largest POSIX timestamp every database and Python datetime can hold (9999-12-31).
 MAX_TIMESTAMP = 253402300799.0
+#: How far ahead of this machine's clock an event's time may be (the sender's clock runs
+#: fast); anything later is taken as wrong.
+MAX_CLOCK_SKEW = 60.0
 #: Integers stored in 32-bit columns.
 MAX_INT = 2**31 - 1
 
@@ -101,10 +105,15 @@ def clean_int(value: Any, default: int | None = None) -> int | None:
     return int(number)
 
 
-def clean_timestamp(value: Any) -> datetime | None:
-    """Return the datetime of a POSIX timestamp, or None when it is missing or absurd."""
+def clean_timestamp(value: Any, future: bool = False) -> datetime | None:
+    """Return the datetime of a POSIX timestamp, or None when it is missing or absurd.
+
+    A time more than ``MAX_CLOCK_SKEW`` seconds ahead of now counts as absurd unless
+    ``future`` (an ETA may be years ahead).
+    """
     number = clean_number(value)
-    if number is None or not 0 < number <= MAX_TIMESTAMP:
+    latest = MAX_TIMESTAMP if future else time.time() + MAX_CLOCK_SKEW
+    if number is None or not 0 < number <= latest:
         return None
     try:
         if settings.USE_TZ:  # the same instant as fromtimestamp(), without the zone lookup
