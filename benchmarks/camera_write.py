@@ -113,68 +113,47 @@ def run(n_tasks: int, backlog: int) -> None:
 
     print(f"database: {settings.DATABASES['default']['ENGINE'].rsplit('.', 1)[-1]}")
 
-    # 1. A snapshot of finished tasks: received, started and succeeded in one interval.
-    ids = new_ids(n_tasks)
-    kinds = ("received", "started", "succeeded")
-    state = State(max_tasks_in_memory=n_tasks * 2)
-    camera = Camera(state)
-    for event in events_for(ids, kinds):
-        state.event(event)
-    ours = timed(lambda: state.freeze_while(camera.shutter, clear_after=True))
-    assert TaskState.objects.filter(state="SUCCESS").count() == n_tasks
-    reset()
-    state = State(max_tasks_in_memory=n_tasks * 2)
-    for event in events_for(ids, kinds):
-        state.event(event)
-    base = timed(lambda: per_task_baseline(state))
-    assert TaskState.objects.filter(state="SUCCESS").count() == n_tasks
-    reset()
-    print(
-        f"{n_tasks} finished tasks in one snapshot: camera {ours:.3f} s "
-        f"({n_tasks / ours:,.0f} tasks/s), per-task writes {base:.3f} s "
-        f"({n_tasks / base:,.0f} tasks/s); camera is {base / ours:.1f}x faster"
-    )
+    def fed(ids, kinds, state=None):
+        state = state or State(max_tasks_in_memory=max(len(ids) * 2, 10000))
+        for event in events_for(ids, kinds):
+            state.event(event)
+        return state
 
-    # 2. Tasks received in one snapshot and finished in the next: the second one updates.
-    ids = new_ids(n_tasks)
-    state = State(max_tasks_in_memory=n_tasks * 2)
-    camera = Camera(state)
-    for event in events_for(ids, ("received",)):
-        state.event(event)
-    state.freeze_while(camera.shutter, clear_after=True)
-    for event in events_for(ids, ("started", "succeeded")):
-        state.event(event)
-    ours = timed(lambda: state.freeze_while(camera.shutter, clear_after=True))
-    assert TaskState.objects.filter(state="SUCCESS").count() == n_tasks
-    reset()
-    state = State(max_tasks_in_memory=n_tasks * 2)
-    for event in events_for(ids, ("received",)):
-        state.event(event)
-    per_task_baseline(state)
-    state = State(max_tasks_in_memory=n_tasks * 2)
-    for event in events_for(ids, ("received", "started", "succeeded")):
-        state.event(event)
-    base = timed(lambda: per_task_baseline(state))
-    assert TaskState.objects.filter(state="SUCCESS").count() == n_tasks
-    reset()
-    print(
-        f"{n_tasks} recorded tasks finishing in one snapshot: camera {ours:.3f} s "
-        f"({n_tasks / ours:,.0f} tasks/s), per-task writes {base:.3f} s "
-        f"({n_tasks / base:,.0f} tasks/s); camera is {base / ours:.1f}x faster"
-    )
+    def compare(label, recorded_first):
+        """Camera against per-task writes for n_tasks finishing in one snapshot."""
+        ids = new_ids(n_tasks)
+        finish = ("started", "succeeded")
+        camera = Camera(fed(ids, ("received",) if recorded_first else ()))
+        if recorded_first:
+            camera.capture()
+        state = fed(ids, finish if recorded_first else ("received", *finish), camera.state)
+        ours = timed(camera.capture)
+        assert TaskState.objects.filter(state="SUCCESS").count() == n_tasks
+        reset()
+        if recorded_first:
+            per_task_baseline(fed(ids, ("received",)))
+        state = fed(ids, ("received", *finish))
+        base = timed(lambda: per_task_baseline(state))
+        assert TaskState.objects.filter(state="SUCCESS").count() == n_tasks
+        reset()
+        print(
+            f"{n_tasks} {label}: camera {ours:.3f} s ({n_tasks / ours:,.0f} tasks/s), "
+            f"per-task writes {base:.3f} s ({n_tasks / base:,.0f} tasks/s); "
+            f"camera is {base / ours:.1f}x faster"
+        )
+
+    # 1. Tasks received, started and finished within one snapshot: inserts.
+    compare("finished tasks in one snapshot", recorded_first=False)
+    # 2. Tasks received in one snapshot and finished in the next: updates.
+    compare("recorded tasks finishing in one snapshot", recorded_first=True)
 
     # 3. A backlog of queued tasks, of which a few move on per snapshot.
     queued = new_ids(backlog)
-    state = State(max_tasks_in_memory=backlog * 2)
-    camera = Camera(state)
-    for event in events_for(queued, ("received",)):
-        state.event(event)
-    first = timed(lambda: state.freeze_while(camera.shutter, clear_after=True))
-    moving = queued[:100]
-    for event in events_for(moving, ("started",)):
-        state.event(event)
-    ours = timed(lambda: state.freeze_while(camera.shutter, clear_after=True))
-    base = timed(lambda: per_task_baseline(state))
+    camera = Camera(fed(queued, ("received",)))
+    first = timed(camera.capture)
+    fed(queued[:100], ("started",), camera.state)
+    ours = timed(camera.capture)
+    base = timed(lambda: per_task_baseline(camera.state))
     print(
         f"backlog of {backlog} queued tasks (first snapshot {first:.2f} s), then 100 start: "
         f"camera {ours * 1000:.1f} ms per snapshot, per-task rewrite of the backlog "
