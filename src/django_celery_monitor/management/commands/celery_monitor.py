@@ -6,10 +6,10 @@ import logging
 import signal
 from typing import Any
 
-from celery import current_app
 from celery.utils.imports import symbol_by_name
 from django.core.management.base import BaseCommand, CommandError
 
+from ...conf import get_celery_app
 from ...runner import MonitorRunner
 
 
@@ -24,7 +24,8 @@ class Command(BaseCommand):
         parser.add_argument(
             "-A",
             "--app",
-            help="The Celery app (module:attribute); default: the project's current app.",
+            help="The Celery app (module:attribute). Default: the CELERY_MONITOR_APP setting, "
+            "or the project's app.",
         )
         parser.add_argument(
             "-F",
@@ -76,7 +77,7 @@ class Command(BaseCommand):
         if options["frequency"] <= 0 or options["cleanup_frequency"] <= 0:
             raise CommandError("--frequency and --cleanup-frequency must be positive.")
         try:
-            app = symbol_by_name(options["app"]) if options["app"] else current_app
+            app = symbol_by_name(options["app"]) if options["app"] else get_celery_app()
         except (ImportError, AttributeError, ValueError) as exc:
             raise CommandError(f"Cannot load the Celery app {options['app']!r}: {exc}") from exc
         self._setup_logging(options["verbosity"])

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from celery import current_app
 from django.core.management.base import BaseCommand, CommandError
 from django.db import DEFAULT_DB_ALIAS, DatabaseError, connections
 
@@ -34,7 +33,7 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         manager = TaskState.objects.db_manager(options["database"])
-        groups = MonitorSettings(current_app).expire_task_states
+        groups = MonitorSettings().expire_task_states
         try:
             if options["dry_run"]:
                 self._dry_run(manager, groups)
