@@ -189,3 +189,12 @@ def test_get_latest_by_and_ordering_in_queries():
     assert list(TaskState.objects.all()) == [new, old]
     assert TaskState.objects.latest() == new
     assert TaskState.objects.earliest() == old
+
+
+@pytest.mark.django_db
+def test_is_alive_grace_is_a_setting(settings):
+    heartbeat = timezone.now() - timedelta(seconds=30)
+    worker = WorkerState.objects.create(hostname="slow@test", last_heartbeat=heartbeat, freq=2.0)
+    assert not worker.is_alive()
+    settings.CELERY_MONITOR_WORKER_ALIVE_GRACE = 60
+    assert worker.is_alive()

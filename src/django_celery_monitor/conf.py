@@ -136,8 +136,21 @@ MAX_PENDING_TASKS = Setting(
     description="How many task rows the camera keeps while the database is unreachable.",
 )
 
+WORKER_ALIVE_GRACE = Setting(
+    "monitor_worker_alive_grace",
+    10,
+    description="Seconds a worker still counts as online past Celery's heartbeat expiry "
+    "(two heartbeat periods); raise it with a camera --frequency above 5 s.",
+)
+
 EXPIRES_SETTINGS = (TASK_SUCCESS_EXPIRES, TASK_ERROR_EXPIRES, TASK_PENDING_EXPIRES)
-SIZE_SETTINGS = (WRITE_BATCH_SIZE, PURGE_BATCH_SIZE, MAX_TEXT_LENGTH, MAX_PENDING_TASKS)
+SIZE_SETTINGS = (
+    WRITE_BATCH_SIZE,
+    PURGE_BATCH_SIZE,
+    MAX_TEXT_LENGTH,
+    MAX_PENDING_TASKS,
+    WORKER_ALIVE_GRACE,
+)
 
 
 class MonitorSettings:
@@ -182,6 +195,10 @@ class MonitorSettings:
     @property
     def max_pending_tasks(self) -> int:
         return self._size(MAX_PENDING_TASKS)
+
+    @property
+    def worker_alive_grace(self) -> int:
+        return self._size(WORKER_ALIVE_GRACE)
 
     @property
     def expire_task_states(self) -> tuple[tuple[frozenset[str], timedelta | None], ...]:

@@ -11,12 +11,14 @@ from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
 from . import managers
+from .conf import monitor_settings
 
 ALL_STATES = sorted(states.ALL_STATES | {states.REJECTED})
 TASK_STATE_CHOICES = sorted(zip(ALL_STATES, ALL_STATES, strict=True))
 
-#: Seconds added to Celery's own heartbeat expiry (two heartbeat periods) before a worker
-#: row counts as offline: the row is only as fresh as the camera's last shutter.
+#: The default of ``monitor_worker_alive_grace``: seconds added to Celery's own heartbeat
+#: expiry (two heartbeat periods) before a worker row counts as offline, since the row is
+#: only as fresh as the camera's last shot.
 HEARTBEAT_GRACE = 10.0
 
 #: The heartbeat period assumed for rows written before the period was recorded.
@@ -69,13 +71,14 @@ class WorkerState(models.Model):
         """Return whether the worker is currently alive or not.
 
         A worker is alive while its last heartbeat is younger than Celery's expiry window
-        (two heartbeat periods) plus a grace for the camera's snapshot delay, and it has not
-        said goodbye since.
+        (two heartbeat periods) plus ``monitor_worker_alive_grace`` seconds for the camera's
+        snapshot delay, and it has not said goodbye since.
         """
         if not self.last_heartbeat or self.offline:
             return False
         freq = self.freq or DEFAULT_HEARTBEAT_FREQ
-        expires = heartbeat_expires(self.heartbeat_timestamp, freq) + HEARTBEAT_GRACE
+        grace = monitor_settings.worker_alive_grace
+        expires = heartbeat_expires(self.heartbeat_timestamp, freq) + grace
         return time.time() < expires
 
     @property
