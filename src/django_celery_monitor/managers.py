@@ -81,22 +81,48 @@ class ExtendedQuerySet(models.QuerySet):
         a boolean specifying whether an object was created. The row stays locked until the
         surrounding transaction ends.
         """
-        defaults = dict(defaults or {})
+        values = {k: v() if callable(v) else v for k, v in (defaults or {}).items()}
         db = router.db_for_write(self.model)
         with transaction.atomic(using=db):
-            try:
-                obj = self.using(db).select_for_update().get(**kwargs)
-            except self.model.DoesNotExist:
-                params = {**kwargs, **{k: v() if callable(v) else v for k, v in defaults.items()}}
-                try:
-                    with transaction.atomic(using=db):
-                        return self.using(db).create(**params), True
-                except IntegrityError:
-                    obj = self.using(db).select_for_update().get(**kwargs)
-            for key, value in defaults.items():
-                setattr(obj, key, value() if callable(value) else value)
+            obj, created = self._lock_or_create(db, kwargs, {**kwargs, **values})
+            if created:
+                return obj, True
+            for key, value in values.items():
+                setattr(obj, key, value)
             obj.save(using=db)
         return obj, False
+
+    def _lock_or_create(
+        self, db: str, lookup: Mapping[str, Any], params: Mapping[str, Any]
+    ) -> tuple[models.Model, bool]:
+        """Lock the row ``lookup`` finds, or create it from ``params``; in a transaction.
+
+        When another writer creates the row first, lock theirs instead.
+        """
+        obj = self.using(db).select_for_update().filter(**lookup).first()
+        if obj is not None:
+            return obj, False
+        try:
+            with transaction.atomic(using=db):
+                return self.using(db).create(**params), True
+        except IntegrityError:
+            return self.using(db).select_for_update().get(**lookup), False
+
+    def _in_batches(self, rows: models.QuerySet, act: Any) -> int:
+        """Apply ``act`` to ``rows``, ``monitor_purge_batch_size`` primary keys at a time.
+
+        ``act`` gets a queryset of one batch and returns how many rows it changed; the total
+        is returned. Each batch is its own short statement or transaction.
+        """
+        batch = monitor_settings.purge_batch_size
+        total = 0
+        while True:
+            ids = list(rows.values_list("pk", flat=True)[:batch])
+            if not ids:
+                return total
+            total += act(self.filter(pk__in=ids))
+            if len(ids) < batch:
+                return total
 
 
 class WorkerStateQuerySet(ExtendedQuerySet):
@@ -197,32 +223,18 @@ class TaskStateQuerySet(ExtendedQuerySet):
         """
         if expires is None:
             return None
-        batch = monitor_settings.purge_batch_size
         expired = self.expired(states, expires).filter(hidden=False).order_by()
-        total = 0
-        while True:
-            ids = list(expired.values_list("pk", flat=True)[:batch])
-            if not ids:
-                return total
-            total += self.filter(pk__in=ids).update(hidden=True)
-            if len(ids) < batch:
-                return total
+        return self._in_batches(expired, lambda batch: batch.update(hidden=True))
 
     def purge(self) -> int:
         """Purge all expired (hidden) task states, in batches. Returns how many were deleted."""
-        batch = monitor_settings.purge_batch_size
         db = router.db_for_write(self.model)
-        hidden = self.using(db).filter(hidden=True).order_by()
-        total = 0
-        while True:
-            ids = list(hidden.values_list("pk", flat=True)[:batch])
-            if not ids:
-                return total
+
+        def delete(batch: models.QuerySet) -> int:
             with transaction.atomic(using=db):
-                deleted, _ = self.using(db).filter(pk__in=ids).delete()
-            total += deleted
-            if len(ids) < batch:
-                return total
+                return batch.using(db).delete()[0]
+
+        return self._in_batches(self.using(db).filter(hidden=True).order_by(), delete)
 
     def update_state(self, state: str, task_id: str, defaults: Mapping[str, Any]) -> Any:
         """Create or update one task row, following Celery's state precedence.
@@ -236,13 +248,10 @@ class TaskStateQuerySet(ExtendedQuerySet):
             incoming["worker_id"] = getattr(worker, "pk", worker)
         db = router.db_for_write(self.model)
         with transaction.atomic(using=db):
-            obj = self.using(db).select_for_update().filter(task_id=task_id).first()
-            if obj is None:
-                try:
-                    with transaction.atomic(using=db):
-                        return self.using(db).create(task_id=task_id, **_with_defaults(incoming))
-                except IntegrityError:
-                    obj = self.using(db).select_for_update().get(task_id=task_id)
+            lookup = {"task_id": task_id}
+            obj, created = self._lock_or_create(db, lookup, {**lookup, **_with_defaults(incoming)})
+            if created:
+                return obj
             changes = merge_task_values(_task_values(obj), incoming)
             if changes:
                 for key, value in changes.items():
