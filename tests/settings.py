@@ -60,11 +60,13 @@ if os.environ.get("DATABASE") == "postgresql":
         }
     }
 else:
+    # SQLITE_NAME lets two test runs on one checkout keep out of each other's database.
+    SQLITE_NAME = os.environ.get("SQLITE_NAME", str(BASE_DIR / "test.sqlite3"))
     DATABASES = {
         "default": {
             "ENGINE": "django.db.backends.sqlite3",
-            "NAME": str(BASE_DIR / "test.sqlite3"),
-            "TEST": {"NAME": str(BASE_DIR / "test.sqlite3")},
+            "NAME": SQLITE_NAME,
+            "TEST": {"NAME": SQLITE_NAME},
         }
     }
 
