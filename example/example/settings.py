@@ -65,10 +65,15 @@ DATABASES = {
 STATIC_URL = "/static/"
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
-# Celery: Kombu's filesystem transport supports the fanout exchange events need. Every
+# Celery: a broker in local folders, so the demo needs no server. Kombu's own filesystem
+# transport can hand a consumer a message file that is still being written (the worker then
+# dies with JSONDecodeError, kombu issue #1551); the monitor's FilesystemTransport writes
+# each message aside and renames it into its queue, so a reader sees it whole or not at all.
+# It supports the fanout and topic exchanges that events and remote control use. Every
 # process must use the same absolute folders; 0.1 s polling keeps events ~50 ms late.
 BROKER_DIR = DATA_DIR / "broker"
 CELERY_BROKER_URL = "filesystem://"
+CELERY_BROKER_TRANSPORT = "django_celery_monitor.transport:FilesystemTransport"
 CELERY_BROKER_TRANSPORT_OPTIONS = {
     "data_folder_in": str(BROKER_DIR / "messages"),
     "data_folder_out": str(BROKER_DIR / "messages"),

@@ -1,0 +1,114 @@
+"""The demo's supervisor (``manage.py rundemo`` of the example project), with real processes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT, wait_for
+
+pytestmark = pytest.mark.e2e
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def processes_of(data_dir: Path) -> list[int]:
+    marker = f"DEMO_DATA_DIR={data_dir}".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if marker in (entry / "environ").read_bytes().split(b"\0"):
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
+@pytest.fixture
+def demo(tmp_path):
+    """Start the example project's ``rundemo`` in a data folder of its own."""
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "example.settings",
+        "PYTHONPATH": str(ROOT / "example"),
+        "DEMO_DATA_DIR": str(tmp_path),
+    }
+    manage = [sys.executable, str(ROOT / "example" / "manage.py")]
+    subprocess.run([*manage, "migrate", "--noinput", "-v", "0"], env=env, check=True)
+    output = tmp_path / "demo.out"
+    started = []
+
+    def start() -> subprocess.Popen:
+        with open(output, "wb") as out:
+            process = subprocess.Popen(
+                [*manage, "rundemo", "--port", str(free_port()), "--status-every", "2"],
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        started.append(process)
+        return process
+
+    start.output = output
+    start.data_dir = tmp_path
+    yield start
+    for process in started:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    for pid in processes_of(tmp_path):
+        os.kill(pid, signal.SIGKILL)
+
+
+def test_the_demo_records_tasks_and_stops_cleanly_on_ctrl_c(demo):
+    process = demo()
+    wait_for(
+        lambda: (
+            "tasks recorded in this run" in demo.output.read_text()
+            and "online" in demo.output.read_text()
+        ),
+        timeout=60,
+        message="the demo to record tasks and show its worker online",
+    )
+    process.send_signal(signal.SIGINT)
+    assert process.wait(60) == 0
+    assert "The demo stopped." in demo.output.read_text()
+    time.sleep(0.5)
+    assert processes_of(demo.data_dir) == []
+
+
+def test_the_demo_says_which_process_stopped_and_stops_the_others(demo):
+    process = demo()
+    wait_for(
+        lambda: "tasks recorded in this run" in demo.output.read_text(),
+        timeout=60,
+        message="the demo to record tasks",
+    )
+    worker_log = demo.data_dir / "logs" / "worker.log"
+    worker = next(
+        pid
+        for pid in processes_of(demo.data_dir)
+        if b"worker" in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        and os.getpgid(pid) == pid
+    )
+    os.kill(worker, signal.SIGKILL)
+    assert process.wait(60) == 1
+    text = demo.output.read_text()
+    assert "The Celery worker stopped by itself (signal 9)" in text
+    assert f"The last lines of {worker_log}" in text
+    assert "The demo stopped because the Celery worker stopped" in text
+    time.sleep(0.5)
+    assert processes_of(demo.data_dir) == []
