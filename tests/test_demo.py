@@ -14,7 +14,7 @@ import pytest
 
 from tests.conftest import ROOT, wait_for
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.nodb]
 
 
 def free_port() -> int:

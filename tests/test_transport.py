@@ -18,6 +18,8 @@ from django_celery_monitor.transport import (
     queue_folder_name,
 )
 
+pytestmark = pytest.mark.nodb
+
 TRANSPORT = "django_celery_monitor.transport:FilesystemTransport"
 #: Processes are spawned, not forked: the test process may run threads.
 spawn = multiprocessing.get_context("spawn")
