@@ -6,6 +6,7 @@ import datetime
 import re
 import uuid
 from datetime import timedelta
+from html import unescape
 
 import pytest
 from django.contrib.admin.models import CHANGE, LogEntry
@@ -98,9 +99,17 @@ def post_action(client, url, action, objects, **extra):
 
 
 def test_task_list_columns(admin_client):
-    worker = make_worker()
-    task = make_task(args="(2, 3)", kwargs="{'x': 1}", runtime=0.25, retries=2, worker=worker)
-    make_task(state="FAILURE", name="tests.tasks.fail")
+    worker = make_worker("celery@worker-production-eu-west-1a")
+    task = make_task(
+        name="proj.reports.tasks.generate_monthly_report",
+        args="(2, 3)",
+        kwargs="{'x': 1}",
+        runtime=0.25,
+        retries=2,
+        eta=timezone.now() + timedelta(hours=1),
+        worker=worker,
+    )
+    make_task(state="FAILURE", name="tests.tasks.fail", args="()", kwargs="{}")
 
     response = admin_client.get(TASKS)
 
@@ -108,16 +117,24 @@ def test_task_list_columns(admin_client):
     html = response.content.decode()
     assert response.context["cl"].title == "Tasks"
     assert "<title>Tasks |" in html
+    headers = re.findall(r'<th scope="col"\s+class="[^"]*column-(\w+)', html)
+    assert headers == ["state_badge", "task_id_display", "task_display", "when", "worker_link"]
     assert 'class="cm-badge cm-badge-green"' in html
     assert 'class="cm-badge cm-badge-red"' in html
     assert f'title="{task.task_id}">{task.task_id[:8]}…</code>' in html
-    assert "(2, 3)" in html
-    assert "{&#x27;x&#x27;: 1}" in html
-    assert "250.0 ms" in html
+    # The name may wrap after its dots; the arguments, both kinds, are on the line below.
+    assert "proj.<wbr>reports.<wbr>tasks." in html and "generate_<wbr>monthly_<wbr>report" in html
+    assert "(2, 3) {&#x27;x&#x27;: 1}</code>" in html
+    assert "ran 250.0 ms" in html
     assert f'href="{worker_url(worker)}"' in html
+    assert "celery@worker-production-eu-west-1a" in html
     assert "just now" in html
     assert "django_celery_monitor/style.css" in html
     assert "Add task" not in html
+    # The ETA and the retries are on the task's page only.
+    assert "column-eta" not in html and "column-retries" not in html
+    detail = admin_client.get(task_url(task)).content.decode()
+    assert "ETA" in detail and "Number of retries" in detail and "{&#x27;x&#x27;: 1}" in detail
 
 
 def test_pages_work_with_use_tz_off(admin_client, settings):
@@ -140,7 +157,7 @@ def test_long_args_are_shortened_with_the_full_value_on_hover(admin_client):
     html = admin_client.get(TASKS).content.decode()
 
     assert f'title="{long_args}"' in html
-    assert long_args[:24] + "…</code>" in html
+    assert f'class="cm-fixedwidth cm-args" title="{long_args}">{long_args[:200]}…</code>' in html
 
 
 def test_worker_list_columns(admin_client):
@@ -178,6 +195,20 @@ def test_lists_are_read_only(admin_client):
 # -- filters and search
 
 
+def state_filter(response):
+    """The state filter as a user reads it: each state and the count shown next to it."""
+    return dict(
+        re.findall(
+            r'class="cm-state-choice[^"]*">([^<]+) <span class="cm-count">\(([^)]*)\)</span>',
+            response.content.decode(),
+        )
+    )
+
+
+def greyed_states(response):
+    return re.findall(r'class="cm-state-choice cm-state-none">([^<]+) ', response.content.decode())
+
+
 def test_filter_by_state(admin_client):
     ok, failed = make_task("SUCCESS"), make_task("FAILURE")
 
@@ -185,11 +216,120 @@ def test_filter_by_state(admin_client):
 
     assert list(response.context["cl"].result_list) == [failed]
     assert ok.task_id not in response.content.decode()
-    choices = [
-        c["display"]
-        for c in response.context["cl"].filter_specs[0].choices(response.context["cl"])
-    ]
-    assert "REVOKED" in choices and "RECEIVED" in choices
+    assert {"REVOKED", "RECEIVED", "PENDING", "REJECTED"} <= set(state_filter(response))
+
+
+def test_the_state_filter_counts_the_tasks_of_each_state(admin_client):
+    for state, count in (("SUCCESS", 3), ("FAILURE", 2), ("STARTED", 1)):
+        for _ in range(count):
+            make_task(state)
+
+    response = admin_client.get(TASKS)
+
+    counts = state_filter(response)
+    assert counts == {
+        "FAILURE": "2", "PENDING": "0", "RECEIVED": "0", "REJECTED": "0", "RETRY": "0",
+        "REVOKED": "0", "STARTED": "1", "SUCCESS": "3",
+    }  # fmt: skip
+    assert greyed_states(response) == ["PENDING", "RECEIVED", "REJECTED", "RETRY", "REVOKED"]
+
+
+def test_the_state_filter_of_an_empty_table(admin_client):
+    response = admin_client.get(TASKS)
+
+    assert response.status_code == 200
+    assert set(state_filter(response).values()) == {"0"}
+    assert len(greyed_states(response)) == 8
+
+
+def test_the_state_filter_shows_the_cap_when_a_state_has_more_tasks(admin_client, monkeypatch):
+    monkeypatch.setattr(monitor_admin.StateFilter, "count_cap", 3)
+    TaskState.objects.bulk_create(
+        TaskState(state=state, task_id=str(uuid.uuid4()), tstamp=timezone.now())
+        for state in ["SUCCESS"] * 5 + ["FAILURE"] * 3 + ["RETRY"] * 4
+    )
+
+    counts = state_filter(admin_client.get(TASKS))
+
+    assert (counts["SUCCESS"], counts["RETRY"], counts["FAILURE"]) == ("3+", "3+", "3")
+
+
+def test_the_cap_is_shown_with_a_thousands_separator(admin_client, monkeypatch):
+    monkeypatch.setattr(monitor_admin.StateFilter, "count_cap", 1000)
+    monkeypatch.setattr(monitor_admin, "capped_counts", lambda qs, field, values, cap: {
+        value: 1001 if value == "SUCCESS" else 999 for value in values
+    })  # fmt: skip
+
+    counts = state_filter(admin_client.get(TASKS))
+
+    assert (counts["SUCCESS"], counts["FAILURE"]) == ("1,000+", "999")
+
+
+def test_the_state_counts_follow_the_other_filters_and_the_search(admin_client):
+    worker = make_worker("w1@test")
+    make_task("SUCCESS", name="proj.a", worker=worker)
+    make_task("SUCCESS", name="proj.a")
+    make_task("FAILURE", name="proj.a")
+    make_task("SUCCESS", name="proj.b")
+    make_task("RETRY", name="proj.b", tstamp=timezone.now() - timedelta(days=400))
+
+    by_name = state_filter(admin_client.get(TASKS, {"name": "proj.a"}))
+    assert (by_name["SUCCESS"], by_name["FAILURE"], by_name["RETRY"]) == ("2", "1", "0")
+    by_search = state_filter(admin_client.get(TASKS, {"q": "proj.b"}))
+    assert (by_search["SUCCESS"], by_search["FAILURE"], by_search["RETRY"]) == ("1", "0", "1")
+    by_worker = state_filter(admin_client.get(TASKS, {"worker": worker.pk}))
+    assert (by_worker["SUCCESS"], by_worker["FAILURE"]) == ("1", "0")
+    stamp = timezone.localtime()
+    this_year = state_filter(admin_client.get(TASKS, {"tstamp__year": stamp.year}))
+    assert (this_year["SUCCESS"], this_year["RETRY"]) == ("3", "0")
+    # The state's own filter does not narrow its counts: the other states stay reachable.
+    failed = state_filter(admin_client.get(TASKS, {"state": "FAILURE", "name": "proj.a"}))
+    assert (failed["SUCCESS"], failed["FAILURE"]) == ("2", "1")
+    # Nothing matches: every state shows 0.
+    nothing = admin_client.get(TASKS, {"worker": "nope"})
+    assert set(state_filter(nothing).values()) == {"0"}
+
+
+def test_the_state_filter_offers_the_custom_states_in_the_table(admin_client, monkeypatch):
+    make_task("PROGRESS")
+    make_task("PROGRESS")
+    make_task("AWAITING_APPROVAL")
+    make_task("SUCCESS")
+
+    response = admin_client.get(TASKS)
+
+    counts = state_filter(response)
+    assert (counts["PROGRESS"], counts["AWAITING_APPROVAL"], counts["SUCCESS"]) == ("2", "1", "1")
+    assert list(counts) == sorted(counts)
+    progress = admin_client.get(TASKS, {"state": "PROGRESS"})
+    assert [t.state for t in progress.context["cl"].result_list] == ["PROGRESS", "PROGRESS"]
+
+    monkeypatch.setattr(monitor_admin.StateFilter, "max_custom_states", 1)
+    assert "PROGRESS" not in state_filter(admin_client.get(TASKS))  # the first one only
+
+
+def test_the_state_filter_costs_a_bounded_number_of_queries(
+    admin_client, django_assert_max_num_queries
+):
+    worker = make_worker()
+    states = ["SUCCESS", "FAILURE", "STARTED", "RETRY"] + [f"CUSTOM{n}" for n in range(30)]
+    TaskState.objects.bulk_create(
+        TaskState(state=states[n % len(states)], task_id=str(uuid.uuid4()), name=f"t{n % 5}",
+                  tstamp=timezone.now(), worker=worker)
+        for n in range(300)
+    )  # fmt: skip
+    admin_client.get(TASKS)  # warm the session and content type caches
+
+    for params in ({}, {"state": "SUCCESS"}, {"name": "t1", "q": "t"}, {"state": "CUSTOM7"}):
+        with django_assert_max_num_queries(10) as queries:
+            response = admin_client.get(TASKS, params)
+        offered = state_filter(response)
+        # Celery's 8 states and the first 20 custom ones, and the one chosen if not among them.
+        assert len(offered) == 8 + 20 + (params == {"state": "CUSTOM7"})
+        assert params.get("state", "SUCCESS") in offered
+        counting = [q["sql"] for q in queries.captured_queries if "cm_count_" in q["sql"]]
+        assert len(counting) == 1, counting  # one statement for every state
+        assert counting[0].count("LIMIT") == len(offered), counting[0]  # each count capped
 
 
 def test_filter_by_worker_and_name(admin_client):
@@ -414,6 +554,82 @@ def test_revoke_one_task_says_task(admin_client, redis_url, celery):
     assert messages_of(response) == ["Revoked 1 task; no worker answered."]
 
 
+@pytest.fixture
+def revoke_calls(celery, monkeypatch):
+    """The task ids each revoke sends to the broker (a real one, with no worker listening)."""
+    calls = []
+    revoke = monitor_admin.control.revoke
+
+    def spy(task_ids, **kwargs):
+        calls.append(sorted(task_ids))
+        return revoke(task_ids, **kwargs)
+
+    monkeypatch.setattr(monitor_admin.control, "revoke", spy)
+    return calls
+
+
+@pytest.mark.parametrize("action", ["revoke_tasks", "terminate_tasks", "kill_tasks"])
+def test_revoking_a_finished_task_says_so(admin_client, redis_url, revoke_calls, action):
+    task = make_task("SUCCESS")
+
+    response = post_action(admin_client, TASKS, action, [task])
+
+    assert messages_of(response) == [
+        f"Task {task.task_id[:8]}… already SUCCESS; nothing to revoke."
+    ]
+    assert levels_of(response) == ["info"]
+    assert revoke_calls == []
+    assert not LogEntry.objects.exists()
+
+
+def test_revoking_finished_tasks_counts_them_by_state(admin_client, redis_url, revoke_calls):
+    tasks = [make_task("SUCCESS"), make_task("FAILURE"), make_task("SUCCESS")]
+
+    response = post_action(admin_client, TASKS, "revoke_tasks", tasks)
+
+    assert messages_of(response) == [
+        "3 tasks had already finished (2 SUCCESS, 1 FAILURE); nothing to revoke for them."
+    ]
+    assert revoke_calls == []
+    assert not LogEntry.objects.exists()
+
+
+def test_revoking_finished_and_unfinished_tasks(admin_client, redis_url, revoke_calls):
+    waiting, running = make_task("RECEIVED"), make_task("STARTED")
+    done = [make_task("SUCCESS"), make_task("REVOKED")]
+
+    response = post_action(admin_client, TASKS, "kill_tasks", [waiting, running, *done])
+
+    assert messages_of(response) == [
+        "Killed 2 tasks; no worker answered.",
+        "2 tasks had already finished (1 REVOKED, 1 SUCCESS); nothing to revoke for them.",
+    ]
+    assert levels_of(response) == ["warning", "info"]
+    assert revoke_calls == [sorted([waiting.task_id, running.task_id])]
+    logged = LogEntry.objects.values_list("object_id", flat=True)
+    assert sorted(logged) == sorted([str(waiting.pk), str(running.pk)])
+
+
+def test_revoking_finished_tasks_needs_no_broker(admin_client, broker_down):
+    response = post_action(admin_client, TASKS, "terminate_tasks", [make_task("FAILURE")])
+
+    assert levels_of(response) == ["info"]
+    assert messages_of(response)[0].endswith("already FAILURE; nothing to revoke.")
+    assert not LogEntry.objects.exists()
+
+
+def test_revoking_with_the_broker_down_still_tells_about_the_finished_tasks(
+    admin_client, broker_down
+):
+    tasks = [make_task("STARTED"), make_task("SUCCESS")]
+
+    response = post_action(admin_client, TASKS, "revoke_tasks", tasks)
+
+    assert levels_of(response) == ["error", "info"]
+    assert messages_of(response)[0].startswith("Could not reach the message broker")
+    assert not LogEntry.objects.exists()
+
+
 def test_rate_limit_asks_for_confirmation_then_applies(
     client, django_user_model, redis_url, celery
 ):
@@ -443,9 +659,12 @@ def test_rate_limit_asks_for_confirmation_then_applies(
 
     assert messages_of(done) == ["Rate limit set to 10/m for 2 task types; no worker answered."]
     entries = LogEntry.objects.filter(user=user)
-    assert entries.count() == 3
-    assert entries.first().change_message == (
-        "Rate limit of tests.tasks.add, tests.tasks.sleep set to 10/m"
+    assert sorted(entries.values_list("object_id", "change_message")) == sorted(
+        [
+            (str(tasks[0].pk), "Rate limit set to 10/m for tests.tasks.add"),
+            (str(tasks[1].pk), "Rate limit set to 10/m for tests.tasks.add"),
+            (str(tasks[2].pk), "Rate limit set to 10/m for tests.tasks.sleep"),
+        ]
     )
 
 
@@ -497,12 +716,110 @@ def test_worker_actions(client, django_user_model, redis_url, celery, action, me
     assert LogEntry.objects.filter(user=user).count() == 2
 
 
+# -- the admin history names each action
+
+
+def history(client, obj):
+    """The rows of an object's History page: (user, action) as the page shows them."""
+    opts = obj._meta
+    url = reverse(f"admin:{opts.app_label}_{opts.model_name}_history", args=[obj.pk])
+    response = client.get(url)
+    assert response.status_code == 200
+    rows = re.findall(
+        r"<tr>\s*<th scope=\"row\">[^<]*</th>\s*<td>([^<]*)</td>\s*<td>([^<]*)</td>",
+        response.content.decode(),
+    )
+    return [(user.strip(), unescape(action).strip()) for user, action in rows]
+
+
+@pytest.mark.parametrize(
+    ("action", "words"),
+    [
+        ("revoke_tasks", "Revoked"),
+        ("terminate_tasks", "Terminated (SIGTERM)"),
+        ("kill_tasks", "Killed (SIGKILL)"),
+    ],
+)
+def test_the_history_of_a_task_names_the_revoke(
+    client, django_user_model, redis_url, celery, action, words
+):
+    # Only the permissions to see tasks and to revoke them: the history is theirs to read.
+    client.force_login(staff(django_user_model, *VIEW, "revoke_taskstate"))
+    task = make_task("STARTED")
+    post_action(client, TASKS, action, [task])
+
+    assert history(client, task) == [("staff", words)]
+    detail = client.get(task_url(task)).content.decode()
+    history_url = reverse("admin:celery_monitor_taskstate_history", args=[task.pk])
+    assert f'<a href="{history_url}" class="historylink">History</a>' in detail
+
+
+def test_the_history_of_a_task_names_the_rate_limit(client, django_user_model, redis_url, celery):
+    client.force_login(staff(django_user_model, *VIEW, "rate_limit_taskstate"))
+    task = make_task(name="tests.tasks.add")
+    data = {"action": "rate_limit_tasks", "_selected_action": [task.pk], "apply": "yes"}
+    client.post(TASKS, {**data, "rate_limit": "10/m"})
+
+    assert history(client, task) == [("staff", "Rate limit set to 10/m for tests.tasks.add")]
+
+
+def test_the_history_of_a_task_names_the_new_task(
+    client, django_user_model, redis_url, celery, monkeypatch
+):
+    client.force_login(staff(django_user_model, *VIEW, "retry_taskstate"))
+    monkeypatch.setattr(celery, "send_task", lambda name, **kw: _Result())
+    task = make_task("FAILURE", args="(2, 3)", kwargs="{}")
+    post_action(client, TASKS, "retry_tasks", [task])
+
+    assert history(client, task) == [("staff", "Sent again as new-id")]
+
+
+@pytest.mark.parametrize(
+    ("action", "words"),
+    [
+        ("shutdown_nodes", "Shut down"),
+        ("enable_events", "Events enabled (no answer)"),
+        ("disable_events", "Events disabled (no answer)"),
+        ("pool_grow", "Pool grown by 1 (no answer)"),
+        ("pool_shrink", "Pool shrunk by 1 (no answer)"),
+        ("ping_workers", "Pinged (no answer)"),
+    ],
+)
+def test_the_history_of_a_worker_names_the_action(
+    client, django_user_model, redis_url, celery, action, words
+):
+    client.force_login(staff(django_user_model, *VIEW, "control_workerstate"))
+    worker = make_worker("a@test")
+    post_action(client, WORKERS, action, [worker])
+
+    assert history(client, worker) == [("staff", words)]
+
+
+@pytest.mark.parametrize(
+    ("action", "call", "replies", "words"),
+    [
+        ("ping_workers", "ping", {"a@test": 3.2}, "Pinged (answered in 3.2 ms)"),
+        ("enable_events", "enable_events", {"a@test": {"ok": "events enabled"}}, "Events enabled"),
+        ("pool_grow", "pool_grow", {"a@test": {"ok": "pool will grow"}}, "Pool grown by 1"),
+    ],
+)
+def test_the_history_says_which_workers_answered(
+    admin_client, celery, monkeypatch, action, call, replies, words
+):
+    monkeypatch.setattr(monitor_admin.control, call, lambda hostnames, **kw: replies)
+    answered, silent = make_worker("a@test"), make_worker("b@test")
+    post_action(admin_client, WORKERS, action, [answered, silent])
+
+    assert history(admin_client, answered) == [("admin", words)]
+    assert history(admin_client, silent)[0][1].endswith("(no answer)")
+
+
 # -- the broker is down
 
 
 @pytest.mark.parametrize("action", TASK_ACTIONS)
 def test_task_actions_with_the_broker_down(admin_client, broker_down, action):
-    task = make_task(args="(1, 2)", kwargs="{}")
+    task = make_task("STARTED", args="(1, 2)", kwargs="{}")
     data = {"rate_limit": "1/s", "apply": "yes"} if action == "rate_limit_tasks" else {}
     if data:
         data["_selected_action"] = [task.pk]
@@ -626,3 +943,68 @@ def test_the_count_is_capped(admin_client, monkeypatch):
 
     assert response.context["cl"].result_count == 60
     assert "More than 60 match" in response.content.decode()
+
+
+CRAFTED_TASK_PARAMS = [
+    {"tstamp__year": "2026", "tstamp__month": "13", "tstamp__day": "1"},
+    {"tstamp__year": "2026", "tstamp__month": "2", "tstamp__day": "31"},
+    {"tstamp__year": "0"},
+    {"tstamp__year": "1"},
+    {"tstamp__year": "99999"},
+    {"tstamp__year": "abc"},
+    {"tstamp__year": "2026", "tstamp__day": "3"},
+    {"tstamp__month": "5"},
+    {"tstamp__gte": "garbage"},
+    {"tstamp__lt": "2026-13-01"},
+    {"state": "\x00"},
+    {"state": "S" * 5000},
+    {"worker": "abc"},
+    {"worker": "9" * 40},
+    {"name": "n" * 5000},
+    {"q": "\x00"},
+    {"o": "abc"},
+    {"o": "99"},
+    {"o": "-1.2.x"},
+    {"p": "-1"},
+    {"p": "abc"},
+    {"p": "99999999999999999999"},
+    {"all": "x"},
+    {"hidden": "maybe"},
+    {"retries__gt": "many"},
+    {"_changelist_filters": "state=%00"},
+]
+
+
+@pytest.mark.parametrize("params", CRAFTED_TASK_PARAMS)
+def test_crafted_query_parameters_never_make_a_server_error(admin_client, params):
+    make_task(tstamp=timezone.now())
+    for url in (TASKS, WORKERS):
+        response = admin_client.get(url, params)
+        assert response.status_code in (200, 302, 404), (url, params, response.status_code)
+        if response.status_code == 302:
+            assert response.url.endswith("?e=1")
+
+
+@pytest.mark.parametrize(
+    "query", ["q=%ED%A0%80", "state=%FF%FE", "tstamp__year=%ED%A0%80", "name=%C0%AF"]
+)
+def test_query_strings_that_are_not_utf_8_never_make_a_server_error(admin_client, query):
+    for url in (TASKS, WORKERS):
+        response = admin_client.get(f"{url}?{query}")
+        assert response.status_code in (200, 302), (url, query)
+
+
+@pytest.mark.parametrize("pk", ["abc", "0", "9" * 30, "-1", "%00"])
+def test_crafted_detail_urls_never_make_a_server_error(admin_client, pk):
+    for name in ("taskstate", "workerstate"):
+        response = admin_client.get(f"/admin/celery_monitor/{name}/{pk}/change/")
+        assert response.status_code in (302, 404)
+
+
+def test_the_task_list_leaves_out_what_the_expiry_hid(admin_client):
+    shown = make_task(task_id="shown-task")
+    hidden = make_task(task_id="hidden-task", hidden=True)
+    response = admin_client.get(TASKS)
+    assert shown.task_id[:8] in response.text
+    assert hidden.task_id[:8] not in response.text
+    assert admin_client.get(TASKS, {"q": hidden.task_id}).context["cl"].result_count == 0

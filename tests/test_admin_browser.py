@@ -56,20 +56,33 @@ def browser():
 
 
 @pytest.fixture
-def page(browser, live_server, django_user_model, monkeypatch, app):
+def open_page(browser, live_server, django_user_model, monkeypatch, app):
+    """Log a superuser in, in a window of the given size: ``open_page(1280, 900)``."""
     # The live server answers in another thread, where the test app is not the current app.
     monkeypatch.setattr(monitor_admin.ModelMonitor, "celery_app", app)
     django_user_model.objects.create_superuser("admin", "admin@example.com", "password")
-    context = browser.new_context(viewport={"width": 1680, "height": 1000}, locale="en-US")
-    page = context.new_page()
-    page.set_default_timeout(15_000)
-    page.goto(f"{live_server.url}/admin/login/")
-    page.fill("#id_username", "admin")
-    page.fill("#id_password", "password")
-    page.click("input[type=submit]")
-    page.wait_for_selector("#site-name")
-    yield page
-    context.close()
+    contexts = []
+
+    def open_(width=1680, height=1000):
+        context = browser.new_context(viewport={"width": width, "height": height}, locale="en-US")
+        contexts.append(context)
+        page = context.new_page()
+        page.set_default_timeout(15_000)
+        page.goto(f"{live_server.url}/admin/login/")
+        page.fill("#id_username", "admin")
+        page.fill("#id_password", "password")
+        page.click("input[type=submit]")
+        page.wait_for_selector("#site-name")
+        return page
+
+    yield open_
+    for context in contexts:
+        context.close()
+
+
+@pytest.fixture
+def page(open_page):
+    return open_page()
 
 
 def screenshot(page, name):
@@ -137,7 +150,10 @@ def test_browse_tasks_and_workers(page, live_server):
     assert page.locator("#result_list tbody tr").count() == 7
     screenshot(page, "task_list")
 
-    page.click("#changelist-filter a:text-is('FAILURE')")
+    assert page.locator("#changelist-filter a[href='?state=FAILURE']").inner_text() == (
+        "FAILURE (1)"
+    )
+    page.click("#changelist-filter a[href='?state=FAILURE']")
     page.wait_for_url("**state=FAILURE**")
     assert page.locator("#result_list tbody tr").count() == 1
     assert page.locator("#result_list .cm-badge").inner_text() == "FAILURE"
@@ -158,6 +174,114 @@ def test_browse_tasks_and_workers(page, live_server):
     page.emulate_media(color_scheme="dark")
     page.goto(f"{live_server.url}/admin/celery_monitor/taskstate/")
     screenshot(page, "task_list_dark")
+
+
+def realistic_data(rows=24):
+    """Tasks as a production cluster records them: long names, arguments and hostnames."""
+    now = timezone.now()
+    workers = [
+        WorkerState.objects.create(
+            hostname=f"celery@worker-production-{zone}", last_heartbeat=now, freq=2.0
+        )
+        for zone in ("eu-west-1a", "eu-west-1b", "us-east-2c")
+    ]
+    kinds = [
+        ("proj.reports.tasks.generate_monthly_report",
+         "({'customer_id': 918273, 'period': '2024-05', 'currency': 'EUR'},)",
+         "{'include_drafts': False, 'format': 'pdf', 'locale': 'de-DE'}"),
+        ("proj.billing.tasks.charge_subscription_renewal", "(5512093, 'sub_1PqR2sT3uV4wX5yZ')",
+         "{'idempotency_key': 'a3f1c9e2-7b4d-4e8a-9c1f-2d3e4f5a6b7c'}"),
+        ("proj.notifications.tasks.send_push_notification_batch",
+         "(['d1f3...', 'e5a7...', 'c9b2...'],)", "{}"),
+        ("proj.etl.tasks.import_customer_events_from_s3",
+         "('s3://acme-data-lake/events/2024/05/17/part-00042.parquet',)", "{'dry_run': False}"),
+        ("proj.search.tasks.reindex_products", "()", "{'since': '2024-05-17T00:00:00+00:00'}"),
+        ("proj.media.tasks.transcode_video", "(77812, '1080p')", "{}"),
+    ]  # fmt: skip
+    task_states = ["SUCCESS", "SUCCESS", "FAILURE", "STARTED", "RECEIVED", "RETRY",
+                   "REVOKED", "SUCCESS", "PROGRESS", "SUCCESS", "FAILURE", "SUCCESS"]  # fmt: skip
+    for n in range(rows):
+        name, args, kwargs = kinds[n % len(kinds)]
+        state = task_states[n % len(task_states)]
+        TaskState.objects.create(
+            task_id=str(uuid.uuid4()), state=state, name=name, args=args, kwargs=kwargs,
+            tstamp=now - timedelta(minutes=7 * n, seconds=n), worker=workers[n % 3],
+            runtime=(12.5 + n * 3.25) if state in ("SUCCESS", "FAILURE", "RETRY") else None,
+            retries=n % 4, eta=now + timedelta(hours=1) if state == "RECEIVED" else None,
+        )  # fmt: skip
+
+
+def overflow(page):
+    """How far the page and the results table stick out of their boxes, in pixels."""
+    return page.evaluate(
+        """() => {
+            const results = document.querySelector('#changelist .results');
+            return {
+                page: document.documentElement.scrollWidth - window.innerWidth,
+                results: results.scrollWidth - results.clientWidth,
+            };
+        }"""
+    )
+
+
+def test_the_task_list_fits_a_1280_px_window(open_page, live_server):
+    realistic_data()
+    page = open_page(1280, 900)
+
+    page.goto(f"{live_server.url}/admin/celery_monitor/taskstate/")
+    page.wait_for_selector("#result_list")
+
+    # A newcomer's admin: the navigation sidebar open, the filters shown.
+    assert page.locator("#nav-sidebar").is_visible()
+    assert page.locator("#changelist-filter").is_visible()
+    assert overflow(page) == {"page": 0, "results": 0}
+    headers = [text.strip() for text in page.locator("#result_list thead th").all_inner_texts()]
+    assert headers == ["", "STATE", "UUID", "TASK", "WHEN", "WORKER"]
+    first = page.locator("#result_list tbody tr").first
+    assert first.locator(".cm-function").inner_text() == "generate_monthly_report"
+    assert first.locator(".cm-runtime").inner_text() == "ran 12.500 s"
+    # The arguments are cut to the column with an ellipsis, in full on hover.
+    args = first.locator(".cm-args")
+    assert args.evaluate("e => e.scrollWidth > e.clientWidth")
+    assert "'include_drafts': False" in args.get_attribute("title")
+    assert first.locator(".cm-host a").get_attribute("title") == (
+        "celery@worker-production-eu-west-1a"
+    )
+    # The state filter says how many tasks each state has.
+    states = page.locator("#changelist-filter details").first
+    assert "SUCCESS (10)" in states.inner_text()
+    assert "PROGRESS (2)" in states.inner_text()
+    assert states.locator(".cm-state-none").all_inner_texts() == ["PENDING (0)", "REJECTED (0)"]
+    screenshot(page, "task_list_1280")
+    states.screenshot(path=str(SCREENSHOTS / "state_filter_counts.png"))
+
+    page.emulate_media(color_scheme="dark")
+    page.reload()
+    assert overflow(page) == {"page": 0, "results": 0}
+    screenshot(page, "task_list_1280_dark")
+
+
+def test_the_history_of_a_task_names_the_action(page, live_server, redis_url):
+    task = TaskState.objects.create(
+        task_id=str(uuid.uuid4()), state="STARTED", name="proj.reports.tasks.generate",
+        tstamp=timezone.now(),
+    )  # fmt: skip
+
+    page.goto(f"{live_server.url}/admin/celery_monitor/taskstate/?q={task.task_id}")
+    page.check("input[name=_selected_action]")
+    page.select_option("select[name=action]", "terminate_tasks")
+    page.click("button[name=index]")
+    assert page.locator("ul.messagelist li").inner_text() == (
+        "Terminated 1 task; no worker answered."
+    )
+
+    # From the admin's Recent actions to the task, then to its History.
+    page.goto(f"{live_server.url}/admin/")
+    page.click(f"#recent-actions-module a:has-text('{task.task_id}')")
+    page.click("a.historylink")
+    page.wait_for_selector("#change-history")
+    assert page.locator("#change-history tbody td").last.inner_text() == "Terminated (SIGTERM)"
+    screenshot(page, "task_history")
 
 
 def test_rate_limit_confirmation(page, live_server, redis_url):

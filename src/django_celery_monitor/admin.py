@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import contextlib
 import datetime
+from collections import Counter
 from collections.abc import Sequence
 from pprint import pformat
 from typing import Any
@@ -13,15 +14,18 @@ from celery import states
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin.models import CHANGE, LogEntry
+from django.contrib.admin.options import IncorrectLookupParameters
 from django.contrib.admin.views.main import ChangeList
+from django.core.exceptions import EmptyResultSet
 from django.core.paginator import Paginator
-from django.db import models
+from django.db import connections, models
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
 from django.urls import reverse
 from django.utils import formats, timezone
 from django.utils.functional import cached_property
 from django.utils.html import format_html, format_html_join
+from django.utils.safestring import mark_safe
 from django.utils.text import capfirst
 from django.utils.translation import gettext, ngettext, ngettext_lazy
 from django.utils.translation import gettext_lazy as _
@@ -30,6 +34,11 @@ from . import control
 from .conf import get_celery_app
 from .humanize import naturaldate
 from .models import ALL_STATES, TaskState, WorkerState
+
+try:
+    from django.contrib.admin.utils import build_q_object_from_lookup_parameters
+except ImportError:  # pragma: no cover  (Django < 5.0)
+    build_q_object_from_lookup_parameters = None
 
 __all__ = [
     "NODE_STATE_COLORS",
@@ -59,6 +68,9 @@ MAX_ACTION_TASKS = 1000
 MAX_RETRY_TASKS = 100
 #: How many children a task's detail page lists.
 MAX_CHILDREN = 50
+#: How many characters of a task's arguments its row in the task list sends (the cell
+#: shows what fits its width, with an ellipsis).
+ARGS_LENGTH = 200
 
 
 def _log(request: HttpRequest, objects: Sequence[models.Model], message: str) -> None:
@@ -80,6 +92,15 @@ def _log(request: HttpRequest, objects: Sequence[models.Model], message: str) ->
                 action_flag=CHANGE,
                 change_message=message,
             )
+
+
+def _log_each(request: HttpRequest, entries: Sequence[tuple[models.Model, str]]) -> None:
+    """Write one admin LogEntry per object with its own message: a statement per message."""
+    by_message: dict[str, list[models.Model]] = {}
+    for obj, message in entries:
+        by_message.setdefault(message, []).append(obj)
+    for message, objects in by_message.items():
+        _log(request, objects, message)
 
 
 def _content_type_id(obj: models.Model) -> int:  # pragma: no cover  (Django < 5.1)
@@ -108,12 +129,31 @@ def _when(value: datetime.datetime | None) -> str:
     )
 
 
-def _short(value: str | None, maxlen: int = 24) -> str:
-    """A value shortened in a fixed-width font, given in full (up to 1000 chars) on hover."""
-    if value is None or value == "":
-        return ""
-    short = value if len(value) <= maxlen else value[:maxlen] + "…"
-    return format_html('<code class="cm-fixedwidth" title="{}">{}</code>', value[:1000], short)
+def _short_id(task_id: str) -> str:
+    """The first 8 characters of a task id, enough to tell tasks apart at a glance."""
+    return task_id if len(task_id) <= 13 else task_id[:8] + "…"
+
+
+def _breakable(value: str, separator: str) -> str:
+    """A text that may wrap after each ``separator`` (and only there) when space is short."""
+    parts = value.split(separator)
+    pieces = [part + separator for part in parts[:-1]] + parts[-1:]
+    return format_html_join(mark_safe("<wbr>"), "{}", ((piece,) for piece in pieces))
+
+
+def _task_name(name: str) -> str:
+    """A task's name that wraps between its module and its function before anywhere else.
+
+    The module may wrap after its dots and, only when it is still too wide, the function
+    after its underscores.
+    """
+    module, dot, function = name.rpartition(".")
+    return format_html(
+        '<span class="cm-name"><span class="cm-module">{}</span><wbr>'
+        '<span class="cm-function">{}</span></span>',
+        _breakable(module + dot, "."),
+        _breakable(function, "_"),
+    )
 
 
 def _pretty(value: str | None) -> str:
@@ -171,6 +211,62 @@ class MonitorList(ChangeList):
     @property
     def count_capped(self) -> bool:
         return getattr(self.paginator, "capped", False)
+
+    def get_filters(self, request: HttpRequest) -> Any:
+        self._check_drilldown(request)
+        filters = super().get_filters(request)
+        self.remaining_lookup_params = filters[2]
+        return filters
+
+    def queryset_without(self, request: HttpRequest, parameters: list[str]) -> models.QuerySet:
+        """The rows of the list, filtered and searched, but not by the filter of ``parameters``.
+
+        What a filter counts its choices in (Django's facets do the same, but build every
+        filter again, with the queries their choices cost).
+        """
+        queryset = self.root_queryset
+        for spec in self.filter_specs:
+            if spec.expected_parameters() != parameters:
+                filtered = spec.queryset(request, queryset)
+                if filtered is not None:
+                    queryset = filtered
+        remaining = self.remaining_lookup_params
+        if remaining:
+            if build_q_object_from_lookup_parameters is not None:
+                queryset = queryset.filter(build_q_object_from_lookup_parameters(remaining))
+            else:  # pragma: no cover  (Django < 5.0: one value per parameter)
+                queryset = queryset.filter(**remaining)
+        queryset, _duplicates = self.model_admin.get_search_results(request, queryset, self.query)
+        return queryset
+
+    def _check_drilldown(self, request: HttpRequest) -> None:
+        """Refuse a date drill-down that names no real date (the admin answers ``?e=1``).
+
+        A year, then a month, then a day: each a number, together a date between 1970 and
+        9998 (the database's date arithmetic overflows near the ends of the calendar).
+        """
+        field = self.model_admin.date_drilldown
+        if not field:
+            return
+        parts: dict[str, int] = {}
+        for part in ("year", "month", "day"):
+            value = request.GET.get(f"{field}__{part}")
+            if value is None:
+                continue
+            try:
+                parts[part] = int(value)
+            except (TypeError, ValueError):
+                raise IncorrectLookupParameters(f"{field}__{part}={value!r}") from None
+        if not parts:
+            return
+        if ("day" in parts and "month" not in parts) or "year" not in parts:
+            raise IncorrectLookupParameters("A day needs a month, and a month a year.")
+        try:
+            datetime.date(parts["year"], parts.get("month", 1), parts.get("day", 1))
+        except (ValueError, OverflowError) as exc:
+            raise IncorrectLookupParameters(str(exc)) from None
+        if not 1970 <= parts["year"] <= 9998:
+            raise IncorrectLookupParameters(f"The year {parts['year']} is out of range.")
 
     def date_choices(self) -> dict[str, Any]:
         """The date drill-down, built from the first and last date only.
@@ -303,19 +399,116 @@ class ModelMonitor(admin.ModelAdmin):
             return None
 
 
+def states_present(queryset: models.QuerySet, limit: int) -> list[str]:
+    """The distinct states of the table of ``queryset``, at most ``limit`` of them.
+
+    A loose index scan: each step asks the state index for the next state after the one
+    before (``MIN(state) WHERE state > ...``), so the cost is one index descent per state
+    whatever the number of rows, where ``SELECT DISTINCT`` would read every row.
+    """
+    connection = connections[queryset.db]
+    table = connection.ops.quote_name(queryset.model._meta.db_table)
+    column = connection.ops.quote_name(queryset.model._meta.get_field("state").column)
+    sql = (
+        f"WITH RECURSIVE present (state, n) AS ("
+        f" SELECT MIN({column}), 1 FROM {table}"
+        f" UNION ALL"
+        f" SELECT (SELECT MIN(t.{column}) FROM {table} t WHERE t.{column} > present.state),"
+        f" present.n + 1 FROM present WHERE present.state IS NOT NULL AND present.n < %s"
+        f") SELECT state FROM present WHERE state IS NOT NULL"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [limit])
+        return [state for (state,) in cursor.fetchall()]
+
+
+def capped_counts(
+    queryset: models.QuerySet, field: str, values: Sequence[str], cap: int
+) -> dict[str, int]:
+    """How many rows of ``queryset`` have each of ``values`` in ``field``, up to ``cap + 1``.
+
+    One statement of one capped subquery per value (``SELECT COUNT(*) FROM (... WHERE
+    field = value LIMIT cap + 1)``): each reads at most ``cap + 1`` entries of the index on
+    ``field`` whatever the size of the table, where one ``GROUP BY`` would read every row
+    the other filters let through.
+    """
+    counts = dict.fromkeys(values, 0)
+    db = queryset.db
+    base = queryset.order_by().values_list("pk")
+    counted, parts, params = [], [], []
+    for value in values:
+        subquery = base.filter(**{field: value})[: cap + 1]
+        try:
+            sql, subquery_params = subquery.query.get_compiler(using=db).as_sql()
+        except EmptyResultSet:  # a filter that matches nothing (queryset.none())
+            continue
+        parts.append(f"(SELECT COUNT(*) FROM ({sql}) cm_count_{len(parts)})")
+        params.extend(subquery_params)
+        counted.append(value)
+    if parts:
+        with connections[db].cursor() as cursor:
+            cursor.execute("SELECT " + ", ".join(parts), params)
+            counts.update(zip(counted, cursor.fetchone(), strict=True))
+    return counts
+
+
 class StateFilter(admin.SimpleListFilter):
-    """Filter by task state, from the fixed list of Celery states."""
+    """Filter by task state, with how many tasks each state has.
+
+    Offers Celery's states and the custom states (PROGRESS...) found in the table. The
+    counts follow the other filters and the search, and each stops at :attr:`count_cap`.
+    """
 
     title = _("state")
     parameter_name = "state"
+    #: The most tasks counted per state; above, the filter shows "1,000+".
+    count_cap = 1000
+    #: The most states outside Celery's own the filter offers.
+    max_custom_states = 20
+
+    def __init__(self, request, params, model, model_admin) -> None:
+        self.request = request  # kept by Django >= 5.0 too; not by 4.2
+        super().__init__(request, params, model, model_admin)
 
     def lookups(self, request, model_admin):
-        return [(state, state) for state in ALL_STATES]
+        known = set(ALL_STATES)
+        limit = len(known) + self.max_custom_states
+        present = states_present(model_admin.get_queryset(request), limit)
+        custom = [state for state in present if state not in known][: self.max_custom_states]
+        value = self.value()
+        if value and value not in known and value not in custom:
+            custom.append(value)
+        return [(state, state) for state in sorted(known.union(custom))]
 
     def queryset(self, request, queryset):
         if self.value():
             return queryset.filter(state=self.value())
         return queryset
+
+    def counts(self, changelist: MonitorList) -> dict[str, int]:
+        """How many tasks of each state the list would show, each up to ``count_cap + 1``."""
+        queryset = changelist.queryset_without(self.request, self.expected_parameters())
+        states_ = [state for state, _title in self.lookup_choices]
+        return capped_counts(queryset, "state", states_, self.count_cap)
+
+    def choices(self, changelist):
+        counts = self.counts(changelist)
+        choices = super().choices(changelist)
+        yield next(choices)  # "All"
+        for (state, _title), choice in zip(self.lookup_choices, choices, strict=True):
+            count = counts[state]
+            if count > self.count_cap:
+                shown = formats.number_format(self.count_cap, force_grouping=True) + "+"
+            else:
+                shown = formats.number_format(count, force_grouping=True)
+            # A state without tasks stays a link (the list is then empty), greyed out.
+            choice["display"] = format_html(
+                '<span class="{}">{} <span class="cm-count">({})</span></span>',
+                "cm-state-choice" if count else "cm-state-choice cm-state-none",
+                choice["display"],
+                shown,
+            )
+            yield choice
 
 
 class WorkerFilter(admin.SimpleListFilter):
@@ -390,16 +583,15 @@ class TaskMonitor(ModelMonitor):
     """Tasks: what ran where, when, with what, and how it ended."""
 
     date_drilldown = "tstamp"
+    # What a user scans for, in a list that fits a 1280 px window with the admin's navigation
+    # sidebar and the filters open (about 630 px for the table): the name with its
+    # arguments below it, and the time with the runtime below it. The ETA, the expiry, the
+    # retries and the arguments in full are on the task's page.
     list_display = (
         "state_badge",
         "task_id_display",
-        "name",
-        "args_display",
-        "kwargs_display",
-        "eta",
+        "task_display",
         "when",
-        "runtime_display",
-        "retries_display",
         "worker_link",
     )
     list_display_links = ("task_id_display",)
@@ -414,7 +606,8 @@ class TaskMonitor(ModelMonitor):
         "A task id (exact), the beginning of a task name, or the beginning of a worker hostname."
     )
     ordering = ("-tstamp",)
-    sortable_by = ("state_badge", "name", "eta", "when", "runtime_display", "retries_display")
+    # Each served by an index; sorting millions of rows by runtime or hostname is not.
+    sortable_by = ("state_badge", "task_display", "when")
     list_select_related = ("worker",)
     actions = [
         "revoke_tasks",
@@ -448,7 +641,8 @@ class TaskMonitor(ModelMonitor):
     readonly_fields = tuple(field for _title, options in fieldsets for field in options["fields"])
 
     def get_queryset(self, request):
-        return super().get_queryset(request).select_related("worker")
+        # Rows the expiry has hidden are on their way out (the next purge deletes them).
+        return super().get_queryset(request).filter(hidden=False).select_related("worker")
 
     # -- list columns
 
@@ -458,37 +652,50 @@ class TaskMonitor(ModelMonitor):
 
     @admin.display(description=_("UUID"), ordering="task_id")
     def task_id_display(self, obj: TaskState) -> str:
-        short = obj.task_id if len(obj.task_id) <= 13 else obj.task_id[:8] + "…"
         return format_html(
-            '<code class="cm-fixedwidth cm-id" title="{}">{}</code>', obj.task_id, short
+            '<code class="cm-fixedwidth cm-id" title="{}">{}</code>',
+            obj.task_id,
+            _short_id(obj.task_id),
         )
 
-    @admin.display(description=_("Arguments"))
-    def args_display(self, obj: TaskState) -> str:
-        return _short(obj.args)
+    @admin.display(description=_("task"), ordering="name")
+    def task_display(self, obj: TaskState) -> str:
+        """The name, which may wrap after its dots, and the arguments shortened below it."""
+        name = _task_name(obj.name) if obj.name else "-"
+        arguments = " ".join(
+            value for value in (obj.args, obj.kwargs) if value and value not in ("()", "{}")
+        )
+        if not arguments:
+            return name
+        return format_html(
+            '{}<code class="cm-fixedwidth cm-args" title="{}">{}</code>',
+            name,
+            arguments[:1000],
+            arguments if len(arguments) <= ARGS_LENGTH else arguments[:ARGS_LENGTH] + "…",
+        )
 
-    @admin.display(description=_("Keyword arguments"))
-    def kwargs_display(self, obj: TaskState) -> str:
-        return _short(obj.kwargs)
-
-    @admin.display(description=_("event received at"), ordering="tstamp")
+    @admin.display(description=_("when"), ordering="tstamp")
     def when(self, obj: TaskState) -> str:
-        return _when(obj.tstamp)
-
-    @admin.display(description=_("execution time"), ordering="runtime")
-    def runtime_display(self, obj: TaskState) -> str:
-        return _seconds(obj.runtime)
-
-    @admin.display(description=_("retries"), ordering="retries")
-    def retries_display(self, obj: TaskState) -> int:
-        return obj.retries
+        """When the last event happened and, below it, how long the task ran."""
+        if obj.runtime is None:
+            return _when(obj.tstamp)
+        return format_html(
+            '{}<span class="cm-runtime">{}</span>',
+            _when(obj.tstamp),
+            gettext("ran %(runtime)s") % {"runtime": _seconds(obj.runtime)},
+        )
 
     @admin.display(description=_("worker"), ordering="worker__hostname")
     def worker_link(self, obj: TaskState) -> str:
         if obj.worker is None:
             return ""
+        # Shortened at its start when the column is narrow: the end of a hostname is what
+        # tells workers apart (celery@worker-production-eu-west-1a, -1b).
         return format_html(
-            '<a class="cm-nowrap" href="{}">{}</a>', _change_url(obj.worker), obj.worker.hostname
+            '<span class="cm-host"><a href="{}" title="{}">{}</a></span>',
+            _change_url(obj.worker),
+            obj.worker.hostname,
+            obj.worker.hostname,
         )
 
     # -- detail fields
@@ -632,6 +839,15 @@ class TaskMonitor(ModelMonitor):
         tasks = self._selected(request, queryset, MAX_ACTION_TASKS)
         if not tasks:
             return
+        # A finished task has nothing left to revoke: the workers are not asked about it.
+        finished = [task for task in tasks if task.state in states.READY_STATES]
+        tasks = [task for task in tasks if task.state not in states.READY_STATES]
+        if tasks:
+            self._revoke_unfinished(request, tasks, terminate, signal)
+        if finished:
+            self._report_finished(request, finished)
+
+    def _revoke_unfinished(self, request, tasks, terminate, signal) -> None:
         replies = self._control(
             request,
             control.revoke,
@@ -645,13 +861,31 @@ class TaskMonitor(ModelMonitor):
             verb = gettext("Killed") if signal == "SIGKILL" else gettext("Terminated")
         else:
             verb = gettext("Revoked")
-        log = f"{verb} ({signal})" if signal else verb
-        _log(request, tasks, log)
+        _log(request, tasks, f"{verb} ({signal})" if signal else verb)
         text = ngettext("%(verb)s %(count)d task", "%(verb)s %(count)d tasks", len(tasks)) % {
             "verb": verb,
             "count": len(tasks),
         }
         self._report_replies(request, text, replies)
+
+    def _report_finished(self, request, finished: list[TaskState]) -> None:
+        if len(finished) == 1:
+            text = gettext("Task %(id)s already %(state)s; nothing to revoke.") % {
+                "id": _short_id(finished[0].task_id),
+                "state": finished[0].state,
+            }
+        else:
+            by_state = Counter(task.state for task in finished)
+            text = gettext(
+                "%(count)d tasks had already finished (%(states)s); nothing to revoke for them."
+            ) % {
+                "count": len(finished),
+                "states": ", ".join(
+                    f"{count} {state}"
+                    for state, count in sorted(by_state.items(), key=lambda i: (-i[1], i[0]))
+                ),
+            }
+        self.message_user(request, text, messages.INFO)
 
     def _report_replies(self, request, text: str, replies: dict[str, Any]) -> None:
         answered = len(replies)
@@ -704,7 +938,18 @@ class TaskMonitor(ModelMonitor):
                 if replies is None:
                     return None
                 reached.update(replies)
-            _log(request, tasks, f"Rate limit of {', '.join(names)} set to {rate}")
+            _log_each(
+                request,
+                [
+                    (
+                        task,
+                        gettext("Rate limit set to %(rate)s for %(name)s")
+                        % {"rate": rate, "name": task.name},
+                    )
+                    for task in tasks
+                    if task.name
+                ],
+            )
             text = ngettext(
                 "Rate limit set to %(rate)s for %(count)d task type",
                 "Rate limit set to %(rate)s for %(count)d task types",
@@ -733,7 +978,7 @@ class TaskMonitor(ModelMonitor):
         tasks = self._selected(request, queryset, MAX_RETRY_TASKS)
         if not tasks:
             return
-        sent: list[TaskState] = []
+        sent: list[tuple[TaskState, str]] = []
         refused: list[str] = []
         for task in tasks:
             try:
@@ -743,9 +988,9 @@ class TaskMonitor(ModelMonitor):
                 continue
             if new_id is None:
                 break
-            sent.append(task)
+            sent.append((task, gettext("Sent again as %(id)s") % {"id": new_id}))
         if sent:
-            _log(request, sent, "Sent again")
+            _log_each(request, sent)
             self.message_user(
                 request,
                 ngettext("Sent %(count)d task again.", "Sent %(count)d tasks again.", len(sent))
@@ -831,12 +1076,13 @@ class WorkerMonitor(ModelMonitor):
     def _hostnames(self, queryset) -> list[WorkerState]:
         return list(queryset.order_by("hostname"))
 
-    def _broadcast(self, request, queryset, call, done: Any, **kwargs) -> None:
+    def _broadcast(self, request, queryset, call, log: str, done: Any, **kwargs) -> None:
         workers = self._hostnames(queryset)
         replies = self._control(request, call, [w.hostname for w in workers], **kwargs)
         if replies is None:
             return
-        _log(request, workers, str(call.__name__).replace("_", " ").capitalize())
+        silent = gettext("%(action)s (no answer)") % {"action": log}
+        _log_each(request, [(w, log if w.hostname in replies else silent) for w in workers])
         answered = [w for w in workers if w.hostname in replies]
         text = str(done % {"count": len(workers), "answered": len(answered)})
         self.message_user(request, text, messages.SUCCESS if answered else messages.WARNING)
@@ -847,7 +1093,7 @@ class WorkerMonitor(ModelMonitor):
         sent = self._control(request, control.shutdown, [w.hostname for w in workers])
         if sent is None:
             return
-        _log(request, workers, "Shutdown")
+        _log(request, workers, gettext("Shut down"))
         self.message_user(
             request,
             ngettext(
@@ -865,6 +1111,7 @@ class WorkerMonitor(ModelMonitor):
             request,
             queryset,
             control.enable_events,
+            gettext("Events enabled"),
             ngettext_lazy(
                 "Events enabled: %(answered)d of %(count)d worker answered.",
                 "Events enabled: %(answered)d of %(count)d workers answered.",
@@ -878,6 +1125,7 @@ class WorkerMonitor(ModelMonitor):
             request,
             queryset,
             control.disable_events,
+            gettext("Events disabled"),
             ngettext_lazy(
                 "Events disabled: %(answered)d of %(count)d worker answered.",
                 "Events disabled: %(answered)d of %(count)d workers answered.",
@@ -893,6 +1141,7 @@ class WorkerMonitor(ModelMonitor):
             request,
             queryset,
             control.pool_grow,
+            gettext("Pool grown by 1"),
             ngettext_lazy(
                 "Pool grown: %(answered)d of %(count)d worker answered.",
                 "Pool grown: %(answered)d of %(count)d workers answered.",
@@ -908,6 +1157,7 @@ class WorkerMonitor(ModelMonitor):
             request,
             queryset,
             control.pool_shrink,
+            gettext("Pool shrunk by 1"),
             ngettext_lazy(
                 "Pool shrunk: %(answered)d of %(count)d worker answered.",
                 "Pool shrunk: %(answered)d of %(count)d workers answered.",
@@ -921,7 +1171,18 @@ class WorkerMonitor(ModelMonitor):
         answered = self._control(request, control.ping, [w.hostname for w in workers])
         if answered is None:
             return
-        _log(request, workers, "Ping")
+        _log_each(
+            request,
+            [
+                (
+                    w,
+                    gettext("Pinged (answered in %(ms).1f ms)") % {"ms": answered[w.hostname]}
+                    if w.hostname in answered
+                    else gettext("Pinged (no answer)"),
+                )
+                for w in workers
+            ],
+        )
         text = ngettext(
             "%(answered)d of %(count)d worker answered",
             "%(answered)d of %(count)d workers answered",
