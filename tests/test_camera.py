@@ -430,6 +430,54 @@ def test_handle_task_and_handle_worker_write_one_row_now(state, camera):
     assert camera.handle_task((tid, state.tasks[tid])) is None  # nothing changed
 
 
+def test_handle_task_returns_the_values_the_event_carried_as_1_1_2_did(state, camera):
+    tid = new_id()
+    feed(state, events.received(tid), events.started(tid), events.succeeded(tid, result=42))
+
+    task = camera.handle_task((tid, state.tasks[tid]))
+
+    assert task.result == 42  # the int the event carried, as 1.1.2 returned it
+    assert (task.state, task.name, task.runtime) == ("SUCCESS", "proj.add", 0.5)
+    assert row(tid).result == "42"  # the database stores the text, as before
+
+
+def test_handle_task_of_a_late_event_returns_only_what_is_stored(state, camera):
+    tid = new_id()
+    feed(state, events.started(tid), events.succeeded(tid, result=42))
+    assert camera.handle_task((tid, state.tasks[tid])).result == 42
+
+    # The same task seen by a camera that only got its late events: task-received (which
+    # fills in the name and arguments) and a task-failed that loses to the SUCCESS.
+    late = State()
+    feed(
+        late,
+        events.received(tid, name="proj.late", args=(7, 8)),
+        events.failed(tid, exception=KeyError("k"), traceback="Traceback (late)"),
+    )
+    task = Camera(late, app=camera.app).handle_task((tid, late.tasks[tid]))
+
+    stored = row(tid)
+    assert (stored.state, stored.result, stored.exception) == ("SUCCESS", "42", None)
+    assert (stored.name, stored.args) == ("proj.late", "(7, 8)")
+    assert task.state == "SUCCESS"
+    assert task.result == "42"  # not the late event's exception, which was not stored
+    assert task.exception is None and task.traceback is None
+    assert task.name == "proj.late"
+    assert task.args == (7, 8)  # filled in from this event: its own value
+
+
+def test_handle_task_does_not_overlay_a_value_that_was_cut(state, camera, settings):
+    settings.CELERY_MONITOR_MAX_TEXT_LENGTH = 100
+    tid = new_id()
+    result = list(range(200))
+    feed(state, events.received(tid), events.succeeded(tid, result=result))
+
+    task = camera.handle_task((tid, state.tasks[tid]))
+
+    assert task.result == row(tid).result
+    assert task.result.endswith("characters cut]")
+
+
 def test_get_heartbeat_without_heartbeats_is_none(state, camera):
     assert camera.get_heartbeat(state.Worker("nobody")) is None
 
@@ -446,3 +494,147 @@ def test_on_cleanup_expires_each_state_group_and_purges(state, camera, settings)
     TaskState.objects.create(task_id=new_id(), state="SUCCESS", tstamp=timezone.now())
     assert camera.on_cleanup() == 3
     assert sorted(TaskState.objects.values_list("state", flat=True)) == ["FAILURE", "SUCCESS"]
+
+
+def two_attempts(tid, now):
+    """Attempt 1 on w1 is retried; attempt 2 on w2 succeeds (events in their true order)."""
+    return [
+        events.received(tid, hostname="w1", ts=now - 10),
+        events.started(tid, hostname="w1", ts=now - 9),
+        events.task_event("retried", tid, hostname="w1", ts=now - 8, exception="IOError()"),
+        events.received(tid, hostname="w2", ts=now - 5, retries=1),
+        events.started(tid, hostname="w2", ts=now - 4),
+        events.succeeded(tid, hostname="w2", ts=now - 3, result="'42'"),
+    ]
+
+
+def test_a_late_retried_of_an_earlier_attempt_never_takes_a_success_back(state, camera):
+    tid, now = new_id(), time.time()
+    first, second = two_attempts(tid, now)[:2], two_attempts(tid, now)[3:]
+    retried = two_attempts(tid, now)[2]
+    feed(state, *first)
+    shutter(camera)
+    feed(state, *second, retried)  # w1's task-retried arrives last, in the same shot
+    shutter(camera)
+    task = row(tid)
+    assert (task.state, task.result, task.worker.hostname) == ("SUCCESS", "'42'", "w2")
+    assert task.tstamp.timestamp() == pytest.approx(now - 3)
+    assert task.retries == 1
+    assert task.received.timestamp() == pytest.approx(now - 5)
+
+
+def test_a_late_retried_in_a_later_shot_never_takes_a_success_back(state, camera):
+    tid, now = new_id(), time.time()
+    evs = two_attempts(tid, now)
+    feed(state, *evs[:2], *evs[3:])
+    shutter(camera)
+    feed(state, evs[2])
+    shutter(camera)
+    task = row(tid)
+    assert (task.state, task.worker.hostname, task.retries) == ("SUCCESS", "w2", 1)
+
+
+def test_a_late_retried_of_an_earlier_attempt_does_not_stop_a_running_one(state, camera):
+    tid, now = new_id(), time.time()
+    evs = two_attempts(tid, now)[:5]  # attempt 2 is still running
+    feed(state, *evs[:2], *evs[3:])
+    shutter(camera)
+    feed(state, evs[2])
+    shutter(camera)
+    task = row(tid)
+    assert (task.state, task.worker.hostname) == ("STARTED", "w2")
+    # And after the camera forgot the task (a restart), the late event still loses.
+    camera2 = Camera(State(), app=camera.app)
+    feed(camera2.state, evs[2])
+    shutter(camera2)
+    assert (row(tid).state, row(tid).worker.hostname) == ("STARTED", "w2")
+
+
+def test_the_worker_is_the_one_of_the_event_that_decided_the_state(state, camera):
+    tid, now = new_id(), time.time()
+    evs = two_attempts(tid, now)
+    feed(state, *evs[3:], evs[0], evs[1])  # attempt 1's events redelivered late
+    shutter(camera)
+    task = row(tid)
+    assert (task.state, task.worker.hostname) == ("SUCCESS", "w2")
+    assert task.started.timestamp() == pytest.approx(now - 4)
+
+
+def test_a_bad_event_does_not_blind_the_camera_to_its_neighbours(state, camera):
+    ids = [new_id() for _ in range(3)]
+    feed(state, {**events.received(ids[0]), "clock": "not a number"})
+    missing_uuid = events.received(new_id())
+    del missing_uuid["uuid"]
+    feed(state, missing_uuid, {**events.started(ids[0]), "worker": "spoofed"})
+    for tid in ids[1:]:
+        feed(state, events.received(tid), events.started(tid), events.succeeded(tid))
+    shutter(camera)
+    assert row(ids[0]).state == "STARTED"
+    assert row(ids[0]).worker.hostname == events.WORKER
+    assert [row(tid).state for tid in ids[1:]] == ["SUCCESS", "SUCCESS"]
+    assert camera.guard.refused == 1
+    assert camera.guard.repaired == 2
+
+
+def test_redacted_fields_never_reach_the_database(state, camera, settings):
+    settings.CELERY_MONITOR_REDACT_FIELDS = ["kwargs"]
+    settings.CELERY_MONITOR_REDACT_TASKS = {"billing.*": ["args", "result", "exception"]}
+    charge, add, unnamed = new_id(), new_id(), new_id()
+    feed(
+        state,
+        events.received(charge, name="billing.charge", args="('4111-1111',)", kwargs="{'k': 1}"),
+        events.failed(charge, exception="CardError('4111-1111')"),
+        events.received(add, name="proj.add", args="(1, 2)", kwargs="{'secret': 's'}"),
+        events.succeeded(add, result="3"),
+        events.succeeded(unnamed, result="'card 4111'"),  # its name was never seen
+    )
+    shutter(camera)
+    billed, added, anonymous = row(charge), row(add), row(unnamed)
+    assert (billed.args, billed.kwargs, billed.result, billed.exception) == (
+        "[redacted]", "[redacted]", "[redacted]", "[redacted]",
+    )  # fmt: skip
+    assert billed.traceback == "Traceback..."
+    assert (added.args, added.kwargs, added.result) == ("(1, 2)", "[redacted]", "3")
+    assert anonymous.result == "[redacted]"  # when in doubt, nothing is stored
+
+
+def test_a_redaction_hook_sees_every_stored_text(state, camera, settings):
+    seen = []
+
+    def hook(name, field, value):
+        seen.append((name, field))
+        return value.replace("s3cr3t", "***")
+
+    settings.CELERY_MONITOR_REDACT_HOOK = hook
+    tid = new_id()
+    feed(state, events.received(tid, kwargs="{'token': 's3cr3t'}"), events.succeeded(tid))
+    shutter(camera)
+    assert row(tid).kwargs == "{'token': '***'}"
+    assert ("proj.add", "kwargs") in seen and ("proj.add", "result") in seen
+
+
+def test_a_failing_redaction_hook_redacts(state, camera, settings):
+    settings.CELERY_MONITOR_REDACT_HOOK = lambda name, field, value: 1 / 0
+    tid = new_id()
+    feed(state, events.received(tid), events.succeeded(tid))
+    shutter(camera)
+    assert (row(tid).args, row(tid).result) == ("[redacted]", "[redacted]")
+
+
+def test_a_late_duplicate_does_not_hide_the_newer_event_from_the_next_shot(state, camera):
+    tid, now = new_id(), time.time() - 100
+    ev = {
+        "retried": events.task_event("retried", tid, ts=now + 2),
+        "started": events.started(tid, ts=now + 1),
+        "received": events.received(tid, ts=now),
+        "received again": events.received(tid, ts=now + 3, retries=1),
+        "started again": events.started(tid, ts=now + 4),
+    }
+    feed(state, ev["retried"], ev["started"], ev["received"], ev["received again"])
+    shutter(camera)
+    assert row(tid).state == "RECEIVED"
+    # Celery's task attributes end where they were at the last shot; the row must not.
+    feed(state, ev["started again"], dict(ev["started"]))
+    shutter(camera)
+    assert row(tid).state == "STARTED"
+    assert row(tid).started.timestamp() == pytest.approx(now + 4)

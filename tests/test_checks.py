@@ -99,3 +99,28 @@ def test_check_command_fails_for_a_bad_batch_size():
 def test_check_command_passes_by_default(capsys):
     call_command("check")
     assert "no issues" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"CELERY_MONITOR_REDACT_FIELDS": "args"},
+        {"CELERY_MONITOR_REDACT_FIELDS": ["password"]},
+        {"CELERY_MONITOR_REDACT_TASKS": ["billing.*"]},
+        {"CELERY_MONITOR_REDACT_TASKS": {"billing.*": ["secret"]}},
+        {"CELERY_MONITOR_REDACT_HOOK": "no.such.module.hook"},
+        {"CELERY_MONITOR_REDACT_HOOK": 42},
+    ],
+)
+def test_e003_for_a_wrong_redaction_setting(overrides):
+    with override_settings(**overrides):
+        assert ids(check_settings()) == ["celery_monitor.E003"]
+
+
+@override_settings(
+    CELERY_MONITOR_REDACT_FIELDS=("kwargs",),
+    CELERY_MONITOR_REDACT_TASKS={"billing.*": ["args", "result"]},
+    CELERY_MONITOR_REDACT_HOOK="django_celery_monitor.utils.fixedwidth",
+)
+def test_valid_redaction_settings_pass():
+    assert check_settings() == []

@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 import uuid as uuidlib
 from datetime import timedelta
 from io import StringIO
@@ -139,6 +140,54 @@ def test_celery_events_with_the_camera_as_the_manual_says(redis_url, tmp_path):
         row = wait_for(recorded, timeout=30, interval=1, message="the camera to write")
         assert row.name == "proj.cmd"
         assert row.worker.hostname == "w@commands"
+    finally:
+        process.popen.terminate()
+        process.end()
+
+
+def publish_raw_events(*bodies: dict) -> None:
+    """Publish event bodies as they are, as anything with access to the broker can."""
+    from celery.events.event import get_exchange
+    from kombu import Producer
+
+    with celery_app.connection_for_write() as conn:
+        producer = Producer(conn.channel(), exchange=get_exchange(conn))
+        for body in bodies:
+            key = str(body.get("type", "x") if isinstance(body, dict) else "x").replace("-", ".")
+            producer.publish(body, routing_key=key, serializer="json")
+
+
+@pytest.mark.e2e
+@pytest.mark.django_db(transaction=True)
+def test_celery_events_with_the_camera_survives_bad_events(redis_url, tmp_path):
+    process = Process(
+        [sys.executable, "-m", "celery", "-A", "tests.celery_app", "events", "-l", "info",
+         "--camera", "django_celery_monitor.camera.Camera", "--frequency=0.5"],
+        tmp_path,
+    )  # fmt: skip
+    try:
+        wait_for_output(process.output, "Taking snapshots with django_celery_monitor.camera")
+        task_id = str(uuidlib.uuid4())
+        base = {"hostname": "w@bad", "timestamp": time.time(), "utcoffset": 0, "pid": 1}
+
+        def recorded():
+            publish_raw_events(
+                {**base, "type": "task-received", "name": "proj.no_uuid", "clock": 1},
+                {**base, "type": "task-received", "uuid": "x1", "clock": "not a clock"},
+                {**base, "type": "task-started", "uuid": "x2", "clock": [1, 2]},
+                {**base, "type": "task-received", "uuid": "x3", "utcoffset": "two"},
+                ["not", "an", "event"],
+            )
+            send_events(task_id)
+            return TaskState.objects.filter(task_id=task_id, state="SUCCESS").first()
+
+        wait_for(recorded, timeout=30, interval=1, message="the camera to write")
+        assert process.popen.poll() is None, process.output()
+        wait_for(
+            lambda: TaskState.objects.filter(task_id__in=["x1", "x2", "x3"]).count() == 3,
+            message="the repaired events to be recorded",
+        )
+        assert not TaskState.objects.filter(name="proj.no_uuid").exists()
     finally:
         process.popen.terminate()
         process.end()

@@ -202,3 +202,19 @@ def test_expire_task_states_groups():
     assert groups[states.UNREADY_STATES] == 5 * DAY
     assert {states.FAILURE, states.RETRY, states.REVOKED} <= states.EXCEPTION_STATES
     assert {states.PENDING, states.RECEIVED, states.STARTED} <= states.UNREADY_STATES
+
+
+def test_custom_states_follow_the_pending_expiry_unless_set():
+    assert fresh_settings().task_custom_expires == 5 * DAY
+    conf = fresh_settings(monitor_task_pending_expires=timedelta(hours=1))
+    assert conf.task_custom_expires == timedelta(hours=1)
+    conf = fresh_settings(monitor_task_custom_expires=600, monitor_task_pending_expires=60)
+    assert conf.task_custom_expires == timedelta(minutes=10)
+    assert fresh_settings(monitor_task_custom_expires=None).task_custom_expires is None
+    with pytest.raises(ImproperlyConfigured, match="monitor_task_custom_expires"):
+        fresh_settings(monitor_task_custom_expires="never").task_custom_expires  # noqa: B018
+
+
+@override_settings(CELERY_MONITOR_TASK_CUSTOM_EXPIRES=timedelta(hours=2))
+def test_custom_states_expiry_from_django_settings():
+    assert monitor_settings.task_custom_expires == timedelta(hours=2)

@@ -191,3 +191,48 @@ def test_two_cameras_writing_at_once_lose_nothing():
     assert TaskState.objects.count() == 400
     assert set(TaskState.objects.values_list("state", flat=True)) == {"SUCCESS"}
     assert WorkerState.objects.count() == 2
+
+
+def test_custom_states_expire_after_the_pending_expiry_by_default(settings):
+    old = make_task(state="PROGRESS", age=timedelta(days=6))
+    make_task(state="PROGRESS", age=timedelta(days=4))
+    make_task(state="SUCCESS", age=timedelta(days=6))  # another group's business
+    expires = timedelta(days=5)
+    assert TaskState.objects.expire_custom_states(expires) == 1
+    assert list(TaskState.objects.filter(hidden=True)) == [old]
+    assert TaskState.objects.expire_custom_states(None) is None
+
+
+def test_the_camera_expires_custom_states(settings, app):
+    from celery.events.state import State
+
+    from django_celery_monitor.camera import Camera
+
+    settings.CELERY_MONITOR_TASK_PENDING_EXPIRES = timedelta(days=1)
+    stale = make_task(state="PROGRESS", age=timedelta(days=2))
+    camera = Camera(State(), app=app)
+    assert camera.on_cleanup() == 1
+    assert not TaskState.objects.filter(pk=stale.pk).exists()  # purged
+    settings.CELERY_MONITOR_TASK_CUSTOM_EXPIRES = timedelta(days=3)
+    kept = make_task(state="PROGRESS", age=timedelta(days=2))
+    assert camera.on_cleanup() == 0
+    assert TaskState.objects.filter(pk=kept.pk).exists()
+
+
+def test_heartbeats_move_on_when_the_clock_goes_back_without_use_tz(settings, monkeypatch):
+    from datetime import datetime
+    from datetime import timezone as dt_timezone
+
+    from django_celery_monitor import managers
+    from django_celery_monitor.utils import fromtimestamp
+
+    settings.USE_TZ = False
+    settings.TIME_ZONE = "Europe/Berlin"
+    switch = datetime(2026, 10, 25, 1, 0, tzinfo=dt_timezone.utc).timestamp()
+    hostname = "celery@dst"
+    for offset in (-30, -2, 2, 30, 600, 3599, 3700):  # 02:59:30 CEST ... 03:01:40 CET
+        now = switch + offset
+        monkeypatch.setattr(managers.time, "time", lambda now=now: now)
+        write_snapshot({hostname: {"last_heartbeat": fromtimestamp(now)}}, {})
+        recorded = WorkerState.objects.get(hostname=hostname).last_heartbeat
+        assert recorded == fromtimestamp(now).replace(fold=0), offset

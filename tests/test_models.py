@@ -198,3 +198,27 @@ def test_is_alive_grace_is_a_setting(settings):
     assert not worker.is_alive()
     settings.CELERY_MONITOR_WORKER_ALIVE_GRACE = 60
     assert worker.is_alive()
+
+
+# Daylight saving time with USE_TZ off: Europe/Berlin's clock goes from 03:00 back to 02:00
+# on 2026-10-25 at 01:00 UTC, so the naive local times 02:00-03:00 happen twice.
+AUTUMN_SWITCH = datetime(2026, 10, 25, 1, 0, tzinfo=dt_timezone.utc).timestamp()
+
+
+@pytest.mark.parametrize("after_switch", [1, 10 * 60, 59 * 60])
+def test_a_worker_stays_alive_when_the_clock_goes_back(settings, monkeypatch, after_switch):
+    settings.USE_TZ = False
+    settings.TIME_ZONE = "Europe/Berlin"
+    now = AUTUMN_SWITCH + after_switch
+    monkeypatch.setattr(models.time, "time", lambda: now)
+    stored = datetime(2026, 10, 25, 2, 0) + timedelta(seconds=after_switch - 1)  # fold lost
+    assert worker(last_heartbeat=stored, freq=2.0).is_alive() is True
+
+
+def test_a_heartbeat_from_before_the_switch_still_reads_as_before(settings, monkeypatch):
+    settings.USE_TZ = False
+    settings.TIME_ZONE = "Europe/Berlin"
+    monkeypatch.setattr(models.time, "time", lambda: AUTUMN_SWITCH - 85)
+    stored = datetime(2026, 10, 25, 2, 58, 30)  # 00:58:30 UTC, the first 02:58:30
+    assert worker(last_heartbeat=stored).heartbeat_timestamp == AUTUMN_SWITCH - 90
+    assert worker(last_heartbeat=stored, freq=2.0).is_alive() is True

@@ -63,12 +63,14 @@ def redis_server():
     server.stop()
 
 
-def test_an_event_the_state_refuses_is_dropped_not_fatal(app, caplog):
+def test_bad_events_are_repaired_or_dropped_never_fatal(app, caplog):
     runner = MonitorRunner(app)
     runner.on_event(events.task_event("received", "t1", ts=float("nan")))
+    runner.on_event({"type": "task-received", "hostname": "w"})  # no uuid
     runner.on_event(events.received("t2"))
-    assert "t2" in runner.state.tasks
-    assert "refuses" in caplog.text
+    assert set(runner.state.tasks) == {"t1", "t2"}
+    assert (runner.camera.guard.repaired, runner.camera.guard.refused) == (1, 1)
+    assert "bad events" in caplog.text
 
 
 @pytest.mark.e2e

@@ -8,12 +8,15 @@ from typing import Any
 
 from celery import states
 from celery.events.snapshot import Polaroid
+from celery.events.state import TASK_EVENT_TO_STATE
 from celery.utils.imports import symbol_by_name
 from celery.utils.log import get_logger
 from celery.utils.timer2 import Timer
 from django.db import DatabaseError, InterfaceError, OperationalError, ProgrammingError
 
 from .conf import MonitorSettings
+from .events import EventGuard, SafeEventReceiver
+from .redaction import Redactor
 from .sanitize import (
     clean_datetime,
     clean_id,
@@ -43,6 +46,9 @@ UNAVAILABLE = (OperationalError, InterfaceError, ProgrammingError)
 def _signature(task: Any) -> tuple:
     """What a task looked like when it was written; a new event changes it."""
     worker = task.worker.hostname if task.worker is not None else None
+    # Celery's attributes hold the last event to arrive, which a late duplicate can set back
+    # to what they were at the previous shot: the notes hold the latest of each kind.
+    notes = task.__dict__.get(NOTES) or {}
     return (
         task.state,
         task.timestamp,
@@ -50,7 +56,94 @@ def _signature(task: Any) -> tuple:
         task.retries,
         worker,
         *(getattr(task, name) for name in EVENT_TIMESTAMPS),
+        tuple(sorted((kind, note[0], note[1]) for kind, note in notes.items())),
+        task.__dict__.get(RETRIES),
     )
+
+
+def _event_values(task: Any) -> dict[str, Any]:
+    """The values of a task of Celery's State that the camera stores as text or a number.
+
+    Times are left out: they are stored converted, and 1.1.2 returned them converted too.
+    """
+    return {
+        "state": task.state,
+        "name": task.name,
+        "args": task.args,
+        "kwargs": task.kwargs,
+        "result": task.result if task.result is not None else task.exception,
+        "exception": task.exception,
+        "traceback": task.traceback,
+        "runtime": task.runtime,
+        "retries": task.retries,
+        "parent_id": task.parent_id,
+        "root_id": task.root_id,
+    }
+
+
+def _holds(stored: Any, value: Any) -> bool:
+    """Whether a stored field holds exactly an event's ``value``: not cut, not cleaned."""
+    if value is None or isinstance(value, bool):
+        return False
+    if isinstance(stored, str):
+        return clean_text(value) == stored
+    return isinstance(value, int | float) and value == stored
+
+
+#: The attribute of a Celery Task where the camera notes the latest event of each kind.
+NOTES = "monitor_events"
+#: The attribute with the highest ``retries`` any task-received of the task carried.
+RETRIES = "monitor_retries"
+#: What the events that can decide a task's state carry for its row.
+OUTCOME_FIELDS = {
+    "succeeded": ("result", "runtime"),
+    "failed": ("exception", "traceback"),
+    "retried": ("exception", "traceback"),
+}
+#: The finished states, by Celery's precedence: the first whose event arrived decides.
+FINISHED = (("succeeded", states.SUCCESS), ("failed", states.FAILURE), ("revoked", states.REVOKED))
+
+
+def note_event(task: Any, subject: str, event: dict) -> None:
+    """Note on ``task`` the time, worker and outcome of the latest event of each kind."""
+    notes = task.__dict__.setdefault(NOTES, {})
+    timestamp = event["timestamp"]
+    previous = notes.get(subject)
+    if previous is None or previous[0] <= timestamp:
+        hostname = None if subject == "sent" else event.get("hostname")  # a client's
+        outcome = {key: event[key] for key in OUTCOME_FIELDS.get(subject, ()) if key in event}
+        notes[subject] = (timestamp, hostname, outcome)
+    retries = clean_int(event.get("retries"))
+    if retries is not None and retries > task.__dict__.get(RETRIES, -1):
+        task.__dict__[RETRIES] = retries
+
+
+def decide(task: Any) -> tuple[str, str, float, str | None, dict] | None:
+    """Return ``(state, subject, time, hostname, outcome)`` of the event that decides the row.
+
+    Celery's State lets a task-retried (and any custom state) replace a finished state, so
+    a late retried event of an earlier attempt would take a finished task back. Here a
+    finished event always decides (by Celery's precedence when there are several); else the
+    latest event does, the higher precedence at the same time. None when the camera saw
+    none of the task's events (they reached the state before the camera watched it).
+    """
+    notes = task.__dict__.get(NOTES)
+    if not notes:
+        return None
+    for subject, state in FINISHED:
+        if subject in notes:
+            return (state, subject, *notes[subject])
+
+    def order(item: tuple[str, tuple]) -> tuple[float, int]:
+        subject, (timestamp, _hostname, _outcome) = item
+        return timestamp, -states.precedence(_state_of(subject))
+
+    subject, (timestamp, hostname, outcome) = max(notes.items(), key=order)
+    return _state_of(subject), subject, timestamp, hostname, outcome
+
+
+def _state_of(subject: str) -> str:
+    return TASK_EVENT_TO_STATE.get(subject) or subject.upper()
 
 
 class Camera(Polaroid):
@@ -76,15 +169,19 @@ class Camera(Polaroid):
         self._collected: dict[str, tuple] = {}
         #: When each worker's heartbeat was last collected (monotonic), and its offline flag.
         self._worker_written: dict[str, tuple[float, bool]] = {}
+        #: Checks every event before the state sees it; counts the refused and repaired.
+        self.guard = EventGuard()
         #: The tasks events touched since the last shot (the objects: Celery's LRU may
-        #: evict a task before the shot), when the dispatcher could be wrapped.
-        self._dirty_tasks: dict[str, Any] | None = None
+        #: evict a task before the shot).
+        self._dirty_tasks: dict[str, Any] = {}
         self._last_worker_event: dict[str, str] = {}
+        #: Guards what the event hook notes (it runs outside the state's lock).
+        self._events_lock = threading.Lock()
         #: Guards the pending rows (collected under the state's lock, written outside it),
         #: and keeps two writes (a timer shot and the last shot) from running at once.
         self._pending_lock = threading.RLock()
         self._flush_lock = threading.Lock()
-        self._wrap_dispatcher()
+        self._watch_events()
 
     # -- models ------------------------------------------------------------------------
 
@@ -110,37 +207,49 @@ class Camera(Polaroid):
 
     # -- seeing what changed ---------------------------------------------------------------
 
-    def _wrap_dispatcher(self) -> None:
-        """Have the state tell us which tasks and workers each event touches.
+    def _watch_events(self) -> None:
+        """Put the guard in front of the state's ``event()``, and note what each event did.
 
-        Possible only before the state handled its first event (it builds its dispatcher
-        then); otherwise every shutter compares all tasks in the state instead.
+        Both ways of running the camera hand every event to ``state.event``: the runner, and
+        ``celery events --camera``, whose receiver Celery makes after the camera (so it is
+        made a :class:`~.events.SafeEventReceiver` with this camera's guard).
         """
-        state = self.state
-        if "_event" in vars(state):
-            return
-        dispatch = state._create_dispatcher()
-        dirty: dict[str, Any] = {}
-        last_worker_event = self._last_worker_event
+        state, guard, handle = self.state, self.guard, self.state.event
+        dirty, last_worker_event, lock = (
+            self._dirty_tasks,
+            self._last_worker_event,
+            self._events_lock,
+        )
 
-        def _event(event: dict) -> Any:
-            result = dispatch(event)
-            if result is not None:
-                (obj, _created), subject = result
-                group = event.get("type", "").partition("-")[0]
-                if group == "task":
+        def event(event: Any) -> Any:
+            clean = guard.check(event)
+            if clean is None:
+                return None
+            try:
+                result = handle(clean)
+            except Exception as exc:
+                guard.refuse(f"Celery's State refused it ({type(exc).__name__}: {exc})", event)
+                return None
+            if not result:
+                return result
+            (obj, _created), subject = result
+            with lock:
+                if isinstance(obj, state.Task):
                     dirty[obj.uuid] = obj
-                elif group == "worker":
+                    note_event(obj, subject, clean)
+                else:
                     last_worker_event[obj.hostname] = subject
             return result
 
-        state._event = _event  # the cached dispatcher: State.event() calls it
-        self._dirty_tasks = dirty
+        state.event = event
+        events = self.app.events
+        if "Receiver" not in vars(events):  # not made yet: make it check events too
+            events.receiver_cls = type(
+                "CameraEventReceiver", (SafeEventReceiver,), {"guard": self.guard}
+            )
 
     def _changed_tasks(self, state: Any) -> list[tuple[str, Any]]:
-        if self._dirty_tasks is None:
-            candidates = list(state.tasks.items())
-        else:
+        with self._events_lock:
             candidates = list(self._dirty_tasks.items())
             self._dirty_tasks.clear()
         changed = []
@@ -192,35 +301,69 @@ class Camera(Polaroid):
             row["offline"] = False
         return row
 
-    def task_row(self, task: Any, limit: int | None = None) -> dict[str, Any]:
+    def task_row(
+        self, task: Any, limit: int | None = None, redactor: Redactor | None = None
+    ) -> dict[str, Any]:
         """Return the TaskState values of a task of Celery's State, cleaned for the database.
 
-        Texts are cut at ``limit`` characters (default: ``monitor_max_text_length``).
+        Texts are cut at ``limit`` characters (default: ``monitor_max_text_length``), and
+        redacted by ``redactor`` (default: from the ``monitor_redact_*`` settings).
         """
         limit = limit or self.settings.max_text_length
-        exception = clean_text(task.exception, limit)
-        result = clean_text(task.result, limit)
-        worker = task.worker.hostname if task.worker is not None else None
-        return {
-            "state": clean_text(task.state, 64) or states.PENDING,
+        if redactor is None:
+            redactor = Redactor.from_settings(self.settings)
+        seen = {
+            "state": task.state,
+            "timestamp": task.timestamp,
+            "worker": task.worker.hostname if task.worker is not None else None,
+            "result": task.result,
+            "runtime": task.runtime,
+            "exception": task.exception,
+            "traceback": task.traceback,
+            "received": task.received,
+            "started": task.started,
+        }
+        decided = decide(task)
+        if decided is not None:
+            # The state, time, worker and outcome of the event that decides the row; the
+            # latest received and started times (a retried task is received again).
+            state, _subject, timestamp, hostname, outcome = decided
+            seen.update(outcome, state=state, timestamp=timestamp)
+            if hostname:
+                seen["worker"] = hostname
+            notes = task.__dict__[NOTES]
+            seen.update(
+                (kind, notes[kind][0]) for kind in ("received", "started") if kind in notes
+            )
+        retries = [clean_int(task.retries), task.__dict__.get(RETRIES)]
+        exception = clean_text(seen["exception"], limit)
+        result = clean_text(seen["result"], limit)
+        worker = seen["worker"]
+        row = {
+            "state": clean_text(seen["state"], 64) or states.PENDING,
             "name": clean_text(task.name, 200),
-            "tstamp": clean_timestamp(task.timestamp) or fromtimestamp(time.time()),
+            "tstamp": clean_timestamp(seen["timestamp"]) or fromtimestamp(time.time()),
             "args": clean_text(task.args, limit),
             "kwargs": clean_text(task.kwargs, limit),
             "eta": clean_datetime(task.eta),
             "expires": clean_datetime(task.expires),
-            # 1.1.2 stored a failed task's exception as its result; keep that.
-            "result": result if result is not None else exception,
+            "result": result,
             "exception": exception,
-            "traceback": clean_text(task.traceback, limit),
-            "runtime": clean_number(task.runtime),
-            "retries": clean_int(task.retries),
+            "traceback": clean_text(seen["traceback"], limit),
+            "runtime": clean_number(seen["runtime"]),
+            "retries": max((r for r in retries if r is not None), default=None),
             "worker": clean_id(worker) if worker else None,
-            "received": clean_timestamp(task.received),
-            "started": clean_timestamp(task.started),
+            "received": clean_timestamp(seen["received"]),
+            "started": clean_timestamp(seen["started"]),
             "parent_id": clean_id(task.parent_id),
             "root_id": clean_id(task.root_id),
         }
+        if redactor:
+            redactor.apply(row["name"], row)
+        if row["result"] is None:
+            # 1.1.2 stored a failed task's exception as its result; keep that.
+            row["result"] = row["exception"]
+        return row
 
     def collect(self, state: Any) -> None:
         """Add what changed in ``state`` since the last shot to the pending rows."""
@@ -247,11 +390,14 @@ class Camera(Polaroid):
         self._last_worker_event.clear()
 
         limit = self.settings.max_text_length
+        redactor = Redactor.from_settings(self.settings)
         task_rows = {}
-        for uuid, task in self._changed_tasks(state):
-            task_id = clean_id(uuid)
-            if task_id:
-                task_rows[task_id] = self.task_row(task, limit)
+        changed = self._changed_tasks(state)
+        with self._events_lock:  # the event hook notes on tasks outside the state's lock
+            for uuid, task in changed:
+                task_id = clean_id(uuid)
+                if task_id:
+                    task_rows[task_id] = self.task_row(task, limit, redactor)
 
         with self._pending_lock:
             for key, row in worker_rows.items():
@@ -465,7 +611,14 @@ class Camera(Polaroid):
         _, written = write_snapshot({}, {task_id: row})
         if not written:
             return None
-        return self.TaskState.objects.get(task_id=task_id)
+        obj = self.TaskState.objects.get(task_id=task_id)
+        # As 1.1.2 did, the instance carries the event's own values (a result of 42 is the
+        # int 42; the database holds the text "42"), but only where the row holds exactly
+        # that value: a field a late event lost to a finished state keeps the stored one.
+        for field, value in _event_values(task).items():
+            if _holds(getattr(obj, field), value):
+                setattr(obj, field, value)
+        return obj
 
     def on_cleanup(self) -> int:
         """Hide the expired tasks of each state group, purge the hidden ones.
@@ -473,8 +626,10 @@ class Camera(Polaroid):
         Returns how many rows were expired.
         """
         manager = self.TaskState.objects
-        expired = (manager.expire_by_states(s, expires) for s, expires in self.expire_task_states)
-        dirty = sum(count for count in expired if count is not None)
+        counts = [manager.expire_by_states(s, expires) for s, expires in self.expire_task_states]
+        # A state Celery does not define (PROGRESS) is in none of the groups.
+        counts.append(manager.expire_custom_states(self.settings.task_custom_expires))
+        dirty = sum(count for count in counts if count is not None)
         if dirty:
             logger.debug("Cleanup: Marked %s objects as dirty.", dirty)
             purged = manager.purge()

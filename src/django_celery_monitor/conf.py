@@ -114,6 +114,14 @@ TASK_PENDING_EXPIRES = Setting(
     legacy=("monitors_expire_pending",),
     description="How long to keep tasks that never finished.",
 )
+#: The default of the custom states' expiry: whatever the pending expiry is.
+FOLLOW_PENDING = "follow monitor_task_pending_expires"
+TASK_CUSTOM_EXPIRES = Setting(
+    "monitor_task_custom_expires",
+    FOLLOW_PENDING,
+    description="How long to keep tasks whose last state is a custom one (PROGRESS); "
+    "by default as long as the pending ones.",
+)
 WRITE_BATCH_SIZE = Setting(
     "monitor_write_batch_size",
     500,
@@ -143,7 +151,81 @@ WORKER_ALIVE_GRACE = Setting(
     "(two heartbeat periods); raise it with a camera --frequency above 5 s.",
 )
 
-EXPIRES_SETTINGS = (TASK_SUCCESS_EXPIRES, TASK_ERROR_EXPIRES, TASK_PENDING_EXPIRES)
+#: The fields redaction can keep out of the database.
+REDACTABLE_FIELDS = ("args", "kwargs", "result", "exception", "traceback")
+REDACT_FIELDS = Setting(
+    "monitor_redact_fields",
+    (),
+    description="Fields (args, kwargs, result, exception, traceback) never stored, for "
+    "every task: a marker takes their place.",
+)
+REDACT_TASKS = Setting(
+    "monitor_redact_tasks",
+    {},
+    description="Fields never stored for some tasks: a dict of task name (or fnmatch "
+    "pattern, 'billing.*') to a list of fields.",
+)
+REDACT_HOOK = Setting(
+    "monitor_redact_hook",
+    None,
+    description="A function (or its dotted path) called as hook(task_name, field, value) "
+    "for each stored text field; what it returns is stored.",
+)
+
+
+def to_fields(where: str, value: Any) -> tuple[str, ...]:
+    """Check a list of redactable field names."""
+    if isinstance(value, str) or not isinstance(value, list | tuple | set | frozenset):
+        raise ImproperlyConfigured(
+            f"{where} must be a list of field names ({', '.join(REDACTABLE_FIELDS)}), "
+            f"not {value!r}."
+        )
+    unknown = [field for field in value if field not in REDACTABLE_FIELDS]
+    if unknown:
+        raise ImproperlyConfigured(
+            f"{where} names fields that cannot be redacted: {unknown!r} "
+            f"(choose from {', '.join(REDACTABLE_FIELDS)})."
+        )
+    return tuple(value)
+
+
+def to_task_fields(where: str, value: Any) -> dict[str, tuple[str, ...]]:
+    """Check a dict of task name (or pattern) to redactable field names."""
+    if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+        raise ImproperlyConfigured(
+            f"{where} must be a dict of task name (or pattern) to a list of fields, not {value!r}."
+        )
+    return {name: to_fields(f"{where}[{name!r}]", fields) for name, fields in value.items()}
+
+
+def to_hook(where: str, value: Any) -> Any:
+    """Load the redaction hook (a callable or its dotted path), or None."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        try:
+            value = symbol_by_name(value)
+        except (ImportError, AttributeError, ValueError) as exc:
+            raise ImproperlyConfigured(f"{where}: cannot import {value!r} ({exc}).") from exc
+    if not callable(value):
+        raise ImproperlyConfigured(f"{where} must be callable or a dotted path, not {value!r}.")
+    return value
+
+
+REDACT_SETTINGS = (
+    (REDACT_FIELDS, to_fields),
+    (REDACT_TASKS, to_task_fields),
+    (REDACT_HOOK, to_hook),
+)
+
+EXPIRES_SETTINGS = (
+    TASK_SUCCESS_EXPIRES,
+    TASK_ERROR_EXPIRES,
+    TASK_PENDING_EXPIRES,
+    TASK_CUSTOM_EXPIRES,
+)
+#: Every state Celery defines: a task in any other state is in a custom one.
+KNOWN_STATES = frozenset(states.ALL_STATES | {states.REJECTED})
 SIZE_SETTINGS = (
     WRITE_BATCH_SIZE,
     PURGE_BATCH_SIZE,
@@ -179,6 +261,26 @@ class MonitorSettings:
     @property
     def task_pending_expires(self) -> timedelta | None:
         return self._expires(TASK_PENDING_EXPIRES)
+
+    @property
+    def task_custom_expires(self) -> timedelta | None:
+        """The expiry of tasks in a state Celery does not define (the pending one by default)."""
+        where, value = TASK_CUSTOM_EXPIRES.raw(self.app)
+        if value == FOLLOW_PENDING:
+            return self.task_pending_expires
+        return to_expires(where, value)
+
+    @property
+    def redact_fields(self) -> tuple[str, ...]:
+        return to_fields(*REDACT_FIELDS.raw(self.app))
+
+    @property
+    def redact_tasks(self) -> dict[str, tuple[str, ...]]:
+        return to_task_fields(*REDACT_TASKS.raw(self.app))
+
+    @property
+    def redact_hook(self) -> Any:
+        return to_hook(*REDACT_HOOK.raw(self.app))
 
     @property
     def write_batch_size(self) -> int:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Mapping
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from celery import states
@@ -12,31 +13,54 @@ from django.db import IntegrityError, connections, models, router, transaction
 from django.db.models.functions import Now
 from django.utils import timezone
 
-from .conf import monitor_settings
+from .conf import KNOWN_STATES, monitor_settings
 from .sanitize import MAX_CLOCK_SKEW
+from .utils import posix_timestamp
 
-#: The fields Celery takes from task-received whatever the order of the events
-#: (``celery.events.state.Task.merge_rules``): a late event fills them in but never
-#: changes the state.
-MERGE_FIELDS = ("name", "args", "kwargs", "parent_id", "root_id", "retries", "eta", "expires")
-#: Timestamps of single events: a late event fills them in when they are still empty.
-FILL_FIELDS = ("received", "started", "worker_id", "worker")
+#: The fields a task-received carries (``celery.events.state.Task.merge_rules``): an event
+#: that does not decide the state fills them in when they are still empty.
+MERGE_FIELDS = ("name", "args", "kwargs", "parent_id", "root_id", "eta", "expires")
+#: The worker: an event that does not decide the state fills it in when it is still empty.
+FILL_FIELDS = ("worker_id", "worker")
+#: When the task was last received and started: the latest time wins, whichever event
+#: decides the state (a retried task is received and started again).
+LATEST_FIELDS = ("received", "started")
 #: How often the batch writer starts over when another writer inserted the same row first.
 WRITE_ATTEMPTS = 3
 
 
-def incoming_state_wins(current: str | None, incoming: str) -> bool:
+def _instant(value: Any) -> float | None:
+    if not isinstance(value, datetime):
+        return None
+    return posix_timestamp(value, stored=True)
+
+
+def incoming_state_wins(
+    current: str | None,
+    incoming: str,
+    current_tstamp: datetime | None = None,
+    incoming_tstamp: datetime | None = None,
+) -> bool:
     """Tell whether a task in state ``incoming`` replaces the recorded state ``current``.
 
-    Celery's own rules: the state of higher precedence wins, RETRY always moves on (a
-    retried task is received and started again), and equal states take the later event.
-    On top of them, a finished task never goes back to an unfinished state.
+    A finished state (SUCCESS, FAILURE, REVOKED) always beats an unfinished one, and among
+    finished states Celery's precedence decides (SUCCESS, then FAILURE, then REVOKED): a late
+    or redelivered event never takes a finished task back. Among unfinished states the later
+    event wins (a retried task is received and started again; a late task-retried of an
+    earlier attempt loses to the attempt that followed it), and at the same time, or when the
+    times are unknown, Celery's rules: the higher precedence wins and RETRY always moves on.
     """
     if current is None:
         return True
-    if current in states.READY_STATES and incoming not in states.READY_STATES:
-        return False
-    if states.RETRY in (current, incoming):
+    current_ready = current in states.READY_STATES
+    if current_ready != (incoming in states.READY_STATES):
+        return not current_ready
+    if current_ready:
+        return states.precedence(incoming) <= states.precedence(current)
+    then, now = _instant(current_tstamp), _instant(incoming_tstamp)
+    if then is not None and now is not None and then != now:
+        return now > then
+    if states.RETRY in (current, incoming) and then is None:
         return True
     return states.precedence(incoming) <= states.precedence(current)
 
@@ -45,21 +69,35 @@ def merge_task_values(current: Mapping[str, Any] | None, incoming: Mapping[str, 
     """Return the fields of a task row that ``incoming`` changes.
 
     ``current`` is the recorded row (None when there is none); ``incoming`` the values a
-    snapshot saw. A value of None never blanks one recorded before.
+    snapshot saw. The values of the event that decides the state win; a value of None
+    never blanks one recorded before; an event that does not decide the state only fills
+    in what is still empty; ``retries`` only grows, and the received and started times keep
+    the latest.
     """
     if current is None:
         return {key: value for key, value in incoming.items() if value is not None}
     changes = {}
-    if incoming_state_wins(current.get("state"), incoming["state"]):
+    if incoming_state_wins(
+        current.get("state"), incoming["state"], current.get("tstamp"), incoming.get("tstamp")
+    ):
         fields: Iterable[str] = incoming.keys()
         if current.get("hidden"):
             changes["hidden"] = False  # expired, then moved on: keep it
     else:
-        fields = (*MERGE_FIELDS, *(f for f in FILL_FIELDS if current.get(f) is None))
+        fields = [f for f in (*MERGE_FIELDS, *FILL_FIELDS) if current.get(f) is None]
     for key in fields:
         value = incoming.get(key)
+        if key in LATEST_FIELDS or key == "retries":
+            continue
         if value is not None and current.get(key) != value:
             changes[key] = value
+    for key in LATEST_FIELDS:
+        value, recorded = incoming.get(key), current.get(key)
+        if value is not None and (recorded is None or _instant(value) > _instant(recorded)):
+            changes[key] = value
+    retries = incoming.get("retries")
+    if retries is not None and retries > (current.get("retries") or 0):
+        changes["retries"] = retries
     return changes
 
 
@@ -142,7 +180,8 @@ class WorkerStateQuerySet(ExtendedQuerySet):
         with transaction.atomic(using=db):
             obj, _ = self.select_for_update_or_create(hostname=hostname)
             if heartbeat is not None and (
-                obj.last_heartbeat is None or heartbeat > obj.last_heartbeat
+                obj.last_heartbeat is None
+                or posix_timestamp(heartbeat) > posix_timestamp(obj.last_heartbeat, stored=True)
             ):
                 obj.last_heartbeat = heartbeat
                 obj.offline = False
@@ -182,9 +221,16 @@ class WorkerStateQuerySet(ExtendedQuerySet):
                 continue
             heartbeat = values.get("last_heartbeat")
             recorded = worker.last_heartbeat
-            if recorded is not None and recorded > now + timedelta(seconds=MAX_CLOCK_SKEW):
-                recorded = None  # written from a clock that ran ahead: not a reference
-            if heartbeat is not None and recorded is not None and heartbeat < recorded:
+            # Compared as instants: with USE_TZ off, naive local times go back an hour when
+            # a daylight saving clock does.
+            recorded_at = None if recorded is None else posix_timestamp(recorded, stored=True)
+            if recorded_at is not None and recorded_at > time.time() + MAX_CLOCK_SKEW:
+                recorded_at = None  # written from a clock that ran ahead: not a reference
+            if (
+                heartbeat is not None
+                and recorded_at is not None
+                and posix_timestamp(heartbeat) < recorded_at
+            ):
                 values.pop("last_heartbeat")
                 values.pop("offline", None)
             updated = {
@@ -225,6 +271,24 @@ class TaskStateQuerySet(ExtendedQuerySet):
             return None
         expired = self.expired(states, expires).filter(hidden=False).order_by()
         return self._in_batches(expired, lambda batch: batch.update(hidden=True))
+
+    def expire_custom_states(self, expires: Any) -> int | None:
+        """Hide the tasks in a state Celery does not define (PROGRESS) older than ``expires``.
+
+        Such a state is in none of the groups of :meth:`expire_by_states`; a task left in
+        one (its worker died) would otherwise stay forever. Returns how many rows were
+        hidden, or None when ``expires`` is None (never expire).
+        """
+        if expires is None:
+            return None
+        expired = self.expired_custom(expires).filter(hidden=False).order_by()
+        return self._in_batches(expired, lambda batch: batch.update(hidden=True))
+
+    def expired_custom(self, expires: Any) -> TaskStateQuerySet:
+        """Return the tasks in a state Celery does not define, older than ``expires``."""
+        return self.exclude(state__in=sorted(KNOWN_STATES)).filter(
+            tstamp__lte=timezone.now() - maybe_timedelta(expires)
+        )
 
     def purge(self) -> int:
         """Purge all expired (hidden) task states, in batches. Returns how many were deleted."""

@@ -7,11 +7,11 @@ import time
 from celery import states
 from celery.events.state import heartbeat_expires
 from django.db import models
-from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
 from . import managers
 from .conf import monitor_settings
+from .utils import posix_timestamp
 
 ALL_STATES = sorted(states.ALL_STATES | {states.REJECTED})
 TASK_STATE_CHOICES = sorted(zip(ALL_STATES, ALL_STATES, strict=True))
@@ -83,11 +83,13 @@ class WorkerState(models.Model):
 
     @property
     def heartbeat_timestamp(self) -> float:
-        """The last heartbeat as a POSIX timestamp."""
-        value = self.last_heartbeat
-        if timezone.is_naive(value):
-            value = timezone.make_aware(value, timezone.get_default_timezone())
-        return value.timestamp()
+        """The last heartbeat as a POSIX timestamp.
+
+        A naive value (``USE_TZ`` off) is a time in ``TIME_ZONE``; in the hour its clock
+        repeats in autumn, the later of the two instants it can name is taken unless that is
+        still to come.
+        """
+        return posix_timestamp(self.last_heartbeat, stored=True)
 
 
 class TaskState(models.Model):

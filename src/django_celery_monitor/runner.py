@@ -11,6 +11,7 @@ from celery.utils.log import get_logger
 from django.db import connections
 
 from .camera import Camera
+from .events import SafeEventReceiver
 
 logger = get_logger(__name__)
 
@@ -63,11 +64,8 @@ class MonitorRunner:
             self._receiver.should_stop = True
 
     def on_event(self, event: dict) -> None:
-        """Hand an event to the state; an event the state cannot take is logged and dropped."""
-        try:
-            self.state.event(event)
-        except Exception:
-            logger.warning("Dropped an event Celery's state refuses: %r", event, exc_info=True)
+        """Hand an event to the state, through the camera's guard (which never raises)."""
+        self.state.event(event)
 
     def enable_events(self) -> None:
         """Ask every worker to send task events (they do not by default)."""
@@ -109,11 +107,10 @@ class MonitorRunner:
     def _capture(self) -> None:
         with self.app.connection_for_read() as connection:
             connection.ensure_connection(max_retries=1)
-            receiver = self.app.events.Receiver(
-                connection,
-                handlers={"*": self.on_event},
-                node_id=self.queue_name,
+            receiver = SafeEventReceiver(
+                connection, handlers={"*": self.on_event}, node_id=self.queue_name, app=self.app
             )
+            receiver.guard = self.camera.guard  # what it refuses counts with the camera's
             self._receiver = receiver
             if self._stopping.is_set():
                 return

@@ -6,6 +6,7 @@ translation machinery.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from datetime import datetime
 from datetime import timezone as dt_timezone
@@ -26,6 +27,7 @@ __all__ = [
     "fixedwidth",
     "fromtimestamp",
     "make_aware",
+    "posix_timestamp",
 ]
 
 
@@ -66,6 +68,26 @@ def fromtimestamp(value: float) -> datetime:
     if settings.USE_TZ:
         return timezone.localtime(aware)
     return timezone.make_naive(aware, timezone.get_default_timezone())
+
+
+def posix_timestamp(value: datetime, stored: bool = False) -> float:
+    """Return the POSIX timestamp of an aware datetime, or of a naive one in ``TIME_ZONE``.
+
+    A naive time in the hour a daylight saving clock repeats names two instants.
+    ``fromtimestamp`` marks the second with ``fold=1``, but the database keeps no fold: for a
+    value read back from it (``stored``), the later instant is taken unless it is still to
+    come, so a heartbeat written after the clock went back does not look an hour old.
+    """
+    if value.tzinfo is not None and value.utcoffset() is not None:
+        return value.timestamp()
+    zone = timezone.get_default_timezone()
+    if not stored:
+        return value.replace(tzinfo=zone).timestamp()
+    first = value.replace(tzinfo=zone, fold=0).timestamp()
+    second = value.replace(tzinfo=zone, fold=1).timestamp()
+    if second > first and second <= time.time() + 60:
+        return second
+    return first
 
 
 def _attrs(**kwargs: Any) -> Callable[[F], F]:

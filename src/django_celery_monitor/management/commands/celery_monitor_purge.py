@@ -15,7 +15,8 @@ class Command(BaseCommand):
     help = (
         "Hide the task states older than the expiry settings "
         "(monitor_task_success_expires, monitor_task_error_expires, "
-        "monitor_task_pending_expires) and delete them, in batches."
+        "monitor_task_pending_expires, monitor_task_custom_expires) and delete them, "
+        "in batches."
     )
 
     def add_arguments(self, parser: Any) -> None:
@@ -33,28 +34,33 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         manager = TaskState.objects.db_manager(options["database"])
-        groups = MonitorSettings().expire_task_states
+        monitor = MonitorSettings()
+        groups = monitor.expire_task_states
+        custom = monitor.task_custom_expires
         try:
             if options["dry_run"]:
-                self._dry_run(manager, groups)
+                self._dry_run(manager, groups, custom)
                 return
-            expired = 0
-            for states, expires in groups:
-                count = manager.expire_by_states(states, expires)
-                if count is not None:
-                    expired += count
+            counts = [manager.expire_by_states(states, expires) for states, expires in groups]
+            counts.append(manager.expire_custom_states(custom))
+            expired = sum(count for count in counts if count is not None)
             purged = manager.purge()
         except DatabaseError as exc:
             raise CommandError(f"The purge failed: {exc}") from exc
         self.stdout.write(f"Expired {expired} task states; purged {purged}.")
 
-    def _dry_run(self, manager: Any, groups: Any) -> None:
-        for states, expires in groups:
-            label = ", ".join(sorted(states))
+    def _dry_run(self, manager: Any, groups: Any, custom: Any) -> None:
+        rows = [(", ".join(sorted(states)), states, expires) for states, expires in groups]
+        rows.append(("Custom states", None, custom))
+        for label, states, expires in rows:
             if expires is None:
                 self.stdout.write(f"{label}: never expire.")
                 continue
-            count = manager.expired(states, expires).filter(hidden=False).count()
+            if states is None:
+                expired = manager.expired_custom(expires)
+            else:
+                expired = manager.expired(states, expires)
+            count = expired.filter(hidden=False).count()
             self.stdout.write(f"{label}: {count} would expire (older than {expires}).")
         hidden = manager.filter(hidden=True).count()
         self.stdout.write(f"{hidden} already hidden would be purged.")

@@ -1,0 +1,227 @@
+"""Check every event before Celery's receiver and State see it.
+
+Anything that can publish to the broker can send events, and Celery trusts them: a clock
+that is not a number breaks the receiver's Lamport clock and, once in the State's event
+heap, every later task event; an event without a uuid or hostname raises in the State; a
+field named like one of the State's own attributes (``worker``, ``event``, ``heartbeats``)
+replaces it. :func:`clean_event` refuses what cannot be a Celery event and repairs what can
+be repaired; :class:`EventGuard` counts both and logs them at most once a minute; and
+:class:`SafeEventReceiver` is Celery's receiver with the guard in front of it. A bad event
+is never fatal and never harms the events around it.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import math
+import re
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from celery.events.receiver import EventReceiver
+from celery.events.state import Task, Worker
+
+__all__ = ["EventGuard", "SafeEventReceiver", "clean_event"]
+
+logger = logging.getLogger(__name__)
+
+#: ``task-<subject>`` or ``worker-<subject>``; a subject Celery does not know is a custom
+#: state (``task-progress`` sets PROGRESS).
+TYPE_RE = re.compile(r"\A(task|worker)-[A-Za-z0-9_.]{1,64}\Z")
+#: The longest task id or hostname taken (the database keeps a hash past its column).
+MAX_ID_LENGTH = 1024
+#: Seconds between two log lines about refused or repaired events.
+LOG_EVERY = 60.0
+#: Fields that are ids: the State uses them as dict keys, so they must be strings.
+ID_FIELDS = ("name", "parent_id", "root_id")
+
+
+def _own_attributes(cls: type, extra: set[str]) -> frozenset[str]:
+    """The names of ``cls``'s methods and properties: an event field must not shadow them."""
+    names = set(extra)
+    for name in dir(cls):
+        value = inspect.getattr_static(cls, name)
+        if callable(value) or isinstance(value, property | staticmethod | classmethod):
+            names.add(name)
+    return frozenset(names)
+
+
+#: Attributes of Celery's Task that an event's fields would overwrite (the State copies a
+#: task event's fields onto the task).
+TASK_RESERVED = _own_attributes(Task, {"worker", "cluster_state", "children", "merge_rules"})
+#: The same for Celery's Worker (it copies every field of a worker event).
+WORKER_RESERVED = _own_attributes(Worker, {"heartbeats", "event"})
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _id(value: Any) -> str | None:
+    """An id field as a string (the State hashes it), or None when it is unusable."""
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return str(value)
+    return None
+
+
+def clean_event(event: Any) -> tuple[dict | None, str | None]:
+    """Return ``(event, problem)`` for an incoming event.
+
+    ``event`` is None when the event is refused, with ``problem`` saying why; otherwise it
+    is a copy of the event as Celery may take it, and ``problem`` says what was repaired
+    (None when nothing was).
+    """
+    if not isinstance(event, Mapping):
+        return None, f"not a mapping ({type(event).__name__})"
+    kind = event.get("type")
+    if not isinstance(kind, str) or not TYPE_RE.match(kind):
+        return None, f"unknown event type {str(kind)[:80]!r}"
+    group = kind.partition("-")[0]
+    hostname = event.get("hostname")
+    if not isinstance(hostname, str) or not hostname or len(hostname) > MAX_ID_LENGTH:
+        return None, "no usable hostname"
+    if group == "task":
+        uuid = event.get("uuid")
+        if not isinstance(uuid, str) or not uuid or len(uuid) > MAX_ID_LENGTH:
+            return None, "no usable task id"
+
+    fixes: list[str] = []
+    fixed: dict[str, Any] = {}
+    reserved = TASK_RESERVED if group == "task" else WORKER_RESERVED
+    dropped = [key for key in event if not isinstance(key, str) or key.startswith("_")]
+    dropped += [key for key in event.keys() & reserved if isinstance(key, str)]
+    if dropped:
+        fixes.append(f"dropped fields {sorted(map(str, dropped))[:5]}")
+    if not _finite(event.get("timestamp")):
+        received = event.get("local_received")
+        fixed["timestamp"] = received if _finite(received) else time.time()
+        fixes.append("timestamp")
+    if not _finite(event.get("local_received")):  # the State needs it
+        fixed["local_received"] = time.time()
+        if "local_received" in event:
+            fixes.append("local_received")
+    clock = event.get("clock")
+    if not (isinstance(clock, int) and not isinstance(clock, bool)):  # the State needs it
+        fixed["clock"] = int(clock) if _finite(clock) and abs(clock) < 2**62 else 0
+        if "clock" in event:
+            fixes.append("clock")
+    if "utcoffset" in event and not (
+        _finite(event["utcoffset"]) and abs(event["utcoffset"]) <= 24
+    ):
+        dropped.append("utcoffset")
+        fixes.append("utcoffset")
+    if group == "task":
+        for key in ID_FIELDS:
+            if key in event and not (event[key] is None or isinstance(event[key], str)):
+                value = _id(event[key])
+                if value is None:
+                    dropped.append(key)
+                else:
+                    fixed[key] = value
+                fixes.append(key)
+    clean = {key: value for key, value in event.items() if key not in dropped}
+    clean.update(fixed)
+    return clean, ("repaired " + ", ".join(fixes)) if fixes else None
+
+
+class EventGuard:
+    """Checks events, counts the refused and repaired ones, and logs them now and then."""
+
+    def __init__(self, log_every: float = LOG_EVERY) -> None:
+        self.log_every = log_every
+        #: Events refused, and events repaired, since the guard was made.
+        self.refused = 0
+        self.repaired = 0
+        #: Refused events by reason.
+        self.reasons: Counter[str] = Counter()
+        self._lock = threading.Lock()
+        self._unlogged = 0
+        self._last_log = -math.inf
+        self._last_problem = ""
+
+    def check(self, event: Any) -> dict | None:
+        """Return the event fit for Celery's State, or None when it must be dropped."""
+        clean, problem = clean_event(event)
+        if problem is not None:
+            self._count(problem, refused=clean is None, event=event)
+        return clean
+
+    def refuse(self, problem: str, event: Any) -> None:
+        """Count an event that Celery itself could not take."""
+        self._count(problem, refused=True, event=event)
+
+    def _count(self, problem: str, refused: bool, event: Any) -> None:
+        with self._lock:
+            if refused:
+                self.refused += 1
+                self.reasons[problem.split(" (")[0]] += 1
+            else:
+                self.repaired += 1
+            self._unlogged += 1
+            now = time.monotonic()
+            if now - self._last_log < self.log_every:
+                return
+            count, self._unlogged, self._last_log = self._unlogged, 0, now
+        try:
+            shown = repr(event)[:300]
+        except Exception:
+            shown = "<unprintable>"
+        logger.warning(
+            "%d bad events since the last report (%d refused, %d repaired in all); the latest "
+            "was %s: %s",
+            count,
+            self.refused,
+            self.repaired,
+            "refused" if refused else "repaired",
+            f"{problem}: {shown}",
+        )
+
+    def wrap(self, handler: Callable[[dict], Any]) -> Callable[[Any], Any]:
+        """Return ``handler`` (a State's ``event``) behind the guard.
+
+        A refused event never reaches it; an event it raises on is counted and dropped.
+        """
+
+        def guarded(event: Any) -> Any:
+            clean = self.check(event)
+            if clean is None:
+                return None
+            try:
+                return handler(clean)
+            except Exception as exc:
+                self.refuse(f"Celery's State refused it ({type(exc).__name__}: {exc})", event)
+                return None
+
+        guarded.__wrapped__ = handler  # type: ignore[attr-defined]
+        return guarded
+
+
+class SafeEventReceiver(EventReceiver):
+    """Celery's event receiver with an :class:`EventGuard` in front of it.
+
+    Celery's receiver adjusts its clock and the event's timestamp before any handler runs,
+    and raises on a clock or offset that is not a number: the receiver would stop. This one
+    checks each event first and drops, with a count, what it cannot take.
+    """
+
+    guard: EventGuard = EventGuard()
+
+    def event_from_message(self, body: Any, *args: Any, **kwargs: Any) -> tuple[Any, Any]:
+        clean = self.guard.check(body)
+        if clean is None:
+            return None, None
+        try:
+            return super().event_from_message(clean, *args, **kwargs)
+        except Exception as exc:
+            self.guard.refuse(f"the receiver refused it ({type(exc).__name__}: {exc})", body)
+            return None, None
+
+    def process(self, type: Any, event: Any) -> None:
+        if event is not None:
+            super().process(type, event)
