@@ -370,6 +370,13 @@ class ModelMonitor(admin.ModelAdmin):
     def get_celery_app(self):
         return get_celery_app(self.celery_app)
 
+    def get_object(self, request: HttpRequest, object_id: str, from_field: Any = None) -> Any:
+        # Django before 5.0 lets an id too large for the database's integers raise.
+        try:
+            return super().get_object(request, object_id, from_field)
+        except OverflowError:
+            return None
+
     def get_changelist(self, request: HttpRequest, **kwargs: Any) -> type[ChangeList]:
         return MonitorList
 
@@ -518,19 +525,26 @@ class WorkerFilter(admin.SimpleListFilter):
     parameter_name = "worker"
     limit = 50
 
+    def worker_pk(self) -> int | None:
+        """The chosen worker's primary key, or None when the value cannot be one."""
+        value = self.value() or ""
+        if not value.isascii() or not value.isdigit() or len(value) > 18:
+            return None
+        return int(value)
+
     def lookups(self, request, model_admin):
         workers = list(WorkerState.objects.values_list("pk", "hostname")[: self.limit])
-        value = self.value()
-        if value and value.isdigit() and all(str(pk) != value for pk, _name in workers):
-            workers += list(WorkerState.objects.filter(pk=value).values_list("pk", "hostname"))
+        pk = self.worker_pk()
+        if pk is not None and all(known != pk for known, _name in workers):
+            workers += list(WorkerState.objects.filter(pk=pk).values_list("pk", "hostname"))
         return [(str(pk), hostname) for pk, hostname in workers]
 
     def queryset(self, request, queryset):
-        value = self.value()
-        if value:
-            if not value.isdigit():
+        if self.value():
+            pk = self.worker_pk()
+            if pk is None:
                 return queryset.none()
-            return queryset.filter(worker_id=int(value))
+            return queryset.filter(worker_id=pk)
         return queryset
 
 
