@@ -962,6 +962,9 @@ CRAFTED_TASK_PARAMS = [
     {"worker": "9" * 40},
     {"name": "n" * 5000},
     {"q": "\x00"},
+    {"q": "abc\x00def", "state": "SUCCESS"},
+    {"name": "\x00"},
+    {"tstamp__gte": "2026-01-01\x00"},
     {"o": "abc"},
     {"o": "99"},
     {"o": "-1.2.x"},
@@ -1008,3 +1011,37 @@ def test_the_task_list_leaves_out_what_the_expiry_hid(admin_client):
     assert shown.task_id[:8] in page
     assert hidden.task_id[:8] not in page
     assert admin_client.get(TASKS, {"q": hidden.task_id}).context["cl"].result_count == 0
+
+
+def test_lost_tasks_are_marked_and_filtered(admin_client):
+    lost = make_task(state="STARTED", lost=True, task_id="lost-task-0001")
+    make_task(state="STARTED", task_id="running-task-01")
+    response = admin_client.get(TASKS, {"lost": "1"})
+    assert [row.pk for row in response.context["cl"].result_list] == [lost.pk]
+    assert 'class="cm-lost"' in response.content.decode()
+    assert admin_client.get(TASKS, {"lost": "0"}).context["cl"].result_count == 1
+
+
+@pytest.mark.parametrize(
+    ("url", "action", "make"),
+    [
+        (TASKS, "revoke_tasks", lambda: make_task("STARTED")),
+        (TASKS, "kill_tasks", lambda: make_task("STARTED")),
+        (WORKERS, "shutdown_nodes", lambda: make_worker()),
+    ],
+)
+def test_control_actions_require_the_csrf_token(
+    admin_user, celery, monkeypatch, url, action, make
+):
+    from django.test import Client
+
+    from django_celery_monitor import control
+
+    sent = []
+    for name in ("revoke", "shutdown"):
+        monkeypatch.setattr(control, name, lambda *args, **kwargs: sent.append(args) or {})
+    client = Client(enforce_csrf_checks=True)
+    client.force_login(admin_user)
+    response = client.post(url, {"action": action, "index": "0", "_selected_action": [make().pk]})
+    assert response.status_code == 403
+    assert sent == [] and not LogEntry.objects.exists()

@@ -77,3 +77,25 @@ def test_tasks_and_workers_are_recorded(camera, celery_worker):
     )
     state.refresh_from_db()
     assert state.offline
+
+
+def test_a_worker_killed_mid_task_shows_offline_and_its_task_lost(camera, celery_worker, settings):
+    import os
+    import signal
+
+    settings.CELERY_MONITOR_WORKER_ALIVE_GRACE = 1  # offline 2 heartbeats + 1 s after
+    camera.camera.lost_after = 0
+    camera.camera.lost_check_every = 0.2
+    worker = celery_worker("e2e-killed@test")
+    running = tasks.sleep.delay(60)
+    wait_for(task_in_state(running.id, "STARTED"), message="the task to start")
+
+    os.kill(worker.process.pid, signal.SIGKILL)  # no goodbye, no more heartbeats
+    worker.process.wait(10)
+    row = wait_for(
+        lambda: TaskState.objects.filter(task_id=running.id, lost=True).first(),
+        timeout=30,
+        message="the running task to be marked lost",
+    )
+    assert row.state == "STARTED"  # its last known state, not a made-up one
+    assert not WorkerState.objects.get(hostname=worker.hostname).is_alive()

@@ -236,3 +236,27 @@ def test_heartbeats_move_on_when_the_clock_goes_back_without_use_tz(settings, mo
         write_snapshot({hostname: {"last_heartbeat": fromtimestamp(now)}}, {})
         recorded = WorkerState.objects.get(hostname=hostname).last_heartbeat
         assert recorded == fromtimestamp(now).replace(fold=0), offset
+
+
+def test_mark_lost_marks_what_was_received_or_running_on_stopped_workers():
+    dead = WorkerState.objects.create(hostname="dead@test")
+    alive = WorkerState.objects.create(hostname="alive@test")
+    lost = [make_task(state=state, worker=dead) for state in ("RECEIVED", "STARTED", "PROGRESS")]
+    kept = [make_task(state=s, worker=dead) for s in ("SUCCESS", "RETRY", "PENDING", "REJECTED")]
+    other = make_task(state="STARTED", worker=alive)
+    assert TaskState.objects.mark_lost([dead.pk]) == 3
+    assert set(TaskState.objects.filter(lost=True)) == set(lost)
+    assert not any(TaskState.objects.get(pk=t.pk).lost for t in [*kept, other])
+    assert TaskState.objects.mark_lost([dead.pk]) == 0  # once
+
+
+def test_a_lost_task_that_moves_on_is_not_lost_any_more():
+    task = make_task(state="STARTED", lost=True)
+    later = {"state": "SUCCESS", "tstamp": task.tstamp + timedelta(seconds=5)}
+    assert merge_task_values({"state": "STARTED", "lost": True, "tstamp": task.tstamp}, later) == {
+        "state": "SUCCESS",
+        "tstamp": later["tstamp"],
+        "lost": False,
+    }
+    late = {"state": "RECEIVED", "tstamp": task.tstamp - timedelta(seconds=5)}
+    assert "lost" not in merge_task_values({"state": "STARTED", "lost": True}, late)

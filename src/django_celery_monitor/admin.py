@@ -213,6 +213,9 @@ class MonitorList(ChangeList):
         return getattr(self.paginator, "capped", False)
 
     def get_filters(self, request: HttpRequest) -> Any:
+        if any("\x00" in value for values in request.GET.lists() for value in values[1]):
+            # No database stores a NUL byte, and PostgreSQL refuses even to compare with one.
+            raise IncorrectLookupParameters("A NUL character in the query string.")
         self._check_drilldown(request)
         filters = super().get_filters(request)
         self.remaining_lookup_params = filters[2]
@@ -548,6 +551,21 @@ class WorkerFilter(admin.SimpleListFilter):
         return queryset
 
 
+class LostFilter(admin.SimpleListFilter):
+    """Tasks whose worker stopped while they were unfinished (served by the lost index)."""
+
+    title = _("lost")
+    parameter_name = "lost"
+
+    def lookups(self, request, model_admin):
+        return [("1", _("Lost: the worker stopped")), ("0", _("Not lost"))]
+
+    def queryset(self, request, queryset):
+        if self.value() in ("0", "1"):
+            return queryset.filter(lost=self.value() == "1")
+        return queryset
+
+
 class TaskNameFilter(admin.SimpleListFilter):
     """Filter by task name, offering the names of the latest tasks (a bounded query).
 
@@ -611,6 +629,7 @@ class TaskMonitor(ModelMonitor):
     list_display_links = ("task_id_display",)
     list_filter = (
         StateFilter,
+        LostFilter,
         WorkerFilter,
         TaskNameFilter,
         ("tstamp", admin.DateFieldListFilter),
@@ -662,7 +681,13 @@ class TaskMonitor(ModelMonitor):
 
     @admin.display(description=_("state"), ordering="state")
     def state_badge(self, obj: TaskState) -> str:
-        return _badge(obj.state, TASK_STATE_COLORS.get(obj.state, "gray"))
+        badge = _badge(obj.state, TASK_STATE_COLORS.get(obj.state, "gray"))
+        if not obj.lost:
+            return badge
+        lost = _badge(
+            gettext("lost"), "red", gettext("Its worker stopped while the task was unfinished.")
+        )
+        return format_html('{}<br><span class="cm-lost">{}</span>', badge, lost)
 
     @admin.display(description=_("UUID"), ordering="task_id")
     def task_id_display(self, obj: TaskState) -> str:

@@ -156,6 +156,11 @@ class Camera(Polaroid):
 
     clear_after = True
     worker_update_freq = WORKER_UPDATE_FREQ
+    #: Seconds after the camera starts before it marks tasks of silent workers lost: the
+    #: time to hear the heartbeats of the workers that are alive.
+    lost_after = 30.0
+    #: Seconds between two looks for workers that stopped.
+    lost_check_every = 10.0
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         if kwargs.get("timer") is None:
@@ -179,6 +184,10 @@ class Camera(Polaroid):
         self._events_lock = threading.Lock()
         #: Guards the pending rows (collected under the state's lock, written outside it),
         #: and keeps two writes (a timer shot and the last shot) from running at once.
+        self._started_at = time.monotonic()
+        self._next_lost_check = 0.0
+        #: The workers whose tasks were marked lost, with the heartbeat they had then.
+        self._lost_workers: dict[int, Any] = {}
         self._pending_lock = threading.RLock()
         self._flush_lock = threading.Lock()
         self._watch_events()
@@ -533,6 +542,7 @@ class Camera(Polaroid):
 
         self.state.freeze_while(shoot, clear_after=self.clear_after)
         written = self.flush() if due else 0
+        self.mark_lost_tasks()
         if written:
             logger.debug("Shot: wrote %d tasks.", written)
         return written
@@ -619,6 +629,41 @@ class Camera(Polaroid):
             if _holds(getattr(obj, field), value):
                 setattr(obj, field, value)
         return obj
+
+    def mark_lost_tasks(self, force: bool = False) -> int:
+        """Mark lost the unfinished tasks of workers that stopped; return how many.
+
+        A worker stopped when it said goodbye or its heartbeats stopped (see
+        :meth:`WorkerState.is_alive`). Looks every ``lost_check_every`` seconds, and only
+        once the camera has run ``lost_after`` seconds (before that, a silent worker may
+        just not have been heard yet).
+        """
+        now = time.monotonic()
+        if not force and (now < self._next_lost_check or now - self._started_at < self.lost_after):
+            return 0
+        self._next_lost_check = now + self.lost_check_every
+        try:
+            stopped = [
+                worker
+                for worker in self.WorkerState.objects.exclude(last_heartbeat=None)
+                if not worker.is_alive()
+                and self._lost_workers.get(worker.pk) != worker.last_heartbeat
+            ]
+            if not stopped:
+                return 0
+            marked = self.TaskState.objects.mark_lost(worker.pk for worker in stopped)
+        except DatabaseError:
+            logger.warning("Could not look for tasks of stopped workers.", exc_info=True)
+            return 0
+        for worker in stopped:
+            self._lost_workers[worker.pk] = worker.last_heartbeat
+        if marked:
+            logger.warning(
+                "Marked %d unfinished tasks lost: their workers stopped (%s).",
+                marked,
+                ", ".join(sorted(worker.hostname for worker in stopped))[:500],
+            )
+        return marked
 
     def on_cleanup(self) -> int:
         """Hide the expired tasks of each state group, purge the hidden ones.

@@ -83,6 +83,8 @@ def merge_task_values(current: Mapping[str, Any] | None, incoming: Mapping[str, 
         fields: Iterable[str] = incoming.keys()
         if current.get("hidden"):
             changes["hidden"] = False  # expired, then moved on: keep it
+        if current.get("lost"):
+            changes["lost"] = False  # it moved on after all (redelivered, or events late)
     else:
         fields = [f for f in (*MERGE_FIELDS, *FILL_FIELDS) if current.get(f) is None]
     for key in fields:
@@ -290,6 +292,16 @@ class TaskStateQuerySet(ExtendedQuerySet):
             tstamp__lte=timezone.now() - maybe_timedelta(expires)
         )
 
+    def mark_lost(self, worker_ids: Iterable[int]) -> int:
+        """Mark lost the unfinished tasks of workers that stopped; return how many.
+
+        Unfinished means received or running (or in a custom state): a task waiting for a
+        retry or requeued is still in the broker, and will be received again.
+        """
+        waiting = [states.PENDING, states.RETRY, states.REJECTED, *states.READY_STATES]
+        rows = self.filter(worker_id__in=list(worker_ids), lost=False).exclude(state__in=waiting)
+        return self._in_batches(rows.order_by(), lambda batch: batch.update(lost=True))
+
     def purge(self) -> int:
         """Purge all expired (hidden) task states, in batches. Returns how many were deleted."""
         db = router.db_for_write(self.model)
@@ -375,7 +387,7 @@ class TaskStateQuerySet(ExtendedQuerySet):
 TASK_FIELDS = (
     "state", "name", "tstamp", "args", "kwargs", "eta", "expires", "result", "traceback",
     "runtime", "retries", "worker_id", "received", "started", "exception", "parent_id",
-    "root_id", "hidden",
+    "root_id", "hidden", "lost",
 )  # fmt: skip
 
 

@@ -135,6 +135,13 @@ class TaskState(models.Model):
     #: The task that sent this one, and the first task of its workflow.
     parent_id = models.CharField(_("parent id"), max_length=255, null=True, blank=True)
     root_id = models.CharField(_("root id"), max_length=255, null=True, blank=True)
+    #: The task was received or running on a worker that stopped without finishing it (its
+    #: heartbeats stopped, or it went offline). A later event of the task clears it.
+    lost = models.BooleanField(
+        _("lost"),
+        default=False,
+        help_text=_("Its worker stopped while the task was unfinished."),
+    )
 
     objects = managers.TaskStateQuerySet.as_manager()
 
@@ -151,6 +158,7 @@ class TaskState(models.Model):
             models.Index(fields=["worker", "-tstamp"], name="cm_task_worker_tstamp_idx"),
             models.Index(fields=["parent_id"], name="cm_task_parent_id_idx"),
             models.Index(fields=["root_id"], name="cm_task_root_id_idx"),
+            models.Index(fields=["lost", "-tstamp"], name="cm_task_lost_tstamp_idx"),
         ]
         permissions = [
             ("revoke_taskstate", _("Can revoke, terminate and kill tasks")),
