@@ -119,19 +119,35 @@ def celery_worker(redis_url, tmp_path):
 
 
 @pytest.fixture
-def camera(redis_url, transactional_db):
-    """A running camera (receiver and shutter every 0.2 s) writing to the test database."""
+def start_camera(redis_url, transactional_db):
+    """Start running cameras (receiver and shutter every 0.2 s) writing to the test database.
+
+    Each has its own event queue, so each gets every event.
+    """
     from django_celery_monitor.runner import MonitorRunner
 
-    runner = MonitorRunner(
-        celery_app, freq=0.2, queue_name=f"celery_monitor.test-{uuid.uuid4().hex[:8]}"
-    )
-    thread = threading.Thread(target=runner.run, name="camera", daemon=True)
-    thread.start()
-    if not runner.connected.wait(20):
+    runners = []
+
+    def start(freq: float = 0.2):
+        runner = MonitorRunner(
+            celery_app, freq=freq, queue_name=f"celery_monitor.test-{uuid.uuid4().hex[:8]}"
+        )
+        runner.thread = threading.Thread(target=runner.run, name="camera", daemon=True)
+        runner.thread.start()
+        runners.append(runner)
+        if not runner.connected.wait(20):
+            pytest.fail("The camera did not connect to the broker.")
+        return runner
+
+    yield start
+    for runner in runners:
         runner.stop()
-        pytest.fail("The camera did not connect to the broker.")
-    yield runner
-    runner.stop()
-    thread.join(30)
-    assert not thread.is_alive(), "the camera did not stop"
+    for runner in runners:
+        runner.thread.join(30)
+        assert not runner.thread.is_alive(), "a camera did not stop"
+
+
+@pytest.fixture
+def camera(start_camera):
+    """A running camera (receiver and shutter every 0.2 s) writing to the test database."""
+    return start_camera()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from django_celery_monitor.models import TaskState, WorkerState
@@ -99,3 +101,120 @@ def test_a_worker_killed_mid_task_shows_offline_and_its_task_lost(camera, celery
     )
     assert row.state == "STARTED"  # its last known state, not a made-up one
     assert not WorkerState.objects.get(hostname=worker.hostname).is_alive()
+
+
+def expected_states(results) -> dict[str, str]:
+    return {result.id: state for result, state in results}
+
+
+def send_mix(count: int) -> list[tuple]:
+    """Tasks that succeed, fail and retry, with the state each must end in."""
+    sent = []
+    for n in range(count):
+        if n % 10 == 0:
+            sent.append((tasks.fail.delay(f"n{n}"), "FAILURE"))
+        elif n % 10 == 1:
+            sent.append((tasks.retry_then_succeed.delay(until=1), "SUCCESS"))
+        else:
+            sent.append((tasks.add.delay(n, n), "SUCCESS"))
+    return sent
+
+
+def all_recorded(expected: dict[str, str]):
+    def check():
+        rows = dict(
+            TaskState.objects.filter(task_id__in=list(expected)).values_list("task_id", "state")
+        )
+        return rows == expected
+
+    return check
+
+
+class DatabaseOutage:
+    """Make the database unusable for the camera for a while, as an outage would."""
+
+    def __init__(self, connection):
+        self.connection = connection
+
+    def __enter__(self):
+        import sqlite3
+        import threading
+
+        self.stop = threading.Event()
+        if self.connection.vendor == "sqlite":
+            # Another process holds the write lock: every write times out ("locked").
+            self.blocker = sqlite3.connect(self.connection.settings_dict["NAME"], timeout=30)
+            self.blocker.execute("BEGIN EXCLUSIVE")
+            return self
+        self.thread = threading.Thread(target=self._terminate, daemon=True)
+        self.thread.start()
+        return self
+
+    def _terminate(self):
+        from django.db import connections
+
+        # Kill every other connection to the test database (the camera's), again and again.
+        with connections["default"].cursor() as cursor:
+            while not self.stop.wait(0.1):
+                cursor.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                )
+        connections["default"].close()
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        if self.connection.vendor == "sqlite":
+            self.blocker.rollback()
+            self.blocker.close()
+        else:
+            self.thread.join(10)
+
+
+def test_tasks_run_during_a_database_outage_are_all_stored_after_it(
+    camera, celery_worker, settings, caplog
+):
+    from django.db import connection
+
+    settings.CELERY_MONITOR_WORKER_ALIVE_GRACE = 60
+    celery_worker("e2e-outage@test", concurrency=2)
+    if connection.vendor == "sqlite":
+        connection.close()  # the test's own connection must not hold the database open
+    with DatabaseOutage(connection):
+        sent = send_mix(60)
+        time.sleep(8)  # many shots fail meanwhile (SQLite gives up a write after 5 s)
+        assert camera.thread.is_alive()
+    connection.close()  # it may have been cut too: connect again
+    expected = expected_states(sent)
+    wait_for(all_recorded(expected), timeout=60, message="every task of the outage")
+    assert camera.thread.is_alive()
+    assert "keeping them for the next shot" in caplog.text  # the outage did stop writes
+
+
+def test_two_cameras_on_one_database_lose_nothing_and_regress_nothing(start_camera, celery_worker):
+    first, second = start_camera(), start_camera(freq=0.35)
+    celery_worker("e2e-two-cameras@test", concurrency=2)
+    sent = send_mix(300)
+    expected = expected_states(sent)
+    wait_for(all_recorded(expected), timeout=90, message="every task, once")
+    assert TaskState.objects.filter(task_id__in=list(expected)).count() == len(expected)
+    assert first.camera.guard.refused == second.camera.guard.refused == 0
+
+
+@pytest.mark.load
+def test_ten_thousand_tasks_of_a_real_worker_are_all_recorded(camera, celery_worker):
+    celery_worker("e2e-load@test", concurrency=2)
+    app = tasks.add.app
+    with app.producer_or_acquire() as producer:
+        ids = [tasks.add.apply_async((n, n), producer=producer).id for n in range(10_000)]
+
+    def recorded() -> int:
+        return sum(
+            TaskState.objects.filter(
+                task_id__in=ids[start : start + 1000], state="SUCCESS"
+            ).count()
+            for start in range(0, len(ids), 1000)
+        )
+
+    wait_for(lambda: recorded() == len(ids), timeout=240, interval=2, message="10,000 rows")
+    assert TaskState.objects.filter(task_id__in=ids[:1000]).exclude(result=None).count() == 1000
