@@ -99,6 +99,21 @@ def wait_for_output(output, text, timeout=30):
     wait_for(lambda: text in output(), timeout=timeout, message=f"{text!r} in the output")
 
 
+def start_celery_events_camera(tmp_path) -> Process:
+    """Run the camera the way the manual of 1.1.2 says, until it takes snapshots."""
+    process = Process(
+        [sys.executable, "-m", "celery", "-A", "tests.celery_app", "events", "-l", "info",
+         "--camera", "django_celery_monitor.camera.Camera", "--frequency=0.5"],
+        tmp_path,
+    )  # fmt: skip
+    try:
+        wait_for_output(process.output, "Taking snapshots with django_celery_monitor.camera")
+    except BaseException:
+        process.end()
+        raise
+    return process
+
+
 @pytest.mark.e2e
 @pytest.mark.django_db(transaction=True)
 def test_monitor_command_writes_a_last_snapshot_on_sigterm(redis_url, tmp_path):
@@ -124,13 +139,8 @@ def test_monitor_command_writes_a_last_snapshot_on_sigterm(redis_url, tmp_path):
 @pytest.mark.e2e
 @pytest.mark.django_db(transaction=True)
 def test_celery_events_with_the_camera_as_the_manual_says(redis_url, tmp_path):
-    process = Process(
-        [sys.executable, "-m", "celery", "-A", "tests.celery_app", "events", "-l", "info",
-         "--camera", "django_celery_monitor.camera.Camera", "--frequency=0.5"],
-        tmp_path,
-    )  # fmt: skip
+    process = start_celery_events_camera(tmp_path)
     try:
-        wait_for_output(process.output, "Taking snapshots with django_celery_monitor.camera")
         task_id = str(uuidlib.uuid4())
 
         def recorded():
@@ -160,13 +170,8 @@ def publish_raw_events(*bodies: dict) -> None:
 @pytest.mark.e2e
 @pytest.mark.django_db(transaction=True)
 def test_celery_events_with_the_camera_survives_bad_events(redis_url, tmp_path):
-    process = Process(
-        [sys.executable, "-m", "celery", "-A", "tests.celery_app", "events", "-l", "info",
-         "--camera", "django_celery_monitor.camera.Camera", "--frequency=0.5"],
-        tmp_path,
-    )  # fmt: skip
+    process = start_celery_events_camera(tmp_path)
     try:
-        wait_for_output(process.output, "Taking snapshots with django_celery_monitor.camera")
         task_id = str(uuidlib.uuid4())
         base = {"hostname": "w@bad", "timestamp": time.time(), "utcoffset": 0, "pid": 1}
 
