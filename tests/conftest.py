@@ -61,11 +61,13 @@ def redis_url():
 class WorkerProcess:
     """A real ``celery worker -E`` subprocess of the test project."""
 
-    def __init__(self, hostname: str, log_path: Path, concurrency: int = 2) -> None:
+    def __init__(
+        self, hostname: str, log_path: Path, concurrency: int = 2, broker_url: str | None = None
+    ) -> None:
         self.hostname = hostname
         self.log_path = log_path
         env = {**os.environ, "DJANGO_SETTINGS_MODULE": "tests.settings"}
-        env["REDIS_URL"] = settings.CELERY_BROKER_URL
+        env["REDIS_URL"] = broker_url or settings.CELERY_BROKER_URL
         command = [
             sys.executable, "-m", "celery", "-A", "tests.celery_app", "worker", "-E",
             "-l", "info", "-c", str(concurrency), "--hostname", hostname,
@@ -79,12 +81,18 @@ class WorkerProcess:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")[-4000:]
 
-    def wait_ready(self, timeout: float = 30.0) -> None:
+    def wait_ready(self, timeout: float = 30.0, app=None) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 pytest.fail(f"Worker {self.hostname} exited:\n{self.log()}")
-            replies = celery_app.control.ping(destination=[self.hostname], timeout=0.5)
+            try:
+                replies = (app or celery_app).control.ping(
+                    destination=[self.hostname], timeout=0.5
+                )
+            except Exception:  # the broker is (re)starting: try again
+                replies = None
+                time.sleep(0.5)
             if replies:
                 return
         pytest.fail(f"Worker {self.hostname} did not answer a ping:\n{self.log()}")

@@ -109,3 +109,45 @@ def test_the_runner_waits_for_the_broker_and_reconnects(redis_server):
         runner.stop()
         thread.join(30)
     assert not thread.is_alive()
+
+
+@pytest.mark.e2e
+@pytest.mark.django_db(transaction=True)
+def test_a_broker_restart_while_a_real_worker_runs_tasks(redis_server, tmp_path):
+    from tests.conftest import WorkerProcess
+
+    url = f"redis://127.0.0.1:{redis_server.port}/0"
+    app = Celery("restart", broker=url)
+    app.conf.broker_connection_timeout = 1
+    redis_server.start()
+    runner = MonitorRunner(app, freq=0.2, queue_name="celery_monitor.restart-test")
+    thread = threading.Thread(target=runner.run, daemon=True)
+    thread.start()
+    worker = WorkerProcess("restart@test", tmp_path / "worker.log", broker_url=url)
+    try:
+        assert runner.connected.wait(30)
+        worker.wait_ready(app=app)
+        before = [app.send_task("tests.tasks.add", (n, n)).id for n in range(20)]
+        app.send_task("tests.tasks.sleep", (2,))  # running while the broker goes away
+        wait_for(
+            lambda: TaskState.objects.filter(task_id__in=before, state="SUCCESS").count() == 20,
+            message="the tasks before the restart",
+        )
+        redis_server.stop()
+        wait_for(lambda: not runner.connected.is_set(), timeout=30, message="the loss")
+        redis_server.start()
+        assert runner.connected.wait(60), "the camera reconnected"
+        worker.wait_ready(timeout=60, app=app)  # the worker reconnected too
+
+        after = [app.send_task("tests.tasks.add", (n, n)).id for n in range(20)]
+        wait_for(
+            lambda: TaskState.objects.filter(task_id__in=after, state="SUCCESS").count() == 20,
+            timeout=60,
+            message="every task sent after the restart",
+        )
+        assert thread.is_alive()
+    finally:
+        worker.stop()
+        runner.stop()
+        thread.join(30)
+    assert not thread.is_alive()
