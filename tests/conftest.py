@@ -58,6 +58,23 @@ def redis_url():
     return url
 
 
+@pytest.fixture(scope="session")
+def rabbitmq_url():
+    """The URL of a running RabbitMQ server (scripts/services.sh starts a private one)."""
+    from kombu import Connection
+
+    url = os.environ.get("RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5673//")
+    try:
+        with Connection(url, connect_timeout=3) as conn:
+            conn.ensure_connection(max_retries=1)
+    except Exception as exc:
+        message = f"No RabbitMQ server at {url} ({exc}); start one with scripts/services.sh."
+        if REQUIRE_SERVICES:
+            pytest.fail(message)
+        pytest.skip(message)
+    return url
+
+
 class WorkerProcess:
     """A real ``celery worker -E`` subprocess of the test project."""
 

@@ -151,3 +151,62 @@ def test_a_broker_restart_while_a_real_worker_runs_tasks(redis_server, tmp_path)
         runner.stop()
         thread.join(30)
     assert not thread.is_alive()
+
+
+@pytest.mark.e2e
+@pytest.mark.django_db(transaction=True)
+def test_on_rabbitmq_nothing_is_lost_while_the_camera_restarts(rabbitmq_url, tmp_path):
+    from tests.conftest import WorkerProcess
+
+    app = Celery("rabbitmq-restart", broker=rabbitmq_url)
+    app.conf.broker_connection_timeout = 2
+    queue_name = f"celery_monitor.rabbitmq-{uuidlib.uuid4().hex[:8]}"
+    cameras = []
+
+    def start_camera():
+        runner = MonitorRunner(app, freq=0.2, queue_name=queue_name)
+        thread = threading.Thread(target=runner.run, daemon=True)
+        thread.start()
+        cameras.append((runner, thread))
+        assert runner.connected.wait(30), "the camera connected"
+        return runner, thread
+
+    def stop_camera(runner, thread):
+        runner.stop()
+        thread.join(30)
+        assert not thread.is_alive()
+
+    def recorded(expected):
+        def check():
+            rows = TaskState.objects.filter(task_id__in=list(expected))
+            return dict(rows.values_list("task_id", "state")) == expected
+
+        return check
+
+    worker = WorkerProcess("rabbitmq@test", tmp_path / "worker.log", broker_url=rabbitmq_url)
+    try:
+        first = start_camera()
+        worker.wait_ready(app=app)
+        before = {app.send_task("tests.tasks.add", (n, n)).id: "SUCCESS" for n in range(5)}
+        wait_for(recorded(before), message="the tasks before the restart")
+        stop_camera(*first)
+
+        # The camera is away: these tasks run, and their events wait in its queue.
+        away = {app.send_task("tests.tasks.add", (n, n)).id: "SUCCESS" for n in range(20)}
+        away.update({app.send_task("tests.tasks.fail", ("x",)).id: "FAILURE" for _ in range(5)})
+        away[app.send_task("tests.tasks.retry_then_succeed", kwargs={"until": 1}).id] = "SUCCESS"
+
+        def processed() -> int:
+            stats = app.control.inspect([worker.hostname], timeout=1).stats() or {}
+            return sum(stats.get(worker.hostname, {}).get("total", {}).values())
+
+        wait_for(lambda: processed() >= 5 + 26 + 1, timeout=60, message="the worker to finish")
+        assert not TaskState.objects.filter(task_id__in=list(away)).exists()
+
+        start_camera()
+        wait_for(recorded(away), timeout=60, message="every task run while the camera was away")
+    finally:
+        worker.stop()
+        for runner, thread in cameras:
+            if thread.is_alive():
+                stop_camera(runner, thread)

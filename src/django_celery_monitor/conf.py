@@ -226,12 +226,27 @@ EXPIRES_SETTINGS = (
 )
 #: Every state Celery defines: a task in any other state is in a custom one.
 KNOWN_STATES = frozenset(states.ALL_STATES | {states.REJECTED})
+EVENT_QUEUE_EXPIRES = Setting(
+    "monitor_event_queue_expires",
+    3600,
+    description="On RabbitMQ: seconds the camera's durable event queue (and each event in "
+    "it) outlives the camera; an abandoned queue is deleted after that.",
+)
+EVENT_QUEUE_MAX_LENGTH = Setting(
+    "monitor_event_queue_max_length",
+    100_000,
+    description="On RabbitMQ: the most events the camera's queue keeps while no camera "
+    "reads it (the oldest are dropped first).",
+)
+
 SIZE_SETTINGS = (
     WRITE_BATCH_SIZE,
     PURGE_BATCH_SIZE,
     MAX_TEXT_LENGTH,
     MAX_PENDING_TASKS,
     WORKER_ALIVE_GRACE,
+    EVENT_QUEUE_EXPIRES,
+    EVENT_QUEUE_MAX_LENGTH,
 )
 
 
@@ -281,6 +296,14 @@ class MonitorSettings:
     @property
     def redact_hook(self) -> Any:
         return to_hook(*REDACT_HOOK.raw(self.app))
+
+    @property
+    def event_queue_expires(self) -> int:
+        return self._size(EVENT_QUEUE_EXPIRES)
+
+    @property
+    def event_queue_max_length(self) -> int:
+        return self._size(EVENT_QUEUE_MAX_LENGTH)
 
     @property
     def write_batch_size(self) -> int:

@@ -104,12 +104,36 @@ class MonitorRunner:
             connections.close_all()
             logger.info("Stopped.")
 
+    def queue_options(self, connection: Any) -> dict[str, Any]:
+        """The event queue's options: on RabbitMQ, a durable queue that outlives the camera.
+
+        Events sent while the camera restarts wait in its queue, which is named after the
+        host (``--queue-name``), kept ``monitor_event_queue_expires`` seconds after its
+        last reader left, with at most ``monitor_event_queue_max_length`` events. Other
+        transports (Redis sends events by PUB/SUB) keep Celery's options.
+        """
+        if connection.transport.driver_type != "amqp":
+            return {}
+        expires = self.camera.settings.event_queue_expires
+        return {
+            "queue_durable": True,
+            "queue_exclusive": False,
+            "queue_expires": float(expires),
+            "queue_ttl": float(expires),
+        }
+
     def _capture(self) -> None:
         with self.app.connection_for_read() as connection:
             connection.ensure_connection(max_retries=1)
             receiver = SafeEventReceiver(
-                connection, handlers={"*": self.on_event}, node_id=self.queue_name, app=self.app
+                connection,
+                handlers={"*": self.on_event},
+                node_id=self.queue_name,
+                app=self.app,
+                **self.queue_options(connection),
             )
+            if connection.transport.driver_type == "amqp":
+                receiver.queue.max_length = self.camera.settings.event_queue_max_length
             receiver.guard = self.camera.guard  # what it refuses counts with the camera's
             self._receiver = receiver
             if self._stopping.is_set():
