@@ -79,12 +79,18 @@ class WorkerProcess:
     """A real ``celery worker -E`` subprocess of the test project."""
 
     def __init__(
-        self, hostname: str, log_path: Path, concurrency: int = 2, broker_url: str | None = None
+        self,
+        hostname: str,
+        log_path: Path,
+        concurrency: int = 2,
+        broker_url: str | None = None,
+        result_backend: str | None = None,
     ) -> None:
         self.hostname = hostname
         self.log_path = log_path
         env = {**os.environ, "DJANGO_SETTINGS_MODULE": "tests.settings"}
         env["REDIS_URL"] = broker_url or settings.CELERY_BROKER_URL
+        env["RESULT_BACKEND"] = result_backend or ""
         command = [
             sys.executable, "-m", "celery", "-A", "tests.celery_app", "worker", "-E",
             "-l", "info", "-c", str(concurrency), "--hostname", hostname,

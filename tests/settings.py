@@ -74,3 +74,5 @@ STATIC_URL = "/static/"
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 CELERY_BROKER_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6390/15")
+# No result backend, unless a test's worker is given one.
+CELERY_RESULT_BACKEND = os.environ.get("RESULT_BACKEND") or None

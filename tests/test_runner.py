@@ -210,3 +210,50 @@ def test_on_rabbitmq_nothing_is_lost_while_the_camera_restarts(rabbitmq_url, tmp
         for runner, thread in cameras:
             if thread.is_alive():
                 stop_camera(runner, thread)
+
+
+@pytest.mark.e2e
+@pytest.mark.django_db(transaction=True)
+def test_a_task_that_ends_while_the_camera_is_away_is_settled_from_the_result_backend(
+    redis_url, tmp_path
+):
+    from django_celery_monitor.managers import RECONCILED_NOTE
+    from tests.conftest import WorkerProcess
+
+    backend = redis_url.rsplit("/", 1)[0] + "/14"
+    app = Celery("reconcile", broker=redis_url, backend=backend)
+    queue_name = f"celery_monitor.reconcile-{uuidlib.uuid4().hex[:8]}"
+
+    def start_camera():
+        runner = MonitorRunner(app, freq=0.2, queue_name=queue_name)
+        thread = threading.Thread(target=runner.run, daemon=True)
+        thread.start()
+        assert runner.connected.wait(30), "the camera connected"
+        return runner, thread
+
+    worker = WorkerProcess(
+        "reconcile@test", tmp_path / "worker.log", result_backend=backend, concurrency=1
+    )
+    runner, thread = start_camera()
+    try:
+        worker.wait_ready(app=app)
+        result = app.send_task("tests.tasks.sleep", (2,))
+        wait_for(
+            lambda: TaskState.objects.filter(task_id=result.id, state="STARTED").exists(),
+            message="the task to start",
+        )
+        runner.stop()  # the camera goes away; on Redis, the task's last events are lost
+        thread.join(30)
+        assert result.get(timeout=30) == 2
+        assert TaskState.objects.get(task_id=result.id).state == "STARTED"
+
+        runner, thread = start_camera()
+        row = wait_for(
+            lambda: TaskState.objects.filter(task_id=result.id, state="SUCCESS").first(),
+            message="the task to be settled from the result backend",
+        )
+        assert (row.result, row.note) == ("2", RECONCILED_NOTE)
+    finally:
+        worker.stop()
+        runner.stop()
+        thread.join(30)

@@ -656,6 +656,7 @@ class TaskMonitor(ModelMonitor):
             {
                 "fields": (
                     "state_badge",
+                    "note",
                     "task_id",
                     "name",
                     "worker_link",
@@ -682,12 +683,22 @@ class TaskMonitor(ModelMonitor):
     @admin.display(description=_("state"), ordering="state")
     def state_badge(self, obj: TaskState) -> str:
         badge = _badge(obj.state, TASK_STATE_COLORS.get(obj.state, "gray"))
-        if not obj.lost:
-            return badge
-        lost = _badge(
-            gettext("lost"), "red", gettext("Its worker stopped while the task was unfinished.")
-        )
-        return format_html('{}<br><span class="cm-lost">{}</span>', badge, lost)
+        if obj.lost:
+            lost = _badge(
+                gettext("lost"),
+                "red",
+                gettext("Its worker stopped while the task was unfinished."),
+            )
+            badge = format_html('{}<br><span class="cm-lost">{}</span>', badge, lost)
+        if obj.note:
+            label = (
+                gettext("from the result backend")
+                if obj.state in states.READY_STATES
+                else (gettext("may be stale"))
+            )
+            note = _badge(label, "gray", obj.note)
+            badge = format_html('{}<br><span class="cm-note">{}</span>', badge, note)
+        return badge
 
     @admin.display(description=_("UUID"), ordering="task_id")
     def task_id_display(self, obj: TaskState) -> str:

@@ -37,6 +37,8 @@ EVENT_TIMESTAMPS = (
 
 logger = get_logger(__name__)
 
+#: Seconds after the camera starts before it settles the tasks it last saw unfinished.
+RECONCILE_AFTER = 0.5
 #: The longest a timer sleeps before it looks again: how fast it stops when asked.
 TIMER_TICK = 0.25
 #: Down, unreachable, or not migrated yet: worth trying again with the next shot.
@@ -161,6 +163,9 @@ class Camera(Polaroid):
     lost_after = 30.0
     #: Seconds between two looks for workers that stopped.
     lost_check_every = 10.0
+    #: Whether the broker keeps the events sent while no camera runs (the runner's durable
+    #: queue on RabbitMQ): then unfinished tasks are not noted as possibly stale at start.
+    events_kept_while_away = False
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         if kwargs.get("timer") is None:
@@ -522,9 +527,29 @@ class Camera(Polaroid):
         A long expiry and purge then never delays the shots (and the heartbeats they write).
         """
         self.django_setup()
+        from django.utils import timezone
+
+        self._installed_at = timezone.now()
         self._tref = self.timer.call_repeatedly(self.freq, self.capture)
         self.cleanup_timer = Timer(max_interval=TIMER_TICK)
         self._ctref = self.cleanup_timer.call_repeatedly(self.cleanup_freq, self.cleanup)
+        self.cleanup_timer.call_after(RECONCILE_AFTER, self.reconcile)
+
+    def reconcile(self) -> tuple[int, int]:
+        """Settle the tasks recorded unfinished before the camera started (see ``reconcile``).
+
+        Returns how many were settled from the result backend, and how many were noted as
+        possibly stale.
+        """
+        from .reconcile import reconcile_unfinished
+
+        try:
+            return reconcile_unfinished(
+                self.app, self._installed_at, self.settings, self.events_kept_while_away
+            )
+        except DatabaseError:
+            logger.warning("Could not settle the unfinished tasks.", exc_info=True)
+            return 0, 0
 
     def capture(self, force: bool = False) -> int:
         """Take a shot: collect under the state's lock, write after releasing it.

@@ -239,6 +239,13 @@ EVENT_QUEUE_MAX_LENGTH = Setting(
     "reads it (the oldest are dropped first).",
 )
 
+RECONCILE_MAX_TASKS = Setting(
+    "monitor_reconcile_max_tasks",
+    10_000,
+    description="When the camera starts: how many of the latest unfinished tasks it looks "
+    "up in the result backend.",
+)
+
 SIZE_SETTINGS = (
     WRITE_BATCH_SIZE,
     PURGE_BATCH_SIZE,
@@ -247,6 +254,7 @@ SIZE_SETTINGS = (
     WORKER_ALIVE_GRACE,
     EVENT_QUEUE_EXPIRES,
     EVENT_QUEUE_MAX_LENGTH,
+    RECONCILE_MAX_TASKS,
 )
 
 
@@ -296,6 +304,10 @@ class MonitorSettings:
     @property
     def redact_hook(self) -> Any:
         return to_hook(*REDACT_HOOK.raw(self.app))
+
+    @property
+    def reconcile_max_tasks(self) -> int:
+        return self._size(RECONCILE_MAX_TASKS)
 
     @property
     def event_queue_expires(self) -> int:

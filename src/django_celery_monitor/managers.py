@@ -25,6 +25,13 @@ FILL_FIELDS = ("worker_id", "worker")
 #: When the task was last received and started: the latest time wins, whichever event
 #: decides the state (a retried task is received and started again).
 LATEST_FIELDS = ("received", "started")
+#: The note of a task the camera may have missed events of (it restarted meanwhile).
+STALE_NOTE = (
+    "The camera restarted while this task was unfinished, and no result backend could say "
+    "how it ended: its state may be stale."
+)
+#: The note of a task whose final state was read from the result backend.
+RECONCILED_NOTE = "Finished while the camera was away: its end was read from the result backend."
 #: How often the batch writer starts over when another writer inserted the same row first.
 WRITE_ATTEMPTS = 3
 
@@ -85,6 +92,8 @@ def merge_task_values(current: Mapping[str, Any] | None, incoming: Mapping[str, 
             changes["hidden"] = False  # expired, then moved on: keep it
         if current.get("lost"):
             changes["lost"] = False  # it moved on after all (redelivered, or events late)
+        if current.get("note") == STALE_NOTE and incoming.get("note") is None:
+            changes["note"] = None  # an event arrived: the state is no longer stale
     else:
         fields = [f for f in (*MERGE_FIELDS, *FILL_FIELDS) if current.get(f) is None]
     for key in fields:
@@ -387,7 +396,7 @@ class TaskStateQuerySet(ExtendedQuerySet):
 TASK_FIELDS = (
     "state", "name", "tstamp", "args", "kwargs", "eta", "expires", "result", "traceback",
     "runtime", "retries", "worker_id", "received", "started", "exception", "parent_id",
-    "root_id", "hidden", "lost",
+    "root_id", "hidden", "lost", "note",
 )  # fmt: skip
 
 

@@ -135,6 +135,9 @@ class TaskState(models.Model):
     #: The task that sent this one, and the first task of its workflow.
     parent_id = models.CharField(_("parent id"), max_length=255, null=True, blank=True)
     root_id = models.CharField(_("root id"), max_length=255, null=True, blank=True)
+    #: Why the row may not be what the events said: its final state was read from the result
+    #: backend, or the camera restarted while it was unfinished (see ``reconcile``).
+    note = models.CharField(_("note"), max_length=255, null=True, blank=True)
     #: The task was received or running on a worker that stopped without finishing it (its
     #: heartbeats stopped, or it went offline). A later event of the task clears it.
     lost = models.BooleanField(

@@ -52,6 +52,8 @@ class MonitorRunner:
         self.camera = camera_class(
             self.state, freq=freq, maxrate=maxrate, cleanup_freq=cleanup_freq, app=app
         )
+        with app.connection_for_read() as connection:  # not connected: the transport only
+            self.camera.events_kept_while_away = connection.transport.driver_type == "amqp"
         self.reconnects = 0
         self.connected = threading.Event()
         self._stopping = threading.Event()
