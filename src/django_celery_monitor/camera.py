@@ -187,12 +187,12 @@ class Camera(Polaroid):
         self._last_worker_event: dict[str, str] = {}
         #: Guards what the event hook notes (it runs outside the state's lock).
         self._events_lock = threading.Lock()
-        #: Guards the pending rows (collected under the state's lock, written outside it),
-        #: and keeps two writes (a timer shot and the last shot) from running at once.
         self._started_at = time.monotonic()
         self._next_lost_check = 0.0
         #: The workers whose tasks were marked lost, with the heartbeat they had then.
         self._lost_workers: dict[int, Any] = {}
+        #: Guards the pending rows (collected under the state's lock, written outside it),
+        #: and keeps two writes (a timer shot and the last shot) from running at once.
         self._pending_lock = threading.RLock()
         self._flush_lock = threading.Lock()
         self._watch_events()
@@ -228,34 +228,26 @@ class Camera(Polaroid):
         ``celery events --camera``, whose receiver Celery makes after the camera (so it is
         made a :class:`~.events.SafeEventReceiver` with this camera's guard).
         """
-        state, guard, handle = self.state, self.guard, self.state.event
+        state, handle = self.state, self.state.event
         dirty, last_worker_event, lock = (
             self._dirty_tasks,
             self._last_worker_event,
             self._events_lock,
         )
 
-        def event(event: Any) -> Any:
-            clean = guard.check(event)
-            if clean is None:
-                return None
-            try:
-                result = handle(clean)
-            except Exception as exc:
-                guard.refuse(f"Celery's State refused it ({type(exc).__name__}: {exc})", event)
-                return None
-            if not result:
-                return result
-            (obj, _created), subject = result
-            with lock:
-                if isinstance(obj, state.Task):
-                    dirty[obj.uuid] = obj
-                    note_event(obj, subject, clean)
-                else:
-                    last_worker_event[obj.hostname] = subject
+        def handle_and_note(event: dict) -> Any:
+            result = handle(event)
+            if result:
+                (obj, _created), subject = result
+                with lock:
+                    if isinstance(obj, state.Task):
+                        dirty[obj.uuid] = obj
+                        note_event(obj, subject, event)
+                    else:
+                        last_worker_event[obj.hostname] = subject
             return result
 
-        state.event = event
+        state.event = self.guard.wrap(handle_and_note)
         events = self.app.events
         if "Receiver" not in vars(events):  # not made yet: make it check events too
             events.receiver_cls = type(
@@ -263,9 +255,9 @@ class Camera(Polaroid):
             )
 
     def _changed_tasks(self, state: Any) -> list[tuple[str, Any]]:
-        with self._events_lock:
-            candidates = list(self._dirty_tasks.items())
-            self._dirty_tasks.clear()
+        """The tasks events touched since the last shot that changed. Hold ``_events_lock``."""
+        candidates = list(self._dirty_tasks.items())
+        self._dirty_tasks.clear()
         changed = []
         for uuid, task in candidates:
             signature = _signature(task)
@@ -406,9 +398,9 @@ class Camera(Polaroid):
         limit = self.settings.max_text_length
         redactor = Redactor.from_settings(self.settings)
         task_rows = {}
-        changed = self._changed_tasks(state)
-        with self._events_lock:  # the event hook notes on tasks outside the state's lock
-            for uuid, task in changed:
+        # The event hook notes on the tasks outside the state's lock: read them under its own.
+        with self._events_lock:
+            for uuid, task in self._changed_tasks(state):
                 task_id = clean_id(uuid)
                 if task_id:
                     task_rows[task_id] = self.task_row(task, limit, redactor)

@@ -106,37 +106,40 @@ class MonitorRunner:
             connections.close_all()
             logger.info("Stopped.")
 
-    def queue_options(self, connection: Any) -> dict[str, Any]:
-        """The event queue's options: on RabbitMQ, a durable queue that outlives the camera.
+    def receiver(self, connection: Any) -> SafeEventReceiver:
+        """The event receiver: on RabbitMQ, reading a durable queue that outlives the camera.
 
         Events sent while the camera restarts wait in its queue, which is named after the
         host (``--queue-name``), kept ``monitor_event_queue_expires`` seconds after its
         last reader left, with at most ``monitor_event_queue_max_length`` events. Other
-        transports (Redis sends events by PUB/SUB) keep Celery's options.
+        transports (Redis sends events by PUB/SUB) keep Celery's options. What the receiver
+        refuses counts with the camera's guard.
         """
-        if connection.transport.driver_type != "amqp":
-            return {}
-        expires = self.camera.settings.event_queue_expires
-        return {
-            "queue_durable": True,
-            "queue_exclusive": False,
-            "queue_expires": float(expires),
-            "queue_ttl": float(expires),
-        }
+        settings, options = self.camera.settings, {}
+        if self.camera.events_kept_while_away:
+            expires = float(settings.event_queue_expires)
+            options = {
+                "queue_durable": True,
+                "queue_exclusive": False,
+                "queue_expires": expires,
+                "queue_ttl": expires,
+            }
+        receiver = SafeEventReceiver(
+            connection,
+            handlers={"*": self.on_event},
+            node_id=self.queue_name,
+            app=self.app,
+            **options,
+        )
+        if self.camera.events_kept_while_away:
+            receiver.queue.max_length = settings.event_queue_max_length
+        receiver.guard = self.camera.guard
+        return receiver
 
     def _capture(self) -> None:
         with self.app.connection_for_read() as connection:
             connection.ensure_connection(max_retries=1)
-            receiver = SafeEventReceiver(
-                connection,
-                handlers={"*": self.on_event},
-                node_id=self.queue_name,
-                app=self.app,
-                **self.queue_options(connection),
-            )
-            if connection.transport.driver_type == "amqp":
-                receiver.queue.max_length = self.camera.settings.event_queue_max_length
-            receiver.guard = self.camera.guard  # what it refuses counts with the camera's
+            receiver = self.receiver(connection)
             self._receiver = receiver
             if self._stopping.is_set():
                 return
