@@ -73,56 +73,71 @@ def test_bad_events_are_repaired_or_dropped_never_fatal(app, caplog):
     assert "bad events" in caplog.text
 
 
+def stop_runner(runner: MonitorRunner) -> None:
+    runner.stop()
+    runner.thread.join(30)
+    assert not runner.thread.is_alive(), "the camera did not stop"
+
+
+@pytest.fixture
+def run_camera():
+    """Start cameras in threads: ``run_camera(app, queue_name)``; all are stopped after."""
+    runners: list[MonitorRunner] = []
+
+    def start(app: Celery, queue_name: str) -> MonitorRunner:
+        runner = MonitorRunner(app, freq=0.2, queue_name=queue_name)
+        runner.thread = threading.Thread(target=runner.run, daemon=True)
+        runner.thread.start()
+        runners.append(runner)
+        return runner
+
+    yield start
+    for runner in runners:
+        stop_runner(runner)
+
+
 @pytest.mark.e2e
 @pytest.mark.django_db(transaction=True)
-def test_the_runner_waits_for_the_broker_and_reconnects(redis_server):
+def test_the_runner_waits_for_the_broker_and_reconnects(redis_server, run_camera):
     app = Celery("reconnect", broker=f"redis://127.0.0.1:{redis_server.port}/0")
     app.conf.broker_connection_timeout = 1
-    runner = MonitorRunner(app, freq=0.2, queue_name="celery_monitor.reconnect-test")
-    thread = threading.Thread(target=runner.run, daemon=True)
-    thread.start()
-    try:
-        # The broker is down: the runner retries instead of exiting.
-        wait_for(lambda: runner.reconnects >= 2, timeout=30, message="two failed attempts")
-        assert not runner.connected.is_set()
-        assert thread.is_alive()
+    runner = run_camera(app, "celery_monitor.reconnect-test")
+    # The broker is down: the runner retries instead of exiting.
+    wait_for(lambda: runner.reconnects >= 2, timeout=30, message="two failed attempts")
+    assert not runner.connected.is_set()
+    assert runner.thread.is_alive()
 
-        redis_server.start()
-        assert runner.connected.wait(40), "connected once the broker is up"
-        redis_server.stop()
-        wait_for(lambda: not runner.connected.is_set(), timeout=30, message="the loss")
-        redis_server.start()
-        assert runner.connected.wait(40), "reconnected"
+    redis_server.start()
+    assert runner.connected.wait(40), "connected once the broker is up"
+    redis_server.stop()
+    wait_for(lambda: not runner.connected.is_set(), timeout=30, message="the loss")
+    redis_server.start()
+    assert runner.connected.wait(40), "reconnected"
 
-        task_id = str(uuidlib.uuid4())
-        with app.connection_for_write() as conn:
-            dispatcher = app.events.Dispatcher(conn, hostname="w@reconnect", enabled=True)
-            dispatcher.send("task-received", uuid=task_id, name="proj.after", args="()")
-            dispatcher.send("task-succeeded", uuid=task_id, result="1", runtime=0.1)
-            dispatcher.close()
-        row = wait_for(
-            lambda: TaskState.objects.filter(task_id=task_id, state="SUCCESS").first(),
-            message="the events sent after the reconnect",
-        )
-        assert row.name == "proj.after"
-    finally:
-        runner.stop()
-        thread.join(30)
-    assert not thread.is_alive()
+    task_id = str(uuidlib.uuid4())
+    with app.connection_for_write() as conn:
+        dispatcher = app.events.Dispatcher(conn, hostname="w@reconnect", enabled=True)
+        dispatcher.send("task-received", uuid=task_id, name="proj.after", args="()")
+        dispatcher.send("task-succeeded", uuid=task_id, result="1", runtime=0.1)
+        dispatcher.close()
+    row = wait_for(
+        lambda: TaskState.objects.filter(task_id=task_id, state="SUCCESS").first(),
+        message="the events sent after the reconnect",
+    )
+    assert row.name == "proj.after"
+    stop_runner(runner)
 
 
 @pytest.mark.e2e
 @pytest.mark.django_db(transaction=True)
-def test_a_broker_restart_while_a_real_worker_runs_tasks(redis_server, tmp_path):
+def test_a_broker_restart_while_a_real_worker_runs_tasks(redis_server, tmp_path, run_camera):
     from tests.conftest import WorkerProcess
 
     url = f"redis://127.0.0.1:{redis_server.port}/0"
     app = Celery("restart", broker=url)
     app.conf.broker_connection_timeout = 1
     redis_server.start()
-    runner = MonitorRunner(app, freq=0.2, queue_name="celery_monitor.restart-test")
-    thread = threading.Thread(target=runner.run, daemon=True)
-    thread.start()
+    runner = run_camera(app, "celery_monitor.restart-test")
     worker = WorkerProcess("restart@test", tmp_path / "worker.log", broker_url=url)
     try:
         assert runner.connected.wait(30)
@@ -145,36 +160,25 @@ def test_a_broker_restart_while_a_real_worker_runs_tasks(redis_server, tmp_path)
             timeout=60,
             message="every task sent after the restart",
         )
-        assert thread.is_alive()
+        assert runner.thread.is_alive()
     finally:
         worker.stop()
-        runner.stop()
-        thread.join(30)
-    assert not thread.is_alive()
+    stop_runner(runner)
 
 
 @pytest.mark.e2e
 @pytest.mark.django_db(transaction=True)
-def test_on_rabbitmq_nothing_is_lost_while_the_camera_restarts(rabbitmq_url, tmp_path):
+def test_on_rabbitmq_nothing_is_lost_while_the_camera_restarts(rabbitmq_url, tmp_path, run_camera):
     from tests.conftest import WorkerProcess
 
     app = Celery("rabbitmq-restart", broker=rabbitmq_url)
     app.conf.broker_connection_timeout = 2
     queue_name = f"celery_monitor.rabbitmq-{uuidlib.uuid4().hex[:8]}"
-    cameras = []
 
-    def start_camera():
-        runner = MonitorRunner(app, freq=0.2, queue_name=queue_name)
-        thread = threading.Thread(target=runner.run, daemon=True)
-        thread.start()
-        cameras.append((runner, thread))
+    def start_camera() -> MonitorRunner:
+        runner = run_camera(app, queue_name)
         assert runner.connected.wait(30), "the camera connected"
-        return runner, thread
-
-    def stop_camera(runner, thread):
-        runner.stop()
-        thread.join(30)
-        assert not thread.is_alive()
+        return runner
 
     def recorded(expected):
         def check():
@@ -189,7 +193,7 @@ def test_on_rabbitmq_nothing_is_lost_while_the_camera_restarts(rabbitmq_url, tmp
         worker.wait_ready(app=app)
         before = {app.send_task("tests.tasks.add", (n, n)).id: "SUCCESS" for n in range(5)}
         wait_for(recorded(before), message="the tasks before the restart")
-        stop_camera(*first)
+        stop_runner(first)
 
         # The camera is away: these tasks run, and their events wait in its queue.
         away = {app.send_task("tests.tasks.add", (n, n)).id: "SUCCESS" for n in range(20)}
@@ -207,15 +211,12 @@ def test_on_rabbitmq_nothing_is_lost_while_the_camera_restarts(rabbitmq_url, tmp
         wait_for(recorded(away), timeout=60, message="every task run while the camera was away")
     finally:
         worker.stop()
-        for runner, thread in cameras:
-            if thread.is_alive():
-                stop_camera(runner, thread)
 
 
 @pytest.mark.e2e
 @pytest.mark.django_db(transaction=True)
 def test_a_task_that_ends_while_the_camera_is_away_is_settled_from_the_result_backend(
-    redis_url, tmp_path
+    redis_url, tmp_path, run_camera
 ):
     from django_celery_monitor.managers import RECONCILED_NOTE
     from tests.conftest import WorkerProcess
@@ -224,17 +225,15 @@ def test_a_task_that_ends_while_the_camera_is_away_is_settled_from_the_result_ba
     app = Celery("reconcile", broker=redis_url, backend=backend)
     queue_name = f"celery_monitor.reconcile-{uuidlib.uuid4().hex[:8]}"
 
-    def start_camera():
-        runner = MonitorRunner(app, freq=0.2, queue_name=queue_name)
-        thread = threading.Thread(target=runner.run, daemon=True)
-        thread.start()
+    def start_camera() -> MonitorRunner:
+        runner = run_camera(app, queue_name)
         assert runner.connected.wait(30), "the camera connected"
-        return runner, thread
+        return runner
 
     worker = WorkerProcess(
         "reconcile@test", tmp_path / "worker.log", result_backend=backend, concurrency=1
     )
-    runner, thread = start_camera()
+    runner = start_camera()
     try:
         worker.wait_ready(app=app)
         result = app.send_task("tests.tasks.sleep", (2,))
@@ -242,12 +241,11 @@ def test_a_task_that_ends_while_the_camera_is_away_is_settled_from_the_result_ba
             lambda: TaskState.objects.filter(task_id=result.id, state="STARTED").exists(),
             message="the task to start",
         )
-        runner.stop()  # the camera goes away; on Redis, the task's last events are lost
-        thread.join(30)
+        stop_runner(runner)  # the camera goes away; on Redis, the task's last events are lost
         assert result.get(timeout=30) == 2
         assert TaskState.objects.get(task_id=result.id).state == "STARTED"
 
-        runner, thread = start_camera()
+        start_camera()
         row = wait_for(
             lambda: TaskState.objects.filter(task_id=result.id, state="SUCCESS").first(),
             message="the task to be settled from the result backend",
@@ -255,5 +253,3 @@ def test_a_task_that_ends_while_the_camera_is_away_is_settled_from_the_result_ba
         assert (row.result, row.note) == ("2", RECONCILED_NOTE)
     finally:
         worker.stop()
-        runner.stop()
-        thread.join(30)
