@@ -175,7 +175,7 @@ def test_a_failed_write_keeps_the_batch_for_the_next_shutter(state, camera):
     tid = new_id()
     feed(state, events.received(tid), events.started(tid), events.succeeded(tid))
     with mock.patch(
-        "django_celery_monitor.managers.write_snapshot",
+        "django_celery_monitor.writer.write_snapshot",
         side_effect=OperationalError("database is down"),
     ):
         shutter(camera)
@@ -191,7 +191,7 @@ def test_events_seen_while_the_database_is_down_are_merged_in_order(state, camer
     tid = new_id()
     feed(state, events.received(tid))
     with mock.patch(
-        "django_celery_monitor.managers.write_snapshot", side_effect=OperationalError("down")
+        "django_celery_monitor.writer.write_snapshot", side_effect=OperationalError("down")
     ):
         shutter(camera)
         feed(state, events.started(tid), events.succeeded(tid, result="42"))
@@ -237,7 +237,7 @@ def test_the_receiver_is_not_blocked_while_a_shot_is_written(state, camera):
         raise OperationalError("slow and then down")
 
     feed(state, events.received(new_id()))
-    with mock.patch("django_celery_monitor.managers.write_snapshot", side_effect=slow_write):
+    with mock.patch("django_celery_monitor.writer.write_snapshot", side_effect=slow_write):
         shot = threading.Thread(target=camera.capture)
         shot.start()
         assert writing.wait(10)
@@ -268,7 +268,7 @@ def test_a_task_evicted_from_celerys_state_is_still_written(app):
 def test_an_outage_during_the_row_by_row_write_keeps_the_rows(state, camera):
     from django.db import DataError
 
-    from django_celery_monitor.managers import write_snapshot
+    from django_celery_monitor.writer import write_snapshot
 
     ids = [new_id() for _ in range(3)]
     feed(state, *(events.received(tid) for tid in ids))
@@ -282,7 +282,7 @@ def test_an_outage_during_the_row_by_row_write_keeps_the_rows(state, camera):
             raise OperationalError("the database went away")
         return write_snapshot(workers, tasks, **kwargs)
 
-    with mock.patch("django_celery_monitor.managers.write_snapshot", side_effect=flaky):
+    with mock.patch("django_celery_monitor.writer.write_snapshot", side_effect=flaky):
         shutter(camera)
     assert len(camera.pending_tasks) == 3  # the whole batch, written rows included
     shutter(camera)
@@ -294,7 +294,7 @@ def test_pending_rows_are_capped_while_the_database_is_down(state, camera, setti
     settings.CELERY_MONITOR_MAX_PENDING_TASKS = 3
     ids = [new_id() for _ in range(5)]
     with mock.patch(
-        "django_celery_monitor.managers.write_snapshot", side_effect=OperationalError("down")
+        "django_celery_monitor.writer.write_snapshot", side_effect=OperationalError("down")
     ):
         for tid in ids:
             feed(state, events.received(tid), events.succeeded(tid))

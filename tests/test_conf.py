@@ -41,7 +41,7 @@ def test_defaults_of_the_current_app():
 
 def test_size_defaults():
     conf = fresh_settings()
-    assert conf.write_batch_size == 500
+    assert conf.write_batch_size == 2000
     assert conf.purge_batch_size == 5000
     assert conf.max_text_length == 65536
 

@@ -12,8 +12,8 @@ from django.db import connection, connections
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-from django_celery_monitor.managers import incoming_state_wins, merge_task_values, write_snapshot
 from django_celery_monitor.models import TaskState, WorkerState
+from django_celery_monitor.writer import incoming_state_wins, merge_task_values, write_snapshot
 
 pytestmark = pytest.mark.django_db
 
@@ -223,7 +223,7 @@ def test_heartbeats_move_on_when_the_clock_goes_back_without_use_tz(settings, mo
     from datetime import datetime
     from datetime import timezone as dt_timezone
 
-    from django_celery_monitor import managers
+    from django_celery_monitor import writer
     from django_celery_monitor.utils import fromtimestamp
 
     settings.USE_TZ = False
@@ -232,7 +232,7 @@ def test_heartbeats_move_on_when_the_clock_goes_back_without_use_tz(settings, mo
     hostname = "celery@dst"
     for offset in (-30, -2, 2, 30, 600, 3599, 3700):  # 02:59:30 CEST ... 03:01:40 CET
         now = switch + offset
-        monkeypatch.setattr(managers.time, "time", lambda now=now: now)
+        monkeypatch.setattr(writer.time, "time", lambda now=now: now)
         write_snapshot({hostname: {"last_heartbeat": fromtimestamp(now)}}, {})
         recorded = WorkerState.objects.get(hostname=hostname).last_heartbeat
         assert recorded == fromtimestamp(now).replace(fold=0), offset

@@ -11,9 +11,9 @@ from celery.backends.base import DisabledBackend
 from django.utils import timezone
 
 from django_celery_monitor.conf import MonitorSettings
-from django_celery_monitor.managers import RECONCILED_NOTE, STALE_NOTE, write_snapshot
 from django_celery_monitor.models import TaskState
 from django_celery_monitor.reconcile import reconcile_unfinished
+from django_celery_monitor.writer import RECONCILED_NOTE, STALE_NOTE, write_snapshot
 from tests.celery_app import app as celery_app
 
 pytestmark = pytest.mark.django_db

@@ -218,7 +218,7 @@ def test_on_rabbitmq_nothing_is_lost_while_the_camera_restarts(rabbitmq_url, tmp
 def test_a_task_that_ends_while_the_camera_is_away_is_settled_from_the_result_backend(
     redis_url, tmp_path, run_camera
 ):
-    from django_celery_monitor.managers import RECONCILED_NOTE
+    from django_celery_monitor.writer import RECONCILED_NOTE
     from tests.conftest import WorkerProcess
 
     backend = redis_url.rsplit("/", 1)[0] + "/14"

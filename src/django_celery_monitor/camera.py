@@ -373,7 +373,7 @@ class Camera(Polaroid):
 
     def collect(self, state: Any) -> None:
         """Add what changed in ``state`` since the last shot to the pending rows."""
-        from .managers import merge_task_values
+        from .writer import merge_task_values
 
         now = time.monotonic()
         workers = dict(state.workers.items())
@@ -429,7 +429,7 @@ class Camera(Polaroid):
 
     def _restore(self, tasks: dict[str, dict], workers: dict[str, dict]) -> None:
         """Put rows that could not be written back, before what was collected meanwhile."""
-        from .managers import merge_task_values
+        from .writer import merge_task_values
 
         with self._pending_lock:
             newer_tasks, newer_workers = self.pending_tasks, self.pending_workers
@@ -453,7 +453,7 @@ class Camera(Polaroid):
         database refuses because of one of its rows is written row by row, and only the rows
         it still refuses are dropped, with an error in the log.
         """
-        from .managers import write_snapshot
+        from .writer import write_snapshot
 
         with self._flush_lock:
             with self._pending_lock:
@@ -490,7 +490,7 @@ class Camera(Polaroid):
             return written
 
     def _write_one_by_one(self, workers: dict[str, dict], tasks: dict[str, dict]) -> int:
-        from .managers import write_snapshot
+        from .writer import write_snapshot
 
         written = 0
         rows = [({hostname: values}, {}) for hostname, values in workers.items()]
@@ -612,7 +612,7 @@ class Camera(Polaroid):
 
     def handle_worker(self, hostname_worker: tuple[str, Any]) -> Any:
         """Write one worker now and return its WorkerState."""
-        from .managers import write_snapshot
+        from .writer import write_snapshot
 
         hostname, worker = hostname_worker
         key = clean_id(hostname)
@@ -626,7 +626,7 @@ class Camera(Polaroid):
 
         ``worker`` (a WorkerState or hostname) is used when the task names none.
         """
-        from .managers import write_snapshot
+        from .writer import write_snapshot
 
         uuid, task = uuid_task
         task_id = clean_id(uuid)

@@ -124,8 +124,8 @@ TASK_CUSTOM_EXPIRES = Setting(
 )
 WRITE_BATCH_SIZE = Setting(
     "monitor_write_batch_size",
-    500,
-    description="How many task rows one statement of the camera's write reads or writes.",
+    2000,
+    description="How many task rows one transaction of the camera's write merges.",
 )
 PURGE_BATCH_SIZE = Setting(
     "monitor_purge_batch_size",

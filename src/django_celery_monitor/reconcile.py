@@ -19,10 +19,10 @@ from celery import states
 from celery.backends.base import DisabledBackend
 from celery.utils.saferepr import saferepr
 
-from .managers import RECONCILED_NOTE, STALE_NOTE, write_snapshot
 from .models import TaskState
 from .sanitize import clean_datetime, clean_text
 from .utils import fromtimestamp
+from .writer import RECONCILED_NOTE, STALE_NOTE, write_snapshot
 
 __all__ = ["reconcile_unfinished"]
 

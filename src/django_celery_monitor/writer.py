@@ -1,0 +1,598 @@
+"""The write path: the merge rules of a task row, and the batch write that applies them in SQL.
+
+A snapshot is written as one UPSERT per batch: ``INSERT ... ON CONFLICT DO UPDATE`` on SQLite
+and PostgreSQL, ``INSERT ... ON DUPLICATE KEY UPDATE`` on MySQL and MariaDB, compiled once per
+database connection and run with the driver's bulk form (``executemany``: a prepared statement
+on SQLite, a pipeline on psycopg, a multi-row ``VALUES`` on mysqlclient). Its update clause is
+the merge: the database applies it to the recorded row, so nothing is read before the write,
+no row is locked for longer than its own statement, and several cameras can write the same
+rows at once (a row's merge is one atomic statement, and merging the same values twice
+changes nothing).
+
+The rules (:data:`TASK_RULES`) are written once and turned both into SQL and into the Python
+merge the camera applies to the rows it still holds:
+
+- the state of the event that wins replaces the recorded one: a finished state (SUCCESS,
+  FAILURE, REVOKED) beats an unfinished one and, among finished states, Celery's precedence
+  decides; among unfinished states the later event wins, and at the same time the higher
+  precedence (:func:`incoming_state_wins`);
+- the values of the winning event replace the recorded ones, but a missing value never blanks
+  one an earlier event set;
+- what only task-received carries (name, args, kwargs, eta, ...) and the worker are filled in
+  by any event while they are empty;
+- the received and started times keep the latest, ``retries`` the highest;
+- a row the expiry hid, or marked lost, comes back when a winning event arrives.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterable, Mapping
+from datetime import datetime, timedelta
+from typing import Any
+
+from celery import states
+from django.conf import settings as django_settings
+from django.db import (
+    DatabaseError,
+    IntegrityError,
+    OperationalError,
+    connections,
+    router,
+    transaction,
+)
+from django.utils import timezone
+
+from .conf import MonitorSettings, monitor_settings
+from .sanitize import MAX_CLOCK_SKEW
+from .utils import posix_timestamp
+
+logger = logging.getLogger(__name__)
+
+#: The note of a task the camera may have missed events of (it restarted meanwhile).
+STALE_NOTE = (
+    "The camera restarted while this task was unfinished, and no result backend could say "
+    "how it ended: its state may be stale."
+)
+#: The note of a task whose final state was read from the result backend.
+RECONCILED_NOTE = "Finished while the camera was away: its end was read from the result backend."
+
+# The rules, by field. WINNER: the value of the winning event, never blanked by a missing
+# one. FILL: the winner's value, and any event's while the field is empty. LATEST and MOST:
+# the latest time and the highest number, whoever wins. CLEARED: false again when an event
+# wins (the task moved on). NOTE: the winner's note; a winning event clears the stale note.
+WINNER, FILL, LATEST, MOST, CLEARED, NOTE = "winner", "fill", "latest", "most", "cleared", "note"
+
+TASK_RULES: dict[str, str] = {
+    "name": FILL,
+    "args": FILL,
+    "kwargs": FILL,
+    "eta": FILL,
+    "expires": FILL,
+    "parent_id": FILL,
+    "root_id": FILL,
+    "worker_id": FILL,
+    "result": WINNER,
+    "exception": WINNER,
+    "traceback": WINNER,
+    "runtime": WINNER,
+    "received": LATEST,
+    "started": LATEST,
+    "retries": MOST,
+    "hidden": CLEARED,
+    "lost": CLEARED,
+    "note": NOTE,
+    # Last: MySQL applies its assignments in order, and these two decide the others.
+    "state": WINNER,
+    "tstamp": WINNER,
+}
+#: The columns of a task row the writer sets, in the order of its statement.
+TASK_COLUMNS = ("task_id", *TASK_RULES)
+#: The fields of a task row that are datetimes.
+TASK_DATETIMES = frozenset({"tstamp", "eta", "expires", "received", "started"})
+#: The worker of a row the camera holds is its hostname; in the database, its key.
+_RULES_IN_MEMORY = {**TASK_RULES, "worker": FILL}
+
+#: How often a batch is written again when the database chose it as a deadlock's victim.
+WRITE_ATTEMPTS = 4
+
+# The rank of a state: finished states above READY_RANK, by Celery's precedence, then the
+# unfinished ones, by precedence too (a state Celery does not define ranks as Celery's None).
+READY_RANK = 90
+
+
+def state_rank(state: str | None) -> int:
+    """Return the rank of ``state``: a higher rank wins (among unfinished: at the same time)."""
+    if state is None:
+        return -1
+    precedence = states.precedence(state)
+    return (100 if state in states.READY_STATES else 50) - precedence
+
+
+def _instant(value: Any) -> float | None:
+    if not isinstance(value, datetime):
+        return None
+    return posix_timestamp(value, stored=True)
+
+
+def incoming_state_wins(
+    current: str | None,
+    incoming: str,
+    current_tstamp: datetime | None = None,
+    incoming_tstamp: datetime | None = None,
+) -> bool:
+    """Tell whether a task in state ``incoming`` replaces the recorded state ``current``.
+
+    A finished state (SUCCESS, FAILURE, REVOKED) always beats an unfinished one, and among
+    finished states Celery's precedence decides (SUCCESS, then FAILURE, then REVOKED): a late
+    or redelivered event never takes a finished task back. Among unfinished states the later
+    event wins (a retried task is received and started again; a late task-retried of an
+    earlier attempt loses to the attempt that followed it), and at the same time, or when the
+    times are unknown, Celery's rules: the higher precedence wins and RETRY always moves on.
+    """
+    if current is None:
+        return True
+    old, new = state_rank(current), state_rank(incoming)
+    if old >= READY_RANK or new >= READY_RANK:
+        return new >= old
+    then, now = _instant(current_tstamp), _instant(incoming_tstamp)
+    if then is not None and now is not None and then != now:
+        return now > then
+    if states.RETRY in (current, incoming) and then is None:
+        return True
+    return new >= old
+
+
+def merge_task_values(current: Mapping[str, Any] | None, incoming: Mapping[str, Any]) -> dict:
+    """Return the fields of a task row that ``incoming`` changes, by :data:`TASK_RULES`.
+
+    ``current`` is the recorded row (None when there is none); ``incoming`` the values a
+    snapshot saw. This is what the SQL of :class:`TaskWriter` does in the database; the
+    camera uses it to merge the rows it has not written yet.
+    """
+    if current is None:
+        return {key: value for key, value in incoming.items() if value is not None}
+    wins = incoming_state_wins(
+        current.get("state"), incoming["state"], current.get("tstamp"), incoming.get("tstamp")
+    )
+    changes: dict[str, Any] = {}
+    for key, rule in _RULES_IN_MEMORY.items():
+        value, recorded = incoming.get(key), current.get(key)
+        if rule == CLEARED:
+            if wins and recorded:
+                changes[key] = False
+            continue
+        if rule == NOTE:
+            if wins and value is not None and value != recorded:
+                changes[key] = value
+            elif wins and value is None and recorded == STALE_NOTE:
+                changes[key] = None  # an event arrived: the state is no longer stale
+            continue
+        if value is None or value == recorded:
+            continue
+        if recorded is None and rule != CLEARED:
+            changes[key] = value
+        elif rule in (WINNER, FILL):
+            if wins:
+                changes[key] = value
+        elif rule == LATEST:
+            if _instant(value) > _instant(recorded):
+                changes[key] = value
+        elif rule == MOST and value > recorded:
+            changes[key] = value
+    return changes
+
+
+# -- SQL -------------------------------------------------------------------------------------
+
+
+class _Dialect:
+    """How one database names the incoming and the recorded values of an UPSERT."""
+
+    def __init__(self, connection: Any, table: str, key: str) -> None:
+        self.vendor = connection.vendor
+        self.quote = connection.ops.quote_name
+        self.table = self.quote(table)
+        self.key = key
+        self.mysql = self.vendor == "mysql"
+
+    def new(self, column: str) -> str:
+        if self.mysql:
+            return f"VALUES({self.quote(column)})"
+        return f"excluded.{self.quote(column)}"
+
+    def old(self, column: str) -> str:
+        return f"{self.table}.{self.quote(column)}"
+
+    def differs(self, left: str, right: str) -> str:
+        if self.vendor == "sqlite":
+            return f"({left}) IS NOT ({right})"
+        if self.mysql:
+            return f"NOT (({left}) <=> ({right}))"
+        return f"({left}) IS DISTINCT FROM ({right})"
+
+    def insert(
+        self, columns: Iterable[str], assignments: list[tuple[str, str]], where: str
+    ) -> str:
+        names = ", ".join(self.quote(c) for c in columns)
+        marks = ", ".join("%s" for _ in names.split(", "))
+        head = f"INSERT INTO {self.table} ({names}) VALUES ({marks})"
+        sets = ", ".join(f"{self.quote(c)} = {expression}" for c, expression in assignments)
+        if self.mysql:
+            return f"{head} ON DUPLICATE KEY UPDATE {sets}"
+        tail = f" WHERE {where}" if where else ""
+        return f"{head} ON CONFLICT ({self.quote(self.key)}) DO UPDATE SET {sets}{tail}"
+
+
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''").replace("%", "%%") + "'"
+
+
+def _rank_sql(expression: str) -> str:
+    known = sorted(states.ALL_STATES | {states.REJECTED})
+    cases = " ".join(f"WHEN {_literal(s)} THEN {state_rank(s)}" for s in known)
+    return f"(CASE {expression} {cases} ELSE {state_rank('')} END)"
+
+
+def task_upsert_sql(connection: Any, table: str) -> str:
+    """Return the UPSERT of one task row that merges it into ``table`` by :data:`TASK_RULES`."""
+    d = _Dialect(connection, table, "task_id")
+    new, old = d.new, d.old
+    new_rank, old_rank = _rank_sql(new("state")), _rank_sql(old("state"))
+    wins = (
+        f"(CASE WHEN {new_rank} >= {READY_RANK} OR {old_rank} >= {READY_RANK}"
+        f" THEN {new_rank} >= {old_rank}"
+        f" WHEN {new('tstamp')} <> {old('tstamp')} THEN {new('tstamp')} > {old('tstamp')}"
+        f" ELSE {new_rank} >= {old_rank} END)"
+    )
+    assignments = []
+    for column, rule in TASK_RULES.items():
+        n, o = new(column), old(column)
+        if rule == WINNER:
+            sql = f"CASE WHEN {n} IS NULL THEN {o} WHEN {wins} THEN {n} ELSE {o} END"
+        elif rule == FILL:
+            sql = (
+                f"CASE WHEN {n} IS NULL THEN {o} WHEN {o} IS NULL THEN {n}"
+                f" WHEN {wins} THEN {n} ELSE {o} END"
+            )
+        elif rule in (LATEST, MOST):
+            sql = (
+                f"CASE WHEN {n} IS NULL THEN {o} WHEN {o} IS NULL OR {n} > {o}"
+                f" THEN {n} ELSE {o} END"
+            )
+        elif rule == CLEARED:
+            sql = f"CASE WHEN {wins} THEN FALSE ELSE {o} END"
+        else:  # NOTE
+            sql = (
+                f"CASE WHEN {wins} AND {n} IS NOT NULL THEN {n}"
+                f" WHEN {wins} AND {o} = {_literal(STALE_NOTE)} THEN NULL ELSE {o} END"
+            )
+        if d.mysql and column == "tstamp":
+            # MySQL has already set the state: the time follows it. The incoming state is
+            # there now when it won, or when it was the recorded one (then the later time
+            # wins, among unfinished states).
+            sql = (
+                f"CASE WHEN {old('state')} = {new('state')}"
+                f" AND ({new_rank} >= {READY_RANK} OR {n} >= {o}) THEN {n} ELSE {o} END"
+            )
+        assignments.append((column, sql))
+    # Only rows that change are written (PostgreSQL keeps no dead copy of the others, and
+    # the count of written rows means something).
+    where = " OR ".join(d.differs(sql, old(column)) for column, sql in assignments)
+    return d.insert(TASK_COLUMNS, assignments, where)
+
+
+def worker_upsert_sql(
+    connection: Any, table: str, columns: tuple[str, ...]
+) -> tuple[str, list[str]]:
+    """Return the UPSERT of one worker row, and the names of its parameters in order.
+
+    The parameters are the ``columns``, then ``given_offline`` (the offline flag, None when
+    the row does not say), ``floor`` and ``ahead``: the recorded heartbeat is replaced when it
+    is at most ``floor`` (the incoming heartbeat, or later when the clock went back) or later
+    than ``ahead`` (it was written from a clock that ran ahead).
+    """
+    d = _Dialect(connection, table, "hostname")
+    new, old = d.new, d.old
+    order = list(columns)
+    beat, recorded = new("last_heartbeat"), old("last_heartbeat")
+    taken = f"({beat} IS NOT NULL AND ({recorded} IS NULL OR {recorded} <= %s OR {recorded} > %s))"
+    assignments = []
+    for column in columns:
+        if column in ("hostname", "last_heartbeat", "offline"):
+            continue
+        merged = f"COALESCE({new(column)}, {old(column)})"
+        assignments.append((column, new(column) if column == "last_update" else merged))
+    # The offline flag goes with the heartbeat it came with (MySQL: set before it).
+    assignments.append(
+        (
+            "offline",
+            f"CASE WHEN %s IS NULL THEN {old('offline')}"
+            f" WHEN {beat} IS NOT NULL AND NOT {taken} THEN {old('offline')}"
+            f" ELSE {new('offline')} END",
+        )
+    )
+    order += ["given_offline", "floor", "ahead"]
+    assignments.append(("last_heartbeat", f"CASE WHEN {taken} THEN {beat} ELSE {recorded} END"))
+    order += ["floor", "ahead"]
+    return d.insert(columns, assignments, ""), order
+
+
+# -- writing ---------------------------------------------------------------------------------
+
+
+def _is_deadlock(exc: BaseException) -> bool:
+    cause = exc.__cause__
+    sqlstate = getattr(cause, "sqlstate", None) or getattr(cause, "pgcode", None)
+    if sqlstate in ("40P01", "40001"):
+        return True
+    args = getattr(cause, "args", ()) or exc.args
+    return bool(args) and args[0] in (1213, 1205)  # MySQL: deadlock, lock wait timeout
+
+
+class SnapshotWriter:
+    """Writes snapshots (worker rows, then task rows) into one database.
+
+    The statements are compiled once per database connection; ``settings`` is the camera's
+    :class:`~.conf.MonitorSettings` (the batch size).
+    """
+
+    def __init__(self, using: str | None = None, settings: MonitorSettings | None = None) -> None:
+        self.using = using
+        self.settings = settings or monitor_settings
+        self._compiled: dict[tuple, Any] = {}
+        self._lock = threading.Lock()
+
+    # Models are imported late: this module is imported by the managers the models use.
+    @staticmethod
+    def _models() -> tuple[Any, Any]:
+        from .models import TaskState, WorkerState
+
+        return TaskState, WorkerState
+
+    def database(self) -> str:
+        TaskState, _ = self._models()
+        return self.using or router.db_for_write(TaskState)
+
+    def write(
+        self, workers: Mapping[str, Mapping[str, Any]], tasks: Mapping[str, Mapping[str, Any]]
+    ) -> tuple[dict[str, int], int]:
+        """Write worker rows, then task rows; return (hostname -> key, task rows written).
+
+        ``workers`` maps hostnames to WorkerState field values; ``tasks`` maps task ids to
+        TaskState field values, the worker given by hostname under ``"worker"``. The workers
+        are committed first (and on their own, so that writers of other tasks do not wait on
+        them), the tasks then in one transaction: a batch is written whole or not at all. A
+        batch the database chose as a deadlock's victim is written again; any other error
+        propagates.
+        """
+        db = self.database()
+        worker_rows = {hostname: dict(values) for hostname, values in workers.items()}
+        for values in tasks.values():
+            hostname = values.get("worker")
+            if hostname and hostname not in worker_rows:
+                worker_rows[hostname] = {}
+        worker_ids = self._retrying(db, lambda: self._write_workers(db, worker_rows))
+        rows = [
+            self._task_params(db, task_id, values, worker_ids)
+            for task_id, values in sorted(tasks.items())
+        ]
+        written = self._retrying(db, lambda: self._write_tasks(db, rows)) if rows else 0
+        return worker_ids, written
+
+    def _retrying(self, db: str, write: Any) -> Any:
+        for attempt in range(WRITE_ATTEMPTS):
+            try:
+                with transaction.atomic(using=db):
+                    return write()
+            except (OperationalError, IntegrityError, DatabaseError) as exc:
+                if attempt == WRITE_ATTEMPTS - 1 or not _is_deadlock(exc):
+                    raise
+                logger.info("A write was a deadlock's victim; writing it again.")
+                time.sleep(0.01 * (attempt + 1))
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    # -- tasks -----------------------------------------------------------------------------
+
+    def _statement(self, db: str, kind: str, build: Any) -> Any:
+        connection = connections[db]
+        key = (db, kind, connection.vendor, django_settings.USE_TZ)
+        compiled = self._compiled.get(key)
+        if compiled is None:
+            with self._lock:
+                compiled = self._compiled[key] = build(connection)
+        return compiled
+
+    def _task_statement(self, db: str) -> tuple[str, list[Any]]:
+        def build(connection: Any) -> tuple[str, list[Any]]:
+            TaskState, _ = self._models()
+            sql = task_upsert_sql(connection, TaskState._meta.db_table)
+            adapters = [_adapter(connection, column) for column in TASK_COLUMNS]
+            return sql, adapters
+
+        return self._statement(db, "task", build)
+
+    def _task_params(
+        self, db: str, task_id: str, values: Mapping[str, Any], worker_ids: Mapping[str, int]
+    ) -> list[Any]:
+        _, adapters = self._task_statement(db)
+        row = dict(values)
+        hostname = row.pop("worker", None)
+        if hostname is not None or "worker_id" not in row:
+            row["worker_id"] = worker_ids.get(hostname) if hostname else None
+        if row.get("tstamp") is None:
+            row["tstamp"] = timezone.now()
+        if row.get("retries") is None:
+            row["retries"] = 0
+        row["hidden"] = bool(row.get("hidden"))
+        row["lost"] = bool(row.get("lost"))
+        row["task_id"] = task_id
+        return [
+            adapt(row.get(column)) for column, adapt in zip(TASK_COLUMNS, adapters, strict=True)
+        ]
+
+    def _write_tasks(self, db: str, rows: list[list[Any]]) -> int:
+        sql, _ = self._task_statement(db)
+        batch = self.settings.write_batch_size
+        written = 0
+        with connections[db].cursor() as cursor:
+            for start in range(0, len(rows), batch):
+                chunk = rows[start : start + batch]
+                cursor.executemany(sql, chunk)
+                written += cursor.rowcount if cursor.rowcount >= 0 else len(chunk)
+        if connections[db].vendor == "mysql":
+            # MySQL counts an unchanged row as found (1) and a changed one twice.
+            written = max(written - len(rows), 0) or len(rows)
+        return written
+
+    # -- workers ---------------------------------------------------------------------------
+
+    def _write_workers(self, db: str, rows: Mapping[str, Mapping[str, Any]]) -> dict[str, int]:
+        if not rows:
+            return {}
+        _, WorkerState = self._models()
+        connection = connections[db]
+        now = timezone.now()
+        hostnames = sorted(rows)
+        fields = {f.attname: f for f in WorkerState._meta.concrete_fields if not f.primary_key}
+        with connection.cursor() as cursor:
+            known = [h for h in hostnames if rows[h]]
+            empty = [h for h in hostnames if not rows[h]]
+            if known:
+                columns = tuple(fields)
+                sql, order = self._statement(
+                    db,
+                    "worker",
+                    lambda c: worker_upsert_sql(c, WorkerState._meta.db_table, columns),
+                )
+                heartbeat_field = fields["last_heartbeat"]
+                for hostname in known:  # a handful: one statement each
+                    values = {**rows[hostname], "hostname": hostname, "last_update": now}
+                    given_offline = values.get("offline")
+                    values["offline"] = bool(given_offline)
+                    params = {
+                        column: fields[column].get_db_prep_save(values.get(column), connection)
+                        for column in columns
+                    }
+                    floor, ahead = self._heartbeat_limits(values.get("last_heartbeat"))
+                    params["given_offline"] = given_offline
+                    params["floor"] = heartbeat_field.get_db_prep_save(floor, connection)
+                    params["ahead"] = heartbeat_field.get_db_prep_save(ahead, connection)
+                    cursor.execute(sql, [params[name] for name in order])
+            if empty:
+                self._insert_missing_workers(connection, cursor, empty, now)
+            ids = {}
+            table = connection.ops.quote_name(WorkerState._meta.db_table)
+            for start in range(0, len(hostnames), 500):
+                chunk = hostnames[start : start + 500]
+                marks = ", ".join("%s" for _ in chunk)
+                cursor.execute(
+                    f"SELECT hostname, id FROM {table} WHERE hostname IN ({marks})", chunk
+                )
+                ids.update(cursor.fetchall())
+        return ids
+
+    def _insert_missing_workers(
+        self, connection: Any, cursor: Any, hostnames: list[str], now: datetime
+    ) -> None:
+        _, WorkerState = self._models()
+        quote = connection.ops.quote_name
+        table = quote(WorkerState._meta.db_table)
+        head = (
+            f"INSERT INTO {table} ({quote('hostname')}, {quote('last_update')}, "
+            f"{quote('offline')}) VALUES (%s, %s, %s)"
+        )
+        if connection.vendor == "mysql":
+            sql = f"{head} ON DUPLICATE KEY UPDATE {quote('hostname')} = {quote('hostname')}"
+        else:
+            sql = f"{head} ON CONFLICT ({quote('hostname')}) DO NOTHING"
+        stamp = WorkerState._meta.get_field("last_update").get_db_prep_save(now, connection)
+        cursor.executemany(sql, [[h, stamp, False] for h in hostnames])
+
+    @staticmethod
+    def _heartbeat_limits(heartbeat: Any) -> list[Any]:
+        """The two times of :func:`worker_upsert_sql` for an incoming ``heartbeat``."""
+        from .utils import fromtimestamp
+
+        ahead = fromtimestamp(time.time() + MAX_CLOCK_SKEW)
+        if heartbeat is None:
+            return [None, ahead]
+        floor = heartbeat
+        if timezone.is_naive(heartbeat) and not django_settings.USE_TZ:
+            # A naive local time: in the hour a clock repeats in autumn, a heartbeat after
+            # the change reads earlier than one before it. Compared as instants instead.
+            floor = _naive_floor(heartbeat)
+        return [floor, ahead]
+
+
+def _naive_floor(heartbeat: datetime) -> datetime:
+    """The latest naive local time that names an instant no later than ``heartbeat``'s.
+
+    That is the heartbeat itself, except in the second pass of the hour a clock repeats in
+    autumn (``fold=1``): every time of that hour read from the first pass came before it.
+    """
+    if not heartbeat.fold:
+        return heartbeat
+    hour = heartbeat.replace(minute=0, second=0, microsecond=0, fold=0)
+    return hour + timedelta(hours=1) - timedelta(microseconds=1)
+
+
+def _adapter(connection: Any, column: str) -> Any:
+    """A function that turns a value of ``column`` into a parameter of this database."""
+    if column in TASK_DATETIMES:
+        ops, use_tz = connection.ops, django_settings.USE_TZ
+        zone = timezone.get_default_timezone()
+
+        def adapt_datetime(value: Any) -> Any:
+            if value is None:
+                return None
+            if use_tz and timezone.is_naive(value):
+                value = timezone.make_aware(value, zone)
+            return ops.adapt_datetimefield_value(value)
+
+        return adapt_datetime
+    if column in ("hidden", "lost"):
+        return bool
+    if column == "runtime":
+        return _number(float)
+    if column in ("retries", "worker_id"):
+        return _number(int)
+    return _text
+
+
+def _number(kind: type) -> Any:
+    """An adapter to ``kind``: a value that is not a number raises (and the row is refused)."""
+
+    def adapt_number(value: Any) -> Any:
+        if value is None or type(value) is kind:
+            return value
+        if isinstance(value, str | bytes):
+            raise ValueError(f"not a number: {value[:50]!r}")
+        return kind(value)
+
+    return adapt_number
+
+
+def _text(value: Any) -> Any:
+    if value is None or isinstance(value, str):
+        return value
+    return str(value)
+
+
+#: The writer of the default database.
+default_writer = SnapshotWriter()
+
+
+def write_snapshot(
+    workers: Mapping[str, Mapping[str, Any]],
+    tasks: Mapping[str, Mapping[str, Any]],
+    using: str | None = None,
+) -> tuple[dict[str, int], int]:
+    """Write one snapshot: worker rows, then task rows (see :meth:`SnapshotWriter.write`).
+
+    Returns ``(hostname -> worker primary key, number of task rows written)``.
+    """
+    writer = default_writer if using is None else SnapshotWriter(using)
+    return writer.write(workers, tasks)
