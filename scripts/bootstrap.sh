@@ -22,6 +22,11 @@ stamp="$venv/.installed"
 wanted="$(cat pyproject.toml) [$extras] $*"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$wanted" ]; then
     "$venv/bin/python" -m pip install -q --upgrade pip
-    "$venv/bin/python" -m pip install -q -e ".[$extras]" "$@"
+    "$venv/bin/python" -m pip install -q -e ".[$extras]" "$@" || {
+        echo "pip could not install the project. Building mysqlclient (the MySQL driver) needs" \
+            "a C compiler, pkg-config, libmariadb-dev and the Python headers;" \
+            "scripts/services.sh installs them on Debian." >&2
+        exit 1
+    }
     printf '%s' "$wanted" > "$stamp"
 fi

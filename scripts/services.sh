@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Install (from Debian packages, when missing) and start the servers the tests use:
-# Redis on 127.0.0.1:$REDIS_PORT, PostgreSQL on 127.0.0.1:$PGPORT and RabbitMQ on
-# 127.0.0.1:$RABBITMQ_PORT, each private to this project, with their data under
-# $SERVICES_DIR. Safe to run again: running servers are kept.
+# Redis on 127.0.0.1:$REDIS_PORT, PostgreSQL on 127.0.0.1:$PGPORT, MariaDB on
+# 127.0.0.1:$MARIADB_PORT and RabbitMQ on 127.0.0.1:$RABBITMQ_PORT, each private to this
+# project, with their data under $SERVICES_DIR. Also installs what pip needs to build the
+# MySQL driver (mysqlclient). Safe to run again: running servers are kept.
 set -euo pipefail
 
 SERVICES_DIR=${SERVICES_DIR:-/tmp/django-celery-monitor-services}
 REDIS_PORT=${REDIS_PORT:-6390}
 PGPORT=${PGPORT:-5439}
+MARIADB_PORT=${MARIADB_PORT:-3319}
 RABBITMQ_PORT=${RABBITMQ_PORT:-5673}
 RABBITMQ_NODE=cmtest@localhost
 
@@ -17,6 +19,18 @@ apt_install() {
     ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || missing+=(postgresql)
     command -v chromium >/dev/null || missing+=(chromium)
     [ -x /usr/lib/rabbitmq/bin/rabbitmq-server ] || missing+=(rabbitmq-server)
+    [ -x /usr/sbin/mariadbd ] || missing+=(mariadb-server)
+    [ -d /usr/share/zoneinfo/Europe ] || missing+=(tzdata)
+    # What pip needs to build mysqlclient, the driver of Django's MySQL backend.
+    command -v cc >/dev/null || missing+=(gcc)
+    command -v pkg-config >/dev/null || missing+=(pkg-config)
+    pkg-config --exists libmariadb 2>/dev/null || pkg-config --exists mysqlclient 2>/dev/null ||
+        missing+=(libmariadb-dev)
+    if ! "${PYTHON:-python3}" -c 'import os, sys, sysconfig
+sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' \
+        2>/dev/null; then
+        missing+=(python3-dev)
+    fi
     if [ ${#missing[@]} -gt 0 ]; then
         echo "Installing ${missing[*]} from Debian packages..."
         if [ "$(id -u)" -ne 0 ]; then
@@ -63,6 +77,77 @@ start_postgresql() {
     fi
 }
 
+mariadb_client() {
+    local tool=$1
+    shift
+    "$tool" --defaults-file="$SERVICES_DIR/mariadb/my.cnf" "$@"
+}
+
+start_mariadb() {
+    local data="$SERVICES_DIR/mariadb" user=()
+    mkdir -p "$data"
+    chmod 755 "$SERVICES_DIR"
+    if [ "$(id -u)" -eq 0 ]; then
+        user=(--user=mysql)
+        chown mysql "$data"
+    fi
+    # Only this file is read (never /etc/mysql), so a system MariaDB on 3306 is left alone.
+    # Settings for tests: durability is traded for speed.
+    cat >"$data/my.cnf" <<CNF
+[client]
+socket = $data/mariadb.sock
+user = root
+
+[mariadbd]
+datadir = $data/db
+socket = $data/mariadb.sock
+pid-file = $data/mariadb.pid
+log-error = $data/mariadb.log
+port = $MARIADB_PORT
+bind-address = 127.0.0.1
+skip-name-resolve
+skip-log-bin
+innodb_flush_log_at_trx_commit = 2
+innodb_doublewrite = 0
+innodb_buffer_pool_size = 256M
+character-set-server = utf8mb4
+collation-server = utf8mb4_unicode_ci
+CNF
+    if ! mariadb_client mariadb-admin ping >/dev/null 2>&1; then
+        run_mariadb "$data" "${user[@]}"
+    fi
+    # Django's MySQL backend converts to named time zones (USE_TZ), which needs the zone tables.
+    if [ "$(mariadb_client mariadb -N -e 'SELECT COUNT(*) FROM mysql.time_zone_name')" = 0 ]; then
+        mariadb-tzinfo-to-sql /usr/share/zoneinfo 2>/dev/null | mariadb_client mariadb mysql
+    fi
+}
+
+run_mariadb() {
+    local data=$1
+    shift
+    if [ ! -d "$data/db/mysql" ]; then
+        # root connects without a password, over the socket and from 127.0.0.1.
+        mariadb-install-db --defaults-file="$data/my.cnf" "$@" \
+            --auth-root-authentication-method=normal --skip-test-db \
+            >"$data/install.log" 2>&1 || {
+            echo "MariaDB's data directory could not be created; see $data/install.log" >&2
+            exit 1
+        }
+    fi
+    setsid /usr/sbin/mariadbd --defaults-file="$data/my.cnf" "$@" \
+        </dev/null >>"$data/mariadb.log" 2>&1 &
+    local pid=$!
+    for _ in $(seq 120); do
+        if mariadb_client mariadb-admin ping >/dev/null 2>&1; then
+            return
+        fi
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.5
+    done
+    echo "MariaDB did not start; see $data/mariadb.log" >&2
+    exit 1
+}
+
 rabbitmq_env() {
     local data="$SERVICES_DIR/rabbitmq"
     echo HOME=/var/lib/rabbitmq RABBITMQ_NODENAME="$RABBITMQ_NODE" \
@@ -101,12 +186,16 @@ case "${1:-start}" in
         apt_install
         start_redis
         start_postgresql
+        start_mariadb
         start_rabbitmq
         echo "Redis on 127.0.0.1:$REDIS_PORT, PostgreSQL on 127.0.0.1:$PGPORT," \
-            "RabbitMQ on 127.0.0.1:$RABBITMQ_PORT"
+            "MariaDB on 127.0.0.1:$MARIADB_PORT, RabbitMQ on 127.0.0.1:$RABBITMQ_PORT"
         ;;
     stop)
         redis-cli -p "$REDIS_PORT" shutdown nosave >/dev/null 2>&1 || true
+        if [ -f "$SERVICES_DIR/mariadb/my.cnf" ]; then
+            mariadb_client mariadb-admin shutdown >/dev/null 2>&1 || true
+        fi
         rabbitmq_as /usr/lib/rabbitmq/bin/rabbitmqctl -n "$RABBITMQ_NODE" stop >/dev/null 2>&1 || true
         bin=$(dirname "$(ls -d /usr/lib/postgresql/*/bin/pg_ctl | sort -V | tail -n 1)")
         if [ "$(id -u)" -eq 0 ]; then

@@ -1,4 +1,8 @@
-"""Settings of the test project. DATABASE=postgresql runs the suite on PostgreSQL."""
+"""Settings of the test project.
+
+DATABASE=postgresql runs the suite on PostgreSQL, DATABASE=mariadb on MariaDB (the MySQL
+backend); scripts/services.sh starts both servers.
+"""
 
 import os
 from pathlib import Path
@@ -59,6 +63,19 @@ if os.environ.get("DATABASE") == "postgresql":
             "PORT": os.environ.get("PGPORT", "5439"),
         }
     }
+elif os.environ.get("DATABASE") == "mariadb":
+    DATABASES = {
+        "default": {
+            "ENGINE": "django.db.backends.mysql",
+            "NAME": os.environ.get("MARIADB_DATABASE", "celery_monitor"),
+            "USER": os.environ.get("MARIADB_USER", "root"),
+            "PASSWORD": os.environ.get("MARIADB_PASSWORD", ""),
+            "HOST": os.environ.get("MARIADB_HOST", "127.0.0.1"),
+            "PORT": os.environ.get("MARIADB_PORT", "3319"),
+            "OPTIONS": {"charset": "utf8mb4"},
+            "TEST": {"CHARSET": "utf8mb4", "COLLATION": "utf8mb4_unicode_ci"},
+        }
+    }
 else:
     # SQLITE_NAME lets two test runs on one checkout keep out of each other's database.
     SQLITE_NAME = os.environ.get("SQLITE_NAME", str(BASE_DIR / "test.sqlite3"))
@@ -67,7 +84,13 @@ else:
             "ENGINE": "django.db.backends.sqlite3",
             "NAME": SQLITE_NAME,
             "TEST": {"NAME": SQLITE_NAME},
-        }
+        },
+        # A second database, for the commands and querysets given one (--database).
+        "other": {
+            "ENGINE": "django.db.backends.sqlite3",
+            "NAME": f"{SQLITE_NAME}-other",
+            "TEST": {"NAME": f"{SQLITE_NAME}-other"},
+        },
     }
 
 STATIC_URL = "/static/"
