@@ -152,7 +152,9 @@ def test_write_snapshot_inserts_updates_and_links_workers():
     assert written == 1
     assert TaskState.objects.get(task_id=first).result == "ok"
     _, written = write_snapshot({}, {first: task_values("STARTED")})
-    assert written == 0  # a late STARTED changes nothing
+    assert TaskState.objects.get(task_id=first).state == "SUCCESS"  # a late STARTED loses
+    if connection.vendor != "mysql":  # MySQL does not tell changed rows from unchanged
+        assert written == 0
 
 
 @pytest.mark.django_db(transaction=True)
@@ -260,3 +262,10 @@ def test_a_lost_task_that_moves_on_is_not_lost_any_more():
     }
     late = {"state": "RECEIVED", "tstamp": task.tstamp - timedelta(seconds=5)}
     assert "lost" not in merge_task_values({"state": "STARTED", "lost": True}, late)
+
+
+def test_task_ids_that_differ_only_in_case_are_two_tasks():
+    write_snapshot({}, {"abc": task_values("SUCCESS"), "ABC": task_values("FAILURE")})
+    write_snapshot({}, {"abc ": task_values("STARTED")})
+    states = dict(TaskState.objects.values_list("task_id", "state"))
+    assert states == {"abc": "SUCCESS", "ABC": "FAILURE", "abc ": "STARTED"}

@@ -15,7 +15,7 @@ from celery.utils.timer2 import Timer
 from django.db import DatabaseError, InterfaceError, OperationalError, ProgrammingError
 
 from .conf import MonitorSettings
-from .events import EventGuard, SafeEventReceiver
+from .events import EventGuard, SafeEventReceiver, Shard
 from .redaction import Redactor
 from .sanitize import (
     clean_datetime,
@@ -144,6 +144,14 @@ def decide(task: Any) -> tuple[str, str, float, str | None, dict] | None:
     return _state_of(subject), subject, timestamp, hostname, outcome
 
 
+def _shard(shard: Shard | tuple[int, int] | str | None) -> Shard | None:
+    if shard is None or isinstance(shard, Shard):
+        return shard
+    if isinstance(shard, str):
+        return Shard.parse(shard)
+    return Shard(*shard)
+
+
 def _state_of(subject: str) -> str:
     return TASK_EVENT_TO_STATE.get(subject) or subject.upper()
 
@@ -167,11 +175,15 @@ class Camera(Polaroid):
     #: queue on RabbitMQ): then unfinished tasks are not noted as possibly stale at start.
     events_kept_while_away = False
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, shard: Shard | tuple[int, int] | str | None = None, **kwargs: Any
+    ) -> None:
         if kwargs.get("timer") is None:
             kwargs["timer"] = Timer(max_interval=TIMER_TICK)
         super().__init__(*args, **kwargs)
         self.settings = MonitorSettings(self.app)
+        #: The part of the tasks this camera keeps (``Shard``), or None for all of them.
+        self.shard = _shard(shard)
         #: Rows collected but not yet written: task id -> values, hostname -> values.
         self.pending_tasks: dict[str, dict[str, Any]] = {}
         self.pending_workers: dict[str, dict[str, Any]] = {}
@@ -248,6 +260,10 @@ class Camera(Polaroid):
             return result
 
         state.event = self.guard.wrap(handle_and_note)
+        if self.shard is not None:
+            # The tasks of other shards never reach the state: their memory and their
+            # writes are the other cameras'.
+            state.event = self.shard.filter(state.event)
         events = self.app.events
         if "Receiver" not in vars(events):  # not made yet: make it check events too
             events.receiver_cls = type(
@@ -517,6 +533,7 @@ class Camera(Polaroid):
         """Set Django up, then schedule the shots, and the cleanup on a timer of its own.
 
         A long expiry and purge then never delays the shots (and the heartbeats they write).
+        Of several shards, only the first expires, purges and settles unfinished tasks.
         """
         self.django_setup()
         from django.utils import timezone
@@ -524,8 +541,10 @@ class Camera(Polaroid):
         self._installed_at = timezone.now()
         self._tref = self.timer.call_repeatedly(self.freq, self.capture)
         self.cleanup_timer = Timer(max_interval=TIMER_TICK)
-        self._ctref = self.cleanup_timer.call_repeatedly(self.cleanup_freq, self.cleanup)
-        self.cleanup_timer.call_after(RECONCILE_AFTER, self.reconcile)
+        if self.shard is None or self.shard.index == 1:
+            # Shards share the rows: the first one keeps the house for all.
+            self._ctref = self.cleanup_timer.call_repeatedly(self.cleanup_freq, self.cleanup)
+            self.cleanup_timer.call_after(RECONCILE_AFTER, self.reconcile)
 
     def reconcile(self) -> tuple[int, int]:
         """Settle the tasks recorded unfinished before the camera started (see ``reconcile``).
@@ -635,10 +654,11 @@ class Camera(Polaroid):
         row = self.task_row(task)
         if row["worker"] is None and worker is not None:
             row["worker"] = getattr(worker, "hostname", worker)
-        _, written = write_snapshot({}, {task_id: row})
-        if not written:
-            return None
+        before = self.TaskState.objects.filter(task_id=task_id).values().first()
+        write_snapshot({}, {task_id: row})
         obj = self.TaskState.objects.get(task_id=task_id)
+        if before is not None and before == self.TaskState.objects.filter(pk=obj.pk).values()[0]:
+            return None  # nothing changed
         # As 1.1.2 did, the instance carries the event's own values (a result of 42 is the
         # int 42; the database holds the text "42"), but only where the row holds exactly
         # that value: a field a late event lost to a finished state keeps the stored one.

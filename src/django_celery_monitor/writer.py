@@ -361,6 +361,9 @@ class SnapshotWriter:
     ) -> tuple[dict[str, int], int]:
         """Write worker rows, then task rows; return (hostname -> key, task rows written).
 
+        The count is of the rows inserted or changed; on MySQL and MariaDB, which do not
+        tell, of the rows merged.
+
         ``workers`` maps hostnames to WorkerState field values; ``tasks`` maps task ids to
         TaskState field values, the worker given by hostname under ``"worker"``. The workers
         are committed first (and on their own, so that writers of other tasks do not wait on
@@ -443,8 +446,9 @@ class SnapshotWriter:
                 cursor.executemany(sql, chunk)
                 written += cursor.rowcount if cursor.rowcount >= 0 else len(chunk)
         if connections[db].vendor == "mysql":
-            # MySQL counts an unchanged row as found (1) and a changed one twice.
-            written = max(written - len(rows), 0) or len(rows)
+            # Django's MySQL connections count an unchanged row as found, like a new one:
+            # the count says how many rows were merged, not which of them changed.
+            written = len(rows)
         return written
 
     # -- workers ---------------------------------------------------------------------------
