@@ -53,6 +53,25 @@ def test_purge_expires_and_deletes(settings):
     assert list(TaskState.objects.values_list("state", flat=True)) == ["STARTED"]
 
 
+@pytest.mark.django_db(databases=["default", "other"])
+def test_purge_of_another_database_works_there_only(settings):
+    if "other" not in settings.DATABASES:
+        pytest.skip("The second database is configured in the SQLite phase.")
+    old = timezone.now() - timedelta(days=2)
+    for db in ("default", "other"):
+        TaskState.objects.using(db).create(task_id=f"{db}-old", state="SUCCESS", tstamp=old)
+        TaskState.objects.using(db).create(task_id=f"{db}-hidden", state="STARTED", hidden=True,
+                                           tstamp=timezone.now())  # fmt: skip
+    out = StringIO()
+    call_command("celery_monitor_purge", "--database", "other", stdout=out)
+    assert out.getvalue().strip() == "Expired 1 task states; purged 2."
+    assert not TaskState.objects.using("other").exists()
+    assert set(TaskState.objects.values_list("task_id", "hidden")) == {
+        ("default-old", False),
+        ("default-hidden", True),
+    }
+
+
 def test_monitor_command_refuses_bad_options():
     with pytest.raises(CommandError, match="positive"):
         call_command("celery_monitor", "--frequency", "0")

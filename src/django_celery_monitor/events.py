@@ -18,14 +18,16 @@ import math
 import re
 import threading
 import time
+import zlib
 from collections import Counter
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from celery.events.receiver import EventReceiver
 from celery.events.state import Task, Worker
 
-__all__ = ["EventGuard", "SafeEventReceiver", "clean_event"]
+__all__ = ["EventGuard", "SafeEventReceiver", "Shard", "clean_event"]
 
 logger = logging.getLogger(__name__)
 
@@ -225,3 +227,57 @@ class SafeEventReceiver(EventReceiver):
     def process(self, type: Any, event: Any) -> None:
         if event is not None:
             super().process(type, event)
+
+
+@dataclass(frozen=True)
+class Shard:
+    """The part ``index`` of ``count`` (1-based) of the tasks: those whose id hashes to it.
+
+    Cameras given the shards 1/N to N/N share the tasks between them without talking to each
+    other (the database merges what they write); each still sees every worker event. The hash
+    is CRC-32 of the task id, the same in every process and on every machine.
+    """
+
+    index: int
+    count: int
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.index, int) and isinstance(self.count, int)):
+            raise TypeError("a shard is two integers: index and count")
+        if not 1 <= self.index <= self.count:
+            raise ValueError(f"shard {self.index}/{self.count}: the index goes from 1 to count")
+
+    @classmethod
+    def parse(cls, text: str) -> Shard:
+        """Read ``"K/N"`` (say ``"1/2"``)."""
+        index, sep, count = str(text).partition("/")
+        try:
+            if not sep:
+                raise ValueError
+            return cls(int(index), int(count))
+        except (TypeError, ValueError) as exc:
+            detail = str(exc) or f"{text!r} is not K/N"
+            raise ValueError(f"Not a shard: {detail} (say 1/2 for the first of two).") from None
+
+    def __str__(self) -> str:
+        return f"{self.index}/{self.count}"
+
+    def __contains__(self, task_id: object) -> bool:
+        if not isinstance(task_id, str):
+            return True  # not a task id: the guard decides what to do with it
+        return zlib.crc32(task_id.encode("utf-8", "surrogatepass")) % self.count == self.index - 1
+
+    def filter(self, handler: Callable[[Any], Any]) -> Callable[[Any], Any]:
+        """Return ``handler`` that drops the task events of other shards, before anything else."""
+
+        def in_shard(event: Any) -> Any:
+            try:
+                kind, task_id = event["type"], event["uuid"]
+            except (KeyError, TypeError, IndexError):
+                return handler(event)
+            if isinstance(kind, str) and kind.startswith("task-") and task_id not in self:
+                return None
+            return handler(event)
+
+        in_shard.__wrapped__ = handler  # type: ignore[attr-defined]
+        return in_shard

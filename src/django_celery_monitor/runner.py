@@ -11,7 +11,7 @@ from celery.utils.log import get_logger
 from django.db import connections
 
 from .camera import Camera
-from .events import SafeEventReceiver
+from .events import SafeEventReceiver, Shard
 
 logger = get_logger(__name__)
 
@@ -20,18 +20,20 @@ BACKOFF_START = 1.0
 BACKOFF_MAX = 30.0
 
 
-def default_queue_name() -> str:
-    """A receiver queue name fixed for this host, so a restart reuses its queue."""
-    return f"celery_monitor.{socket.gethostname()}"
+def default_queue_name(shard: Shard | None = None) -> str:
+    """A receiver queue name fixed for this host (and shard), so a restart reuses its queue."""
+    name = f"celery_monitor.{socket.gethostname()}"
+    return name if shard is None else f"{name}.shard{shard.index}of{shard.count}"
 
 
 class MonitorRunner:
     """Consume the event stream into a State and let the camera write it to the database.
 
     The camera takes a shot every ``freq`` seconds and cleans up every ``cleanup_freq``
-    seconds. When the broker connection is lost the runner reconnects, waiting longer after
-    each failure; the camera keeps writing what it already has in the meantime. ``stop()``
-    (from a signal handler or another thread) ends ``run()``, which takes a last shot.
+    seconds. With a ``shard`` ("K/N") it keeps only the tasks of that shard. When the broker
+    connection is lost the runner reconnects, waiting longer after each failure; the camera
+    keeps writing what it already has in the meantime. ``stop()`` (from a signal handler or
+    another thread) ends ``run()``, which takes a last shot.
     """
 
     def __init__(
@@ -44,13 +46,20 @@ class MonitorRunner:
         queue_name: str | None = None,
         max_tasks_in_memory: int = 100_000,
         camera_class: type[Camera] = Camera,
+        shard: Shard | str | None = None,
     ) -> None:
         self.app = app
         self.enable_events_every = enable_events_every
-        self.queue_name = queue_name or default_queue_name()
+        self.shard = Shard.parse(shard) if isinstance(shard, str) else shard
+        self.queue_name = queue_name or default_queue_name(self.shard)
         self.state = app.events.State(max_tasks_in_memory=max_tasks_in_memory)
         self.camera = camera_class(
-            self.state, freq=freq, maxrate=maxrate, cleanup_freq=cleanup_freq, app=app
+            self.state,
+            freq=freq,
+            maxrate=maxrate,
+            cleanup_freq=cleanup_freq,
+            app=app,
+            shard=self.shard,
         )
         with app.connection_for_read() as connection:  # not connected: the transport only
             self.camera.events_kept_while_away = connection.transport.driver_type == "amqp"

@@ -10,6 +10,7 @@ from celery.utils.imports import symbol_by_name
 from django.core.management.base import BaseCommand, CommandError
 
 from ...conf import get_celery_app
+from ...events import Shard
 from ...runner import MonitorRunner
 
 
@@ -57,6 +58,13 @@ class Command(BaseCommand):
             "Default: celery_monitor.<hostname>.",
         )
         parser.add_argument(
+            "--shard",
+            metavar="K/N",
+            help="Keep only the tasks whose id hashes to shard K of N (1/2 and 2/2 split the "
+            "tasks between two cameras); every shard still records every worker. Each shard "
+            "needs its own event queue (the default name includes the shard).",
+        )
+        parser.add_argument(
             "--max-tasks-in-memory",
             type=int,
             default=100_000,
@@ -80,6 +88,12 @@ class Command(BaseCommand):
             app = symbol_by_name(options["app"]) if options["app"] else get_celery_app()
         except (ImportError, AttributeError, ValueError) as exc:
             raise CommandError(f"Cannot load the Celery app {options['app']!r}: {exc}") from exc
+        shard = None
+        if options["shard"]:
+            try:
+                shard = Shard.parse(options["shard"])
+            except ValueError as exc:
+                raise CommandError(str(exc)) from exc
         self._setup_logging(options["verbosity"])
         runner = MonitorRunner(
             app,
@@ -89,6 +103,7 @@ class Command(BaseCommand):
             enable_events_every=options["enable_events"],
             queue_name=options["queue_name"],
             max_tasks_in_memory=options["max_tasks_in_memory"],
+            shard=shard,
         )
 
         def stop(signum: int, frame: Any) -> None:
@@ -99,7 +114,9 @@ class Command(BaseCommand):
         signal.signal(signal.SIGINT, stop)
         self.stdout.write(
             f"Recording events from {app.connection_for_read().as_uri()} "
-            f"every {options['frequency']} s (queue {runner.queue_name}). Ctrl-C to stop."
+            f"every {options['frequency']} s (queue {runner.queue_name}"
+            + (f", shard {shard}" if shard else "")
+            + "). Ctrl-C to stop."
         )
         runner.run()
         self.stdout.write("Stopped.")

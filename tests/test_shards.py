@@ -1,0 +1,117 @@
+"""Shards: several cameras share the tasks, each keeps its own, the database merges them."""
+
+from __future__ import annotations
+
+import threading
+import uuid as uuidlib
+
+import pytest
+from celery.events.state import State
+from django.core.management import CommandError, call_command
+from django.db import connection, connections
+
+from django_celery_monitor.camera import Camera
+from django_celery_monitor.events import Shard
+from django_celery_monitor.models import TaskState, WorkerState
+from django_celery_monitor.runner import default_queue_name
+from tests import events
+
+
+def new_id() -> str:
+    return str(uuidlib.uuid4())
+
+
+def stream(task_ids, hostnames=("w1@h", "w2@h")):
+    """Every task received, started and finished, with heartbeats between them."""
+    out = []
+    for n, task_id in enumerate(task_ids):
+        hostname = hostnames[n % len(hostnames)]
+        finish = events.failed if n % 7 == 0 else events.succeeded
+        out += [
+            events.received(task_id, hostname=hostname),
+            events.started(task_id, hostname=hostname),
+            finish(task_id, hostname=hostname),
+        ]
+        if n % 50 == 0:
+            out += [events.worker_event("heartbeat", hostname=h) for h in hostnames]
+    return out
+
+
+def test_parse_and_show():
+    assert Shard.parse("2/3") == Shard(2, 3)
+    assert str(Shard(1, 2)) == "1/2"
+    for bad in ("0/2", "3/2", "1", "a/b", "1/0", "", "1/2/3"):
+        with pytest.raises(ValueError, match="shard"):
+            Shard.parse(bad)
+
+
+def test_the_shards_split_every_task_once_and_about_evenly():
+    ids = [new_id() for _ in range(3000)]
+    shards = [Shard(k, 3) for k in (1, 2, 3)]
+    owners = [[s for s in shards if task_id in s] for task_id in ids]
+    assert all(len(found) == 1 for found in owners)
+    sizes = [sum(1 for found in owners if found[0] == s) for s in shards]
+    assert all(800 < size < 1200 for size in sizes), sizes
+    # The same id is in the same shard in every process: the hash is not Python's hash().
+    assert "d" in Shard(1, 2) and "a" in Shard(2, 2)  # CRC-32: 0x82a34642, 0xe8b7be43
+
+
+def test_a_sharded_camera_keeps_only_its_tasks_and_every_worker(app):
+    ids = [new_id() for _ in range(200)]
+    state = State()
+    camera = Camera(state, app=app, shard="1/2")
+    for event in stream(ids):
+        state.event(event)
+    mine = {task_id for task_id in ids if task_id in Shard(1, 2)}
+    assert set(state.tasks) == mine
+    assert set(state.workers) == {"w1@h", "w2@h"}
+    assert camera.guard.refused == 0
+
+
+def test_the_command_refuses_a_bad_shard():
+    with pytest.raises(CommandError, match="shard"):
+        call_command("celery_monitor", "--shard", "3/2")
+
+
+def test_each_shard_has_its_own_default_queue():
+    assert default_queue_name(Shard(1, 2)) != default_queue_name(Shard(2, 2))
+    assert default_queue_name(Shard(1, 2)).startswith(default_queue_name())
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_shards_writing_at_once_record_every_task_once(app):
+    """Two cameras, each fed the whole stream, write one database at the same time."""
+    ids = [new_id() for _ in range(600)]
+    evs = stream(ids)
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(2)
+
+    def run(shard):
+        try:
+            state = State()
+            camera = Camera(state, app=app, shard=shard)
+            barrier.wait()
+            for n, event in enumerate(evs, 1):
+                state.event(event)
+                if n % 250 == 0:
+                    camera.capture(force=True)
+            camera.capture(force=True)
+            assert not camera.pending_tasks
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=run, args=(s,)) for s in ("1/2", "2/2")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert not errors
+    rows = dict(TaskState.objects.values_list("task_id", "state"))
+    assert set(rows) == set(ids)
+    expected = {t: "FAILURE" if n % 7 == 0 else "SUCCESS" for n, t in enumerate(ids)}
+    assert rows == expected
+    assert set(WorkerState.objects.values_list("hostname", flat=True)) == {"w1@h", "w2@h"}
+    assert TaskState.objects.filter(worker=None).count() == 0
+    assert connection.vendor  # the test ran on this database
