@@ -172,15 +172,15 @@ def merge_task_values(current: Mapping[str, Any] | None, incoming: Mapping[str, 
             continue
         if value is None or value == recorded:
             continue
-        if recorded is None and rule != CLEARED:
-            changes[key] = value
-        elif rule in (WINNER, FILL):
-            if wins:
-                changes[key] = value
+        if rule == WINNER:
+            take = wins
+        elif rule == FILL:
+            take = wins or recorded is None
         elif rule == LATEST:
-            if _instant(value) > _instant(recorded):
-                changes[key] = value
-        elif rule == MOST and value > recorded:
+            take = recorded is None or _instant(value) > _instant(recorded)
+        else:  # MOST
+            take = recorded is None or value > recorded
+        if take:
             changes[key] = value
     return changes
 

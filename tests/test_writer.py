@@ -1,0 +1,121 @@
+"""The writer: the merge rules in SQL do what the same rules do in Python, on every database."""
+
+from __future__ import annotations
+
+import uuid as uuidlib
+from datetime import datetime, timedelta
+from datetime import timezone as dt_timezone
+
+import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from django_celery_monitor.models import TaskState
+from django_celery_monitor.writer import (
+    STALE_NOTE,
+    SnapshotWriter,
+    merge_task_values,
+    task_upsert_sql,
+    write_snapshot,
+)
+
+pytestmark = pytest.mark.django_db
+
+T0 = datetime(2026, 3, 1, 12, 0, tzinfo=dt_timezone.utc)
+STATES = ["PENDING", "RECEIVED", "STARTED", "RETRY", "REJECTED", "PROGRESS", "SUCCESS",
+          "FAILURE", "REVOKED"]  # fmt: skip
+times = st.integers(0, 4).map(lambda s: T0 + timedelta(seconds=s))
+
+rows = st.fixed_dictionaries(
+    {"state": st.sampled_from(STATES), "tstamp": times},
+    optional={
+        "name": st.none() | st.sampled_from(["proj.a", "proj.b"]),
+        "args": st.none() | st.sampled_from(["(1,)", "(2,)"]),
+        "result": st.none() | st.sampled_from(["1", "2", "boom"]),
+        "exception": st.none() | st.sampled_from(["ValueError()", "KeyError()"]),
+        "runtime": st.none() | st.sampled_from([0.5, 1.25]),
+        "retries": st.none() | st.integers(0, 3),
+        "received": st.none() | times,
+        "started": st.none() | times,
+        "worker": st.none() | st.sampled_from(["w1@h", "w2@h"]),
+        "note": st.none() | st.sampled_from([STALE_NOTE, "read from the result backend"]),
+    },
+)
+
+COMPARED = ("state", "tstamp", "name", "args", "result", "exception", "runtime", "retries",
+            "received", "started", "note", "hidden", "lost")  # fmt: skip
+
+
+def recorded(task_id: str) -> dict:
+    obj = TaskState.objects.select_related("worker").get(task_id=task_id)
+    values = {field: getattr(obj, field) for field in COMPARED}
+    values["worker"] = obj.worker.hostname if obj.worker else None
+    return values
+
+
+def expected(sequence: list[dict], hidden_first: bool) -> dict:
+    current: dict | None = None
+    for incoming in sequence:
+        if current is None:
+            current = {"retries": 0, "hidden": hidden_first, "lost": hidden_first}
+            current.update((k, v) for k, v in incoming.items() if v is not None)
+        else:
+            current.update(merge_task_values(current, incoming))
+    assert current is not None
+    return {field: current.get(field) for field in (*COMPARED, "worker")}
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(sequence=st.lists(rows, min_size=1, max_size=5), hidden_first=st.booleans())
+def test_sql_merge_is_the_python_merge(sequence, hidden_first):
+    """Any sequence of rows merged one write at a time ends where the Python rules end."""
+    task_id = str(uuidlib.uuid4())
+    write_snapshot({}, {task_id: sequence[0]})
+    if hidden_first:
+        TaskState.objects.filter(task_id=task_id).update(hidden=True, lost=True)
+    for incoming in sequence[1:]:
+        write_snapshot({}, {task_id: incoming})
+    assert recorded(task_id) == expected(sequence, hidden_first)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(sequence=st.lists(rows, min_size=2, max_size=4))
+def test_writing_a_row_twice_changes_nothing(sequence):
+    """The merge is idempotent: a batch written again after a failure does no harm."""
+    task_id = str(uuidlib.uuid4())
+    for incoming in sequence:
+        write_snapshot({}, {task_id: incoming})
+    once = recorded(task_id)
+    for incoming in sequence:
+        write_snapshot({}, {task_id: incoming})
+    assert recorded(task_id) == once
+
+
+def test_a_batch_is_a_handful_of_statements_with_no_read_of_the_tasks():
+    tasks = {str(uuidlib.uuid4()): {"state": "SUCCESS", "tstamp": T0, "worker": "w1@h"}
+             for _ in range(300)}  # fmt: skip
+    with CaptureQueriesContext(connection) as queries:
+        write_snapshot({"w1@h": {"last_heartbeat": T0}}, tasks)
+    sql = [q["sql"] for q in queries.captured_queries]
+    task_statements = [s for s in sql if "celery_monitor_taskstate" in s]
+    assert not any(s.lstrip().upper().startswith("SELECT") for s in task_statements)
+    assert not any("FOR UPDATE" in s.upper() for s in sql)
+    assert len(sql) <= 12, sql
+    assert TaskState.objects.filter(state="SUCCESS").count() == 300
+
+
+def test_the_statement_is_compiled_once_per_connection():
+    writer = SnapshotWriter()
+    writer.write({}, {"a": {"state": "RECEIVED", "tstamp": T0}})
+    compiled = dict(writer._compiled)
+    writer.write({}, {"b": {"state": "RECEIVED", "tstamp": T0}})
+    assert writer._compiled == compiled
+    assert task_upsert_sql(connection, "t").count("INSERT") == 1
+
+
+def test_values_that_are_not_numbers_are_refused_not_stored():
+    with pytest.raises((ValueError, TypeError)):
+        write_snapshot({}, {"x": {"state": "SUCCESS", "tstamp": T0, "runtime": "fast"}})
+    assert not TaskState.objects.filter(task_id="x").exists()
