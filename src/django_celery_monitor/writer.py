@@ -214,11 +214,18 @@ class _Dialect:
         return f"({left}) IS DISTINCT FROM ({right})"
 
     def insert(
-        self, columns: Iterable[str], assignments: list[tuple[str, str]], where: str
+        self,
+        columns: Iterable[str],
+        assignments: list[tuple[str, str]],
+        where: str,
+        source: str | None = None,
     ) -> str:
+        """The UPSERT of the rows of ``source`` (a SELECT), or of one row of parameters."""
+        columns = list(columns)
         names = ", ".join(self.quote(c) for c in columns)
-        marks = ", ".join("%s" for _ in names.split(", "))
-        head = f"INSERT INTO {self.table} ({names}) VALUES ({marks})"
+        if source is None:
+            source = "VALUES (" + ", ".join("%s" for _ in columns) + ")"
+        head = f"INSERT INTO {self.table} ({names}) {source}"
         sets = ", ".join(f"{self.quote(c)} = {expression}" for c, expression in assignments)
         if self.mysql:
             return f"{head} ON DUPLICATE KEY UPDATE {sets}"
@@ -236,8 +243,16 @@ def _rank_sql(expression: str) -> str:
     return f"(CASE {expression} {cases} ELSE {state_rank('')} END)"
 
 
-def task_upsert_sql(connection: Any, table: str) -> str:
-    """Return the UPSERT of one task row that merges it into ``table`` by :data:`TASK_RULES`."""
+#: SQLite: the temporary table a batch is put in before one statement merges it.
+STAGE_TABLE = "celery_monitor_batch"
+
+
+def task_upsert_sql(connection: Any, table: str, source: str | None = None) -> str:
+    """Return the UPSERT that merges task rows into ``table`` by :data:`TASK_RULES`.
+
+    The rows are those of ``source`` (a SELECT of :data:`TASK_COLUMNS`, in task id order) or,
+    by default, one row of parameters.
+    """
     d = _Dialect(connection, table, "task_id")
     new, old = d.new, d.old
     new_rank, old_rank = _rank_sql(new("state")), _rank_sql(old("state"))
@@ -281,7 +296,28 @@ def task_upsert_sql(connection: Any, table: str) -> str:
     # Only rows that change are written (PostgreSQL keeps no dead copy of the others, and
     # the count of written rows means something).
     where = " OR ".join(d.differs(sql, old(column)) for column, sql in assignments)
-    return d.insert(TASK_COLUMNS, assignments, where)
+    return d.insert(TASK_COLUMNS, assignments, where, source)
+
+
+def batch_source(connection: Any, model: Any) -> tuple[str, str]:
+    """How a batch reaches the UPSERT on this database: ``(form, SELECT)``.
+
+    The statement of the merge is long, and SQLite pays for its length on every execution:
+    there a batch goes into a temporary table, and one statement merges all of it
+    (``"staged"``). PostgreSQL takes the batch as one array per column (``"arrays"``), in one
+    statement too. MySQL's driver turns ``executemany`` into multi-row ``VALUES``
+    (``"rows"``).
+    """
+    quote = connection.ops.quote_name
+    names = ", ".join(quote(c) for c in TASK_COLUMNS)
+    order = f" ORDER BY {quote('task_id')}"  # the order rows are locked in: no deadlock
+    if connection.vendor == "sqlite":
+        return "staged", f"SELECT {names} FROM temp.{quote(STAGE_TABLE)} WHERE true{order}"
+    if connection.vendor == "postgresql":
+        fields = {f.attname: f for f in model._meta.concrete_fields}
+        arrays = ", ".join(f"%s::{fields[c].db_type(connection)}[]" for c in TASK_COLUMNS)
+        return "arrays", f"SELECT * FROM unnest({arrays}) AS batch ({names}){order}"
+    return "rows", ""
 
 
 def worker_upsert_sql(
@@ -408,19 +444,20 @@ class SnapshotWriter:
                 compiled = self._compiled[key] = build(connection)
         return compiled
 
-    def _task_statement(self, db: str) -> tuple[str, list[Any]]:
-        def build(connection: Any) -> tuple[str, list[Any]]:
+    def _task_statement(self, db: str) -> tuple[str, list[Any], str]:
+        def build(connection: Any) -> tuple[str, list[Any], str]:
             TaskState, _ = self._models()
-            sql = task_upsert_sql(connection, TaskState._meta.db_table)
+            form, source = batch_source(connection, TaskState)
+            sql = task_upsert_sql(connection, TaskState._meta.db_table, source or None)
             adapters = [_adapter(connection, column) for column in TASK_COLUMNS]
-            return sql, adapters
+            return sql, adapters, form
 
         return self._statement(db, "task", build)
 
     def _task_params(
         self, db: str, task_id: str, values: Mapping[str, Any], worker_ids: Mapping[str, int]
     ) -> list[Any]:
-        _, adapters = self._task_statement(db)
+        _, adapters, _ = self._task_statement(db)
         row = dict(values)
         hostname = row.pop("worker", None)
         if hostname is not None or "worker_id" not in row:
@@ -437,19 +474,36 @@ class SnapshotWriter:
         ]
 
     def _write_tasks(self, db: str, rows: list[list[Any]]) -> int:
-        sql, _ = self._task_statement(db)
+        sql, _, form = self._task_statement(db)
+        connection = connections[db]
         batch = self.settings.write_batch_size
         written = 0
-        with connections[db].cursor() as cursor:
+        with connection.cursor() as cursor:
             for start in range(0, len(rows), batch):
                 chunk = rows[start : start + batch]
-                cursor.executemany(sql, chunk)
+                if form == "staged":
+                    self._stage(cursor, chunk)
+                    cursor.execute(sql, ())  # no parameters, but %% is read as %
+                elif form == "arrays":
+                    cursor.execute(sql, [list(column) for column in zip(*chunk, strict=True)])
+                else:
+                    cursor.executemany(sql, chunk)
                 written += cursor.rowcount if cursor.rowcount >= 0 else len(chunk)
-        if connections[db].vendor == "mysql":
+        if connection.vendor == "mysql":
             # Django's MySQL connections count an unchanged row as found, like a new one:
             # the count says how many rows were merged, not which of them changed.
             written = len(rows)
         return written
+
+    @staticmethod
+    def _stage(cursor: Any, rows: list[list[Any]]) -> None:
+        """Put a batch in the connection's (empty) temporary table."""
+        table = f'temp."{STAGE_TABLE}"'
+        names = ", ".join(f'"{column}"' for column in TASK_COLUMNS)
+        cursor.execute(f'CREATE TEMP TABLE IF NOT EXISTS "{STAGE_TABLE}" ({names})')
+        cursor.execute(f"DELETE FROM {table}")
+        marks = ", ".join("%s" for _ in TASK_COLUMNS)
+        cursor.executemany(f"INSERT INTO {table} ({names}) VALUES ({marks})", rows)
 
     # -- workers ---------------------------------------------------------------------------
 
