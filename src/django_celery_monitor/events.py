@@ -72,27 +72,78 @@ def _id(value: Any) -> str | None:
     return None
 
 
+#: The sets of field names already seen to need no change, by event group (most events
+#: of a cluster come with a handful of them); at most ``MAX_KNOWN_FIELDS`` are kept.
+_KNOWN_FIELDS: dict[tuple[str, frozenset], bool] = {}
+MAX_KNOWN_FIELDS = 4096
+#: Event types already seen to be well formed.
+_KNOWN_TYPES: set[str] = set()
+
+
+def _is_number(value: Any) -> bool:
+    kind = value.__class__
+    return (kind is float and math.isfinite(value)) or kind is int
+
+
 def clean_event(event: Any) -> tuple[dict | None, str | None]:
     """Return ``(event, problem)`` for an incoming event.
 
     ``event`` is None when the event is refused, with ``problem`` saying why; otherwise it
-    is a copy of the event as Celery may take it, and ``problem`` says what was repaired
-    (None when nothing was).
+    is the event as Celery may take it (itself when it is fine, or a repaired copy), and
+    ``problem`` says what was repaired (None when nothing was).
     """
     if not isinstance(event, Mapping):
         return None, f"not a mapping ({type(event).__name__})"
     kind = event.get("type")
-    if not isinstance(kind, str) or not TYPE_RE.match(kind):
-        return None, f"unknown event type {str(kind)[:80]!r}"
+    if kind.__class__ is not str or kind not in _KNOWN_TYPES:
+        if not isinstance(kind, str) or not TYPE_RE.match(kind):
+            return None, f"unknown event type {str(kind)[:80]!r}"
+        if len(_KNOWN_TYPES) < MAX_KNOWN_FIELDS:
+            _KNOWN_TYPES.add(kind)
     group = kind.partition("-")[0]
     hostname = event.get("hostname")
-    if not isinstance(hostname, str) or not hostname or len(hostname) > MAX_ID_LENGTH:
+    if hostname.__class__ is not str or not hostname or len(hostname) > MAX_ID_LENGTH:
         return None, "no usable hostname"
     if group == "task":
         uuid = event.get("uuid")
-        if not isinstance(uuid, str) or not uuid or len(uuid) > MAX_ID_LENGTH:
+        if uuid.__class__ is not str or not uuid or len(uuid) > MAX_ID_LENGTH:
             return None, "no usable task id"
+    if type(event) is dict and _is_well_formed(group, event):
+        return event, None
+    return _repaired(group, event)
 
+
+def _is_well_formed(group: str, event: dict) -> bool:
+    """Whether an event needs no change: the common case, checked quickly."""
+    fields = (group, frozenset(event))
+    known = _KNOWN_FIELDS.get(fields)
+    if known is None:
+        reserved = TASK_RESERVED if group == "task" else WORKER_RESERVED
+        known = not (fields[1] & reserved) and all(
+            key.__class__ is str and not key.startswith("_") for key in event
+        )
+        if len(_KNOWN_FIELDS) < MAX_KNOWN_FIELDS:
+            _KNOWN_FIELDS[fields] = known
+    if not known:
+        return False
+    if not (_is_number(event.get("timestamp")) and _is_number(event.get("local_received"))):
+        return False
+    clock = event.get("clock")
+    if clock.__class__ is not int:
+        return False
+    offset = event.get("utcoffset", 0)
+    if not (_is_number(offset) and abs(offset) <= 24):
+        return False
+    if group == "task":
+        for key in ID_FIELDS:
+            value = event.get(key)
+            if value is not None and value.__class__ is not str:
+                return False
+    return True
+
+
+def _repaired(group: str, event: Mapping) -> tuple[dict, str | None]:
+    """A copy of ``event`` with what Celery cannot take repaired or dropped."""
     fixes: list[str] = []
     fixed: dict[str, Any] = {}
     reserved = TASK_RESERVED if group == "task" else WORKER_RESERVED

@@ -43,6 +43,12 @@ def clean_text(value: Any, max_length: int | None = None) -> str | None:
     """
     if value is None:
         return None
+    if value.__class__ is str and value.isascii():  # the common case, without a copy
+        if "\x00" in value:
+            value = value.replace("\x00", "\\x00")
+        if max_length is not None and len(value) > max_length:
+            return _cut(value, max(max_length, 0))
+        return value
     try:
         text = _to_str(value)
     except Exception:  # a repr that raises: store that it could not be shown
@@ -86,6 +92,8 @@ def clean_id(value: Any, max_length: int = 255) -> str | None:
 
 def clean_number(value: Any) -> float | None:
     """Return a finite float, or None."""
+    if value.__class__ is float:
+        return value if math.isfinite(value) else None
     if isinstance(value, bool) or value is None:
         return None
     try:

@@ -31,6 +31,7 @@ import threading
 import time
 from collections.abc import Iterable, Mapping
 from datetime import datetime, timedelta
+from datetime import timezone as dt_timezone
 from typing import Any
 
 from celery import states
@@ -413,6 +414,14 @@ class SnapshotWriter:
             hostname = values.get("worker")
             if hostname and hostname not in worker_rows:
                 worker_rows[hostname] = {}
+        if connections[db].vendor == "sqlite":
+            # One writer at a time anyway: one transaction, one commit.
+            def both() -> tuple[dict[str, int], int]:
+                ids = self._write_workers(db, worker_rows)
+                params = [self._task_params(db, t, v, ids) for t, v in sorted(tasks.items())]
+                return ids, self._write_tasks(db, params) if params else 0
+
+            return self._retrying(db, both)
         worker_ids = self._retrying(db, lambda: self._write_workers(db, worker_rows))
         rows = [
             self._task_params(db, task_id, values, worker_ids)
@@ -603,9 +612,19 @@ def _adapter(connection: Any, column: str) -> Any:
         ops, use_tz = connection.ops, django_settings.USE_TZ
         zone = timezone.get_default_timezone()
 
+        # What the ORM stores for a UTC time on a database whose connection is in UTC
+        # (SQLite and MySQL: the naive time as text), without its lookups per value.
+        as_text = (
+            use_tz
+            and connection.vendor in ("sqlite", "mysql")
+            and connection.timezone_name == "UTC"
+        )
+
         def adapt_datetime(value: Any) -> Any:
             if value is None:
                 return None
+            if as_text and value.tzinfo is dt_timezone.utc:
+                return str(value.replace(tzinfo=None))
             if use_tz and timezone.is_naive(value):
                 value = timezone.make_aware(value, zone)
             return ops.adapt_datetimefield_value(value)
