@@ -85,13 +85,15 @@ else:
             "NAME": SQLITE_NAME,
             "TEST": {"NAME": SQLITE_NAME},
         },
-        # A second database, for the commands and querysets given one (--database).
-        "other": {
-            "ENGINE": "django.db.backends.sqlite3",
-            "NAME": f"{SQLITE_NAME}-other",
-            "TEST": {"NAME": f"{SQLITE_NAME}-other"},
-        },
     }
+
+# A second database, for the commands and querysets given one (--database), on every backend.
+OTHER_SQLITE_NAME = os.environ.get("SQLITE_NAME", str(BASE_DIR / "test.sqlite3")) + "-other"
+DATABASES["other"] = {
+    "ENGINE": "django.db.backends.sqlite3",
+    "NAME": OTHER_SQLITE_NAME,
+    "TEST": {"NAME": OTHER_SQLITE_NAME},
+}
 
 STATIC_URL = "/static/"
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
