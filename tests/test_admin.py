@@ -321,7 +321,9 @@ def test_the_state_filter_costs_a_bounded_number_of_queries(
     admin_client.get(TASKS)  # warm the session and content type caches
 
     for params in ({}, {"state": "SUCCESS"}, {"name": "t1", "q": "t"}, {"state": "CUSTOM7"}):
-        with django_assert_max_num_queries(10) as queries:
+        # The session, the user, the filters' choices, the search's lookups, the count, the
+        # rows, the dates: the same few statements whatever the rows.
+        with django_assert_max_num_queries(13) as queries:
             response = admin_client.get(TASKS, params)
         offered = state_filter(response)
         # Celery's 8 states and the first 20 custom ones, and the one chosen if not among them.
@@ -374,6 +376,58 @@ def test_search_by_task_id_name_and_hostname(admin_client):
     assert list(admin_client.get(TASKS, {"q": "search-me"}).context["cl"].result_list) == [b]
     workers = admin_client.get(WORKERS, {"q": "search"}).context["cl"].result_list
     assert list(workers) == [worker]
+    workers = admin_client.get(WORKERS, {"q": "SEARCH-m"}).context["cl"].result_list
+    assert list(workers) == [worker]  # whatever the case, on every database
+    assert not admin_client.get(WORKERS, {"q": "me@"}).context["cl"].result_list
+
+
+@pytest.mark.parametrize("max_names", [1000, 1])
+def test_search_matches_as_described_whatever_the_number_of_names(
+    admin_client, monkeypatch, max_names
+):
+    # With more names than MAX_SEARCH_NAMES, names are matched by prefix in the database.
+    monkeypatch.setattr(monitor_admin, "MAX_SEARCH_NAMES", max_names)
+    alpha, beta = make_worker("Alpha-1@host"), make_worker("beta-2@host")
+    tasks = [
+        make_task(task_id="0a1b2c3d-0000-4000-8000-000000000001", name="proj.Mail.send",
+                  worker=alpha),
+        make_task(task_id="0A1Bxx", name="proj.mail.batch", worker=beta),
+        make_task(task_id="ffff-1", name="other.job", worker=beta),
+        make_task(task_id="my-own id", name="alpha.report"),
+    ]  # fmt: skip
+
+    def found(q):
+        response = admin_client.get(TASKS, {"q": q})
+        assert response.status_code == 200
+        return {task.task_id for task in response.context["cl"].result_list}
+
+    def expected(q, names_fold_case=True):
+        # Each word: the id starts with it (as typed or lower-cased), or the name or the
+        # worker's hostname starts with it, whatever the case; every word must match.
+        words = [w.strip("\"'") for w in q.split()] if '"' not in q else [q.strip('"')]
+
+        def by_name(name, word):
+            if names_fold_case:
+                return name.lower().startswith(word.lower())
+            return name.startswith(word) or name.startswith(word.lower())
+
+        def matches(task, word):
+            hostname = task.worker.hostname if task.worker else ""
+            return (task.task_id.startswith(word) or task.task_id.startswith(word.lower())
+                    or by_name(task.name or "", word)
+                    or hostname.lower().startswith(word.lower()))  # fmt: skip
+
+        return {t.task_id for t in tasks if all(matches(t, w) for w in words)}
+
+    for q in ["0a1b", "0A1B", "0a1b2c3d-0000-4000-8000-000000000001", "proj.mail",
+              "PROJ.MAIL.S", "alpha", "ALPHA-1", "beta proj", "beta other", "ffff",
+              '"my-own id"', "my-own", "nothing-like-it", "proj.mail.batch 0a1b"]:  # fmt: skip
+        if max_names > len(tasks):
+            assert found(q) == expected(q), q
+        else:
+            # Past the limit a name matches as typed or in lower case (and whatever the case
+            # where the database's collation ignores it, as MySQL's does).
+            assert expected(q, names_fold_case=False) <= found(q) <= expected(q), q
 
 
 # -- detail
@@ -924,7 +978,7 @@ def test_the_task_list_counts_a_bounded_number_of_rows(admin_client, settings):
             response = admin_client.get(TASKS, params)
         assert response.status_code == 200
         sql = [q["sql"].upper() for q in queries.captured_queries]
-        assert len(sql) <= 12, sql
+        assert len(sql) <= 13, sql  # whatever the rows (see above)
         assert not [s for s in sql if "DISTINCT" in s], sql
         counts = [s for s in sql if "COUNT(" in s]
         assert counts, sql

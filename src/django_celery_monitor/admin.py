@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import contextlib
 import datetime
+import sys
 from collections import Counter
 from collections.abc import Sequence
 from pprint import pformat
@@ -12,6 +13,7 @@ from typing import Any
 
 from celery import states
 from django import forms
+from django.conf import settings
 from django.contrib import admin, messages
 from django.contrib.admin.models import CHANGE, LogEntry
 from django.contrib.admin.options import IncorrectLookupParameters
@@ -19,6 +21,7 @@ from django.contrib.admin.views.main import ChangeList
 from django.core.exceptions import EmptyResultSet
 from django.core.paginator import Paginator
 from django.db import connections, models
+from django.db.models.functions import Lower
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
 from django.urls import reverse
@@ -26,7 +29,7 @@ from django.utils import formats, timezone
 from django.utils.functional import cached_property
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import mark_safe
-from django.utils.text import capfirst
+from django.utils.text import capfirst, smart_split, unescape_string_literal
 from django.utils.translation import gettext, ngettext, ngettext_lazy
 from django.utils.translation import gettext_lazy as _
 
@@ -71,6 +74,13 @@ MAX_CHILDREN = 50
 #: How many characters of a task's arguments its row in the task list sends (the cell
 #: shows what fits its width, with an ellipsis).
 ARGS_LENGTH = 200
+#: The most task names a search compares its words with, whatever their case (the names are
+#: read with a loose index scan); with more names in the table, a word matches the names
+#: that start with it as typed or in lower case.
+MAX_SEARCH_NAMES = 1000
+#: The most workers whose hostname a word of a search may match; with more, the search
+#: joins the workers' table instead.
+MAX_SEARCH_WORKERS = 1000
 
 
 def _log(request: HttpRequest, objects: Sequence[models.Model], message: str) -> None:
@@ -194,7 +204,8 @@ class CappedPaginator(Paginator):
         object_list = self.object_list
         if not isinstance(object_list, models.QuerySet):
             return len(object_list)
-        found = object_list[: self.cap + 1].count()
+        # Unordered: any index that serves the filters counts them, without a sort.
+        found = object_list.order_by()[: self.cap + 1].count()
         self.capped = found > self.cap
         return min(found, self.cap)
 
@@ -271,12 +282,32 @@ class MonitorList(ChangeList):
         if not 1970 <= parts["year"] <= 9998:
             raise IncorrectLookupParameters(f"The year {parts['year']} is out of range.")
 
+    def date_bounds(self, field: str, year: str | None, month: str | None) -> tuple[Any, Any]:
+        """The first and the last date of the table's rows, in the chosen year or month.
+
+        Read from the table, not from the filtered list: each is one step into the index on
+        the date whatever the filters and the search, where the first row of a filtered list
+        can take sorting every row it matches (and SQLite's ``MIN`` under a filter reads
+        every row).
+        """
+        dates = self.root_queryset.order_by().values_list(field, flat=True)
+        if year:
+            start = datetime.datetime(int(year), int(month or 1), 1)
+            if month:
+                end = (start + datetime.timedelta(days=31)).replace(day=1)
+            else:
+                end = start.replace(year=start.year + 1)
+            if settings.USE_TZ:
+                start, end = timezone.make_aware(start), timezone.make_aware(end)
+            dates = dates.filter(**{f"{field}__gte": start, f"{field}__lt": end})
+        return dates.order_by(field).first(), dates.order_by(f"-{field}").first()
+
     def date_choices(self) -> dict[str, Any]:
         """The date drill-down, built from the first and last date only.
 
         Django's own ``date_hierarchy`` runs ``SELECT DISTINCT`` over the dates of every
-        row; this one reads the range with MIN/MAX (served by the index) and offers every
-        year, month or day in it.
+        row; this one reads the first and the last date (see :meth:`date_bounds`) and
+        offers every year, month or day in between.
         """
         field = self.model_admin.date_drilldown
         if not field:
@@ -300,8 +331,7 @@ class MonitorList(ChangeList):
                 },
                 "choices": [{"title": capfirst(formats.date_format(date, "MONTH_DAY_FORMAT"))}],
             }
-        bounds = self.queryset.aggregate(first=models.Min(field), last=models.Max(field))
-        first, last = bounds["first"], bounds["last"]
+        first, last = self.date_bounds(field, year, month)
         if first is None or last is None:
             return {"show": False}
         if timezone.is_aware(first):
@@ -409,27 +439,93 @@ class ModelMonitor(admin.ModelAdmin):
             return None
 
 
-def states_present(queryset: models.QuerySet, limit: int) -> list[str]:
-    """The distinct states of the table of ``queryset``, at most ``limit`` of them.
+def values_present(queryset: models.QuerySet, field: str, limit: int) -> list[str]:
+    """The distinct values of ``field`` in the table of ``queryset``, in order, at most ``limit``.
 
-    A loose index scan: each step asks the state index for the next state after the one
-    before (``MIN(state) WHERE state > ...``), so the cost is one index descent per state
-    whatever the number of rows, where ``SELECT DISTINCT`` would read every row.
+    A loose index scan: each step asks the index on ``field`` for the next value after the
+    one before (``MIN(field) WHERE field > ...``), so the cost is one index descent per value
+    whatever the number of rows, where ``SELECT DISTINCT`` would read every row. NULL is
+    left out.
     """
     connection = connections[queryset.db]
     table = connection.ops.quote_name(queryset.model._meta.db_table)
-    column = connection.ops.quote_name(queryset.model._meta.get_field("state").column)
+    column = connection.ops.quote_name(queryset.model._meta.get_field(field).column)
     sql = (
-        f"WITH RECURSIVE present (state, n) AS ("
+        f"WITH RECURSIVE present (value, n) AS ("
         f" SELECT MIN({column}), 1 FROM {table}"
         f" UNION ALL"
-        f" SELECT (SELECT MIN(t.{column}) FROM {table} t WHERE t.{column} > present.state),"
-        f" present.n + 1 FROM present WHERE present.state IS NOT NULL AND present.n < %s"
-        f") SELECT state FROM present WHERE state IS NOT NULL"
+        f" SELECT (SELECT MIN(t.{column}) FROM {table} t WHERE t.{column} > present.value),"
+        f" present.n + 1 FROM present WHERE present.value IS NOT NULL AND present.n < %s"
+        f") SELECT value FROM present WHERE value IS NOT NULL"
     )
     with connection.cursor() as cursor:
         cursor.execute(sql, [limit])
-        return [state for (state,) in cursor.fetchall()]
+        return [value for (value,) in cursor.fetchall()]
+
+
+def states_present(queryset: models.QuerySet, limit: int) -> list[str]:
+    """The distinct states of the table of ``queryset``, at most ``limit`` of them."""
+    return values_present(queryset, "state", limit)
+
+
+def _after_prefix(prefix: str) -> str | None:
+    """The least string greater than every string that starts with ``prefix``.
+
+    None when there is none (the prefix is made of the last code point only).
+    """
+    while prefix:
+        following = ord(prefix[-1]) + 1
+        if 0xD800 <= following <= 0xDFFF:  # surrogates are no characters of UTF-8
+            following = 0xE000
+        if following <= sys.maxunicode:
+            return prefix[:-1] + chr(following)
+        prefix = prefix[:-1]
+    return None
+
+
+def prefix_q(field: str, prefix: str, vendor: str) -> models.Q:
+    """The rows whose ``field`` starts with ``prefix``, in a form an index on it serves.
+
+    PostgreSQL: ``LIKE 'prefix%'``, served by the ``varchar_pattern_ops`` index Django adds
+    to unique and indexed character columns. SQLite: a range, ``field >= prefix AND field <
+    prefix_next``, which its default (binary) collation makes an exact, case-sensitive
+    prefix match (its ``LIKE`` ignores ASCII case, and then uses no index). Others (MySQL,
+    MariaDB): their ``LIKE``, which their indexes serve, with their collation's case rules.
+    """
+    if vendor == "postgresql":
+        return models.Q(**{f"{field}__startswith": prefix})
+    if vendor == "sqlite":
+        q = models.Q(**{f"{field}__gte": prefix})
+        following = _after_prefix(prefix)
+        if following is not None:
+            q &= models.Q(**{f"{field}__lt": following})
+        return q
+    return models.Q(**{f"{field}__istartswith": prefix})
+
+
+def hostnames_starting(workers: models.QuerySet, term: str, limit: int) -> list[int] | None:
+    """The keys of the workers whose hostname starts with ``term``, whatever the case.
+
+    Compared here, not by the database, whose comparison of hostnames may heed the case (on
+    MySQL and MariaDB they are compared byte for byte). None when there are more than
+    ``limit`` workers to compare.
+    """
+    rows = list(workers.order_by().values_list("pk", "hostname")[: limit + 1])
+    if len(rows) > limit:
+        return None
+    folded = term.casefold()
+    return [pk for pk, hostname in rows if hostname.casefold().startswith(folded)]
+
+
+def search_terms(search_term: str) -> list[str]:
+    """The words of a search, quoted phrases kept whole (as Django's admin splits them)."""
+    terms = []
+    for bit in smart_split(search_term):
+        if bit.startswith(('"', "'")) and bit[0] == bit[-1]:
+            bit = unescape_string_literal(bit)
+        if bit:
+            terms.append(bit)
+    return terms
 
 
 def capped_counts(
@@ -634,9 +730,11 @@ class TaskMonitor(ModelMonitor):
         TaskNameFilter,
         ("tstamp", admin.DateFieldListFilter),
     )
-    search_fields = ("=task_id", "^name", "^worker__hostname")
+    #: What the search matches; :meth:`get_search_results` serves these with indexes.
+    search_fields = ("^task_id", "^name", "^worker__hostname")
     search_help_text = _(
-        "A task id (exact), the beginning of a task name, or the beginning of a worker hostname."
+        "A task id or its beginning, the beginning of a task name, or the beginning of a "
+        "worker hostname."
     )
     ordering = ("-tstamp",)
     # Each served by an index; sorting millions of rows by runtime or hostname is not.
@@ -677,6 +775,60 @@ class TaskMonitor(ModelMonitor):
     def get_queryset(self, request):
         # Rows the expiry has hidden are on their way out (the next purge deletes them).
         return super().get_queryset(request).filter(hidden=False).select_related("worker")
+
+    # -- search
+
+    def get_search_results(self, request, queryset, search_term):
+        """The tasks each word of the search matches, found with indexes only.
+
+        A word matches a task whose id starts with it (as typed, or in lower case: Celery's
+        ids are lower-case UUIDs), whose name starts with it, or whose worker's hostname
+        starts with it (both whatever the case). The names and the workers are looked up
+        first (a loose index scan of the names; the small workers' table), so the tasks are
+        found by the indexes on their id, name and worker, where Django's case-insensitive
+        lookups across a join would read every row.
+        """
+        fields = tuple(self.get_search_fields(request))
+        if fields != TaskMonitor.search_fields or not search_term:
+            return super().get_search_results(request, queryset, search_term)
+        # The list and its counts search alike: the words are looked up once a request.
+        looked_up = request.__dict__.setdefault("_celery_monitor_search", {})
+        for term in search_terms(search_term):
+            key = (queryset.db, term)
+            if key not in looked_up:
+                looked_up[key] = self._search_q(queryset.db, term)
+            queryset = queryset.filter(looked_up[key])
+        return queryset, False
+
+    def _search_q(self, db: str, term: str) -> models.Q:
+        """What one word of the search matches: the ways it matches nothing are left out.
+
+        A condition on a single index lets the database read the list in date order from
+        a composite index, and count the states with the index on (name or worker, state);
+        an OR of conditions on several indexes makes it collect and sort every match.
+        """
+        vendor = connections[db].vendor
+        spellings = dict.fromkeys((term, term.lower()))
+        q = models.Q()
+        for spelling in spellings:
+            by_id = prefix_q("task_id", spelling, vendor)
+            if TaskState.objects.using(db).filter(by_id).exists():
+                q |= by_id
+        names = values_present(TaskState.objects.using(db), "name", MAX_SEARCH_NAMES + 1)
+        if len(names) > MAX_SEARCH_NAMES:
+            for spelling in spellings:
+                q |= prefix_q("name", spelling, vendor)
+        else:
+            folded = term.casefold()
+            matched = [name for name in names if name.casefold().startswith(folded)]
+            if matched:
+                q |= models.Q(name__in=matched)
+        workers = hostnames_starting(WorkerState.objects.using(db), term, MAX_SEARCH_WORKERS)
+        if workers is None:
+            q |= models.Q(worker__hostname__istartswith=term)
+        elif workers:
+            q |= models.Q(worker_id__in=workers)
+        return q if q else models.Q(pk__in=[])
 
     # -- list columns
 
@@ -1074,6 +1226,7 @@ class WorkerMonitor(ModelMonitor):
         "loadavg_display",
     )
     search_fields = ("^hostname",)
+    search_help_text = _("The beginning of a hostname, whatever its case.")
     ordering = ("-last_heartbeat",)
     actions = [
         "shutdown_nodes",
@@ -1084,6 +1237,20 @@ class WorkerMonitor(ModelMonitor):
         "ping_workers",
     ]
     change_list_template = "admin/django_celery_monitor/change_list.html"
+
+    def get_search_results(self, request, queryset, search_term):
+        """The workers whose hostname starts with each word, whatever the case.
+
+        Compared as lower case by the database, since on MySQL and MariaDB hostnames are
+        compared byte for byte (a worker's table is small: no index is needed).
+        """
+        if tuple(self.get_search_fields(request)) != ("^hostname",) or not search_term:
+            return super().get_search_results(request, queryset, search_term)
+        queryset = queryset.alias(hostname_lower=Lower("hostname"))
+        for term in search_terms(search_term):
+            queryset = queryset.filter(hostname_lower__startswith=term.lower())
+        return queryset, False
+
     fieldsets = (
         (
             None,

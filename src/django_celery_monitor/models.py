@@ -159,6 +159,10 @@ class TaskState(models.Model):
             models.Index(fields=["state", "-tstamp"], name="cm_task_state_tstamp_idx"),
             models.Index(fields=["name", "-tstamp"], name="cm_task_name_tstamp_idx"),
             models.Index(fields=["worker", "-tstamp"], name="cm_task_worker_tstamp_idx"),
+            # The list filtered by name or worker counts the tasks of each state, and lists
+            # those of one state, from these.
+            models.Index(fields=["name", "state", "-tstamp"], name="cm_task_name_state_idx"),
+            models.Index(fields=["worker", "state", "-tstamp"], name="cm_task_worker_state_idx"),
             models.Index(fields=["parent_id"], name="cm_task_parent_id_idx"),
             models.Index(fields=["root_id"], name="cm_task_root_id_idx"),
             models.Index(fields=["lost", "-tstamp"], name="cm_task_lost_tstamp_idx"),
