@@ -1,0 +1,78 @@
+"""The benchmark scripts run, on a few hundred tasks, and print their summary.
+
+Only that they run and check what they record: their timings are not asserted (they are
+benchmarks, not timed tests). Each uses a SQLite file of its own, never the test database.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.nodb
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+def run(script: str, *args: str) -> str:
+    done = subprocess.run(
+        [sys.executable, str(BENCHMARKS / script), *args],
+        cwd=BENCHMARKS.parent,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, f"{script} failed:\n{done.stdout}\n{done.stderr}"
+    assert "ERROR" not in done.stdout, done.stdout
+    return done.stdout
+
+
+def summary(output: str) -> str:
+    lines = [line for line in output.splitlines() if line.startswith("summary: ")]
+    assert len(lines) == 1, output
+    return lines[0]
+
+
+def test_ingest_runs_each_measurement_and_checks_the_rows():
+    output = run(
+        "ingest.py", "--tasks", "300", "--legacy-tasks", "60", "--shot", "200", "--rounds", "1"
+    )
+    line = summary(output)
+    assert line.startswith("summary: sqlite: ours ")
+    assert "ours/1.1.2" in line and "ours/state" in line
+    result = next(line for line in output.splitlines() if line.startswith("sqlite "))
+    assert " ours " in result and " state " in result and " 1.1.2 " in result
+    assert "ours/flower" in result or "skipped Flower" in output
+
+
+def test_backlog_compares_shots_with_and_without_a_backlog():
+    line = summary(run("backlog.py", "--backlog", "500", "--rounds", "1"))
+    assert line.startswith("summary: sqlite: backlog 500, shot ")
+
+
+def test_memory_reports_the_resident_memory():
+    line = summary(run("memory.py", "--tasks", "400"))
+    assert line.startswith("summary: sqlite: 400 tasks, peak ")
+
+
+def test_ingest_compares_shards_with_one_camera_or_says_it_cannot():
+    output = run(
+        "ingest.py",
+        "--tasks",
+        "200",
+        "--rounds",
+        "1",
+        "--shards",
+        "2",
+        "--skip",
+        "1.1.2",
+        "--skip",
+        "flower",
+        "--skip",
+        "state",
+    )
+    summary(output)
+    assert "shards: not supported by this version" in output or "shards: 1 camera" in output
