@@ -6,6 +6,7 @@ Not a benchmark itself: ``ingest.py``, ``backlog.py`` and ``memory.py`` import i
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import os
 import random
@@ -612,14 +613,32 @@ def shards_supported() -> bool:
     return True
 
 
+@contextlib.contextmanager
+def camera_process() -> Iterator[None]:
+    """The process settings ``manage.py celery_monitor`` makes (its garbage collector's
+    threshold), for as long as a camera runs here; then the defaults again, for the others."""
+    try:
+        from django_celery_monitor.runner import tune_garbage_collector
+    except ImportError:  # a version without it
+        yield
+        return
+    previous = tune_garbage_collector()
+    try:
+        yield
+    finally:
+        gc.set_threshold(*previous)
+
+
 def feed_camera(camera: Any, events: list[dict], shot: int) -> None:
-    """Feed ``events`` to the camera's state, with a forced shot every ``shot`` events."""
+    """Feed ``events`` to the camera's state, with a forced shot every ``shot`` events, in
+    a process set up as the camera's command sets its own (:func:`camera_process`)."""
     handle, capture = camera.state.event, camera.capture
-    for count, event in enumerate(events, 1):
-        handle(event)
-        if count % shot == 0:
-            capture(force=True)
-    capture(force=True)
+    with camera_process():
+        for count, event in enumerate(events, 1):
+            handle(event)
+            if count % shot == 0:
+                capture(force=True)
+        capture(force=True)
 
 
 def shard_process(database, stream_params, shard, shot, ready, go, results) -> None:

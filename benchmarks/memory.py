@@ -117,6 +117,7 @@ def child(options: argparse.Namespace) -> None:
     try:
         db.fresh()
         camera = common.make_camera(State(), common.celery_app())
+        common.camera_process().__enter__()  # this process is the camera's from now on
         baseline = common.rss_mb()[0]
         print(
             f"{options.backend}: {options.tasks:,} tasks over {options.workers} workers, a shot "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import shutil
 import socket
 import subprocess
@@ -12,7 +13,7 @@ import pytest
 from celery import Celery
 
 from django_celery_monitor.models import TaskState
-from django_celery_monitor.runner import MonitorRunner
+from django_celery_monitor.runner import MonitorRunner, tune_garbage_collector
 from tests import events
 from tests.conftest import REQUIRE_SERVICES, wait_for
 
@@ -253,3 +254,14 @@ def test_a_task_that_ends_while_the_camera_is_away_is_settled_from_the_result_ba
         assert (row.result, row.note) == ("2", RECONCILED_NOTE)
     finally:
         worker.stop()
+
+
+def test_the_camera_process_collects_garbage_less_often():
+    previous = gc.get_threshold()
+    try:
+        assert tune_garbage_collector(5_000) == previous
+        assert gc.get_threshold() == (max(5_000, previous[0]), *previous[1:])
+        tune_garbage_collector(10)  # never lower than it was
+        assert gc.get_threshold()[0] == max(5_000, previous[0])
+    finally:
+        gc.set_threshold(*previous)

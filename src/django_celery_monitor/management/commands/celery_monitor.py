@@ -11,7 +11,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from ...conf import get_celery_app
 from ...events import Shard
-from ...runner import MonitorRunner
+from ...runner import MonitorRunner, tune_garbage_collector
 
 
 class Command(BaseCommand):
@@ -95,6 +95,7 @@ class Command(BaseCommand):
             except ValueError as exc:
                 raise CommandError(str(exc)) from exc
         self._setup_logging(options["verbosity"])
+        tune_garbage_collector()
         runner = MonitorRunner(
             app,
             freq=options["frequency"],
