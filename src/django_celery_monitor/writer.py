@@ -29,7 +29,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from datetime import timezone as dt_timezone
 from typing import Any
@@ -414,17 +414,20 @@ class SnapshotWriter:
             hostname = values.get("worker")
             if hostname and hostname not in worker_rows:
                 worker_rows[hostname] = {}
+        _, adapters, _ = self._task_statement(db)
         if connections[db].vendor == "sqlite":
             # One writer at a time anyway: one transaction, one commit.
             def both() -> tuple[dict[str, int], int]:
                 ids = self._write_workers(db, worker_rows)
-                params = [self._task_params(db, t, v, ids) for t, v in sorted(tasks.items())]
+                params = [
+                    self._task_params(db, t, v, ids, adapters) for t, v in sorted(tasks.items())
+                ]
                 return ids, self._write_tasks(db, params) if params else 0
 
             return self._retrying(db, both)
         worker_ids = self._retrying(db, lambda: self._write_workers(db, worker_rows))
         rows = [
-            self._task_params(db, task_id, values, worker_ids)
+            self._task_params(db, task_id, values, worker_ids, adapters)
             for task_id, values in sorted(tasks.items())
         ]
         written = self._retrying(db, lambda: self._write_tasks(db, rows)) if rows else 0
@@ -464,9 +467,15 @@ class SnapshotWriter:
         return self._statement(db, "task", build)
 
     def _task_params(
-        self, db: str, task_id: str, values: Mapping[str, Any], worker_ids: Mapping[str, int]
+        self,
+        db: str,
+        task_id: str,
+        values: Mapping[str, Any],
+        worker_ids: Mapping[str, int],
+        adapters: Sequence[Any] | None = None,
     ) -> list[Any]:
-        _, adapters, _ = self._task_statement(db)
+        if adapters is None:
+            _, adapters, _ = self._task_statement(db)
         row = dict(values)
         hostname = row.pop("worker", None)
         if hostname is not None or "worker_id" not in row:
@@ -624,7 +633,7 @@ def _adapter(connection: Any, column: str) -> Any:
             if value is None:
                 return None
             if as_text and value.tzinfo is dt_timezone.utc:
-                return str(value.replace(tzinfo=None))
+                return value.isoformat(" ")[:-6]  # str() of the naive time: without "+00:00"
             if use_tz and timezone.is_naive(value):
                 value = timezone.make_aware(value, zone)
             return ops.adapt_datetimefield_value(value)
