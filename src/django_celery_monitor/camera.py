@@ -18,6 +18,7 @@ from .conf import MonitorSettings
 from .events import EventGuard, SafeEventReceiver, Shard
 from .redaction import Redactor
 from .sanitize import (
+    MAX_INT,
     clean_datetime,
     clean_id,
     clean_int,
@@ -113,9 +114,12 @@ def note_event(task: Any, subject: str, event: dict) -> None:
     previous = notes.get(subject)
     if previous is None or previous[0] <= timestamp:
         hostname = None if subject == "sent" else event.get("hostname")  # a client's
-        outcome = {key: event[key] for key in OUTCOME_FIELDS.get(subject, ()) if key in event}
+        fields = OUTCOME_FIELDS.get(subject)
+        outcome = {key: event[key] for key in fields if key in event} if fields else {}
         notes[subject] = (timestamp, hostname, outcome)
-    retries = clean_int(event.get("retries"))
+    retries = event.get("retries")
+    if retries.__class__ is not int or not 0 <= retries <= MAX_INT:
+        retries = clean_int(retries)
     if retries is not None and retries > task.__dict__.get(RETRIES, -1):
         task.__dict__[RETRIES] = retries
 
@@ -275,15 +279,17 @@ class Camera(Polaroid):
         candidates = list(self._dirty_tasks.items())
         self._dirty_tasks.clear()
         changed = []
+        collected, ready = self._collected, states.READY_STATES
         for uuid, task in candidates:
-            signature = _signature(task)
-            if self._collected.get(uuid) == signature:
-                continue
-            if task.state in states.READY_STATES:
-                # Celery drops finished tasks from the state after the shutter.
-                self._collected.pop(uuid, None)
+            if task.state in ready:
+                # Celery drops finished tasks from the state after the shutter. What was
+                # collected of the task before was unfinished: it changed.
+                collected.pop(uuid, None)
             else:
-                self._collected[uuid] = signature
+                signature = _signature(task)
+                if collected.get(uuid) == signature:
+                    continue
+                collected[uuid] = signature
             changed.append((uuid, task))
         if len(self._collected) > 2 * max(len(state.tasks), 1000):
             self._collected = {u: s for u, s in self._collected.items() if u in state.tasks}
@@ -334,49 +340,54 @@ class Camera(Polaroid):
         limit = limit or self.settings.max_text_length
         if redactor is None:
             redactor = Redactor.from_settings(self.settings)
-        seen = {
-            "state": task.state,
-            "timestamp": task.timestamp,
-            "worker": task.worker.hostname if task.worker is not None else None,
-            "result": task.result,
-            "runtime": task.runtime,
-            "exception": task.exception,
-            "traceback": task.traceback,
-            "received": task.received,
-            "started": task.started,
-        }
+        state, timestamp = task.state, task.timestamp
+        worker = task.worker.hostname if task.worker is not None else None
+        result, runtime, exception, traceback = (
+            task.result,
+            task.runtime,
+            task.exception,
+            task.traceback,
+        )
+        received, started = task.received, task.started
         decided = decide(task)
         if decided is not None:
             # The state, time, worker and outcome of the event that decides the row; the
             # latest received and started times (a retried task is received again).
             state, _subject, timestamp, hostname, outcome = decided
-            seen.update(outcome, state=state, timestamp=timestamp)
+            if outcome:
+                result = outcome.get("result", result)
+                runtime = outcome.get("runtime", runtime)
+                exception = outcome.get("exception", exception)
+                traceback = outcome.get("traceback", traceback)
             if hostname:
-                seen["worker"] = hostname
+                worker = hostname
             notes = task.__dict__[NOTES]
-            seen.update(
-                (kind, notes[kind][0]) for kind in ("received", "started") if kind in notes
-            )
-        retries = [clean_int(task.retries), task.__dict__.get(RETRIES)]
-        exception = clean_text(seen["exception"], limit)
-        result = clean_text(seen["result"], limit)
-        worker = seen["worker"]
+            if "received" in notes:
+                received = notes["received"][0]
+            if "started" in notes:
+                started = notes["started"][0]
+        retries = clean_int(task.retries)
+        noted_retries = task.__dict__.get(RETRIES)
+        if noted_retries is not None and (retries is None or noted_retries > retries):
+            retries = noted_retries
+        exception = clean_text(exception, limit)
+        result = clean_text(result, limit)
         row = {
-            "state": clean_text(seen["state"], 64) or states.PENDING,
+            "state": clean_text(state, 64) or states.PENDING,
             "name": clean_text(task.name, 200),
-            "tstamp": clean_timestamp(seen["timestamp"]) or fromtimestamp(time.time()),
+            "tstamp": clean_timestamp(timestamp) or fromtimestamp(time.time()),
             "args": clean_text(task.args, limit),
             "kwargs": clean_text(task.kwargs, limit),
             "eta": clean_datetime(task.eta),
             "expires": clean_datetime(task.expires),
             "result": result,
             "exception": exception,
-            "traceback": clean_text(seen["traceback"], limit),
-            "runtime": clean_number(seen["runtime"]),
-            "retries": max((r for r in retries if r is not None), default=None),
+            "traceback": clean_text(traceback, limit),
+            "runtime": clean_number(runtime),
+            "retries": retries,
             "worker": clean_id(worker) if worker else None,
-            "received": clean_timestamp(seen["received"]),
-            "started": clean_timestamp(seen["started"]),
+            "received": clean_timestamp(received),
+            "started": clean_timestamp(started),
             "parent_id": clean_id(task.parent_id),
             "root_id": clean_id(task.root_id),
         }
