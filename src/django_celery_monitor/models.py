@@ -96,7 +96,8 @@ class TaskState(models.Model):
     """The data model to store the task state in."""
 
     #: The :mod:`task state <celery.states>` as returned by Celery.
-    state = models.CharField(_("state"), max_length=64, db_index=True)
+    #: Indexed by the (state, tstamp) index, whose first column it is.
+    state = models.CharField(_("state"), max_length=64)
     #: The task id (a UUID unless the caller chose its own).
     task_id = models.CharField(_("UUID"), max_length=255, unique=True)
     #: The task name.
@@ -122,8 +123,13 @@ class TaskState(models.Model):
     #: The number of retries.
     retries = models.IntegerField(_("number of retries"), default=0)
     #: The worker responsible for the execution of the task.
+    #: Indexed by the (worker, tstamp) index, whose first column it is.
     worker = models.ForeignKey(
-        WorkerState, null=True, verbose_name=_("worker"), on_delete=models.CASCADE
+        WorkerState,
+        null=True,
+        verbose_name=_("worker"),
+        on_delete=models.CASCADE,
+        db_index=False,
     )
     #: Whether the task has been expired and will be purged by the event framework.
     hidden = models.BooleanField(editable=False, default=False, db_index=True)
