@@ -76,3 +76,20 @@ def test_ingest_compares_shards_with_one_camera_or_says_it_cannot():
     )
     summary(output)
     assert "shards: not supported by this version" in output or "shards: 1 camera" in output
+
+
+def test_admin_times_each_page_and_the_purge():
+    output = run("admin.py", "--sqlite", "--rows", "3000")
+    pages = [line for line in output.splitlines() if line.endswith((" ok", " SLOW"))]
+    for page in ("task list", "search task id prefix", "page 50", "task detail", "worker list"):
+        assert any(line.startswith(page) for line in pages), output
+    assert "purge: longest statement" in output
+    assert ", 0 failed" in output  # the camera's writes during the purge all went through
+
+
+@pytest.mark.e2e
+def test_lag_runs_a_real_worker_and_records_every_task(redis_url):
+    output = run("lag.py", "--tasks", "150", "--senders", "2", "--database", "sqlite",
+                 "--broker", redis_url, "--stall", "30")  # fmt: skip
+    line = next(line for line in output.splitlines() if line.startswith("sqlite  lag median"))
+    assert "(150/150 tasks" in line, output
