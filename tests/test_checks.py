@@ -12,6 +12,9 @@ from django.test import override_settings
 
 from django_celery_monitor.checks import check_settings
 
+# From Django 6 on, the system checks ask every database what it supports (JSONField).
+pytestmark = pytest.mark.django_db(databases="__all__")
+
 
 def ids(errors: list[Error]) -> list[str]:
     return [error.id for error in errors]
