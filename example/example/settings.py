@@ -4,6 +4,8 @@ import os
 from datetime import timedelta
 from pathlib import Path
 
+import django
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 #: Everything the demo writes: the database, the broker's folders, the logs.
 DATA_DIR = Path(os.environ.get("DEMO_DATA_DIR", BASE_DIR / ".data")).resolve()
@@ -61,6 +63,14 @@ DATABASES = {
         "OPTIONS": {"timeout": 20},
     }
 }
+if django.VERSION >= (5, 1):
+    # WAL: the admin reads while the camera writes, and a commit waits for no disk flush
+    # (a power cut may lose the last commits, never the file). IMMEDIATE: a transaction
+    # takes the write lock when it begins, so it never fails for want of it half-way.
+    DATABASES["default"]["OPTIONS"].update(
+        init_command="PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL",
+        transaction_mode="IMMEDIATE",
+    )
 
 STATIC_URL = "/static/"
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
