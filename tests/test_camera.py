@@ -290,6 +290,49 @@ def test_an_outage_during_the_row_by_row_write_keeps_the_rows(state, camera):
     assert camera.pending_tasks == {}
 
 
+def test_a_shot_larger_than_the_cap_is_written_whole(state, camera, settings):
+    # The cap bounds what a failed write keeps, not a shot of a backlog.
+    settings.CELERY_MONITOR_MAX_PENDING_TASKS = 3
+    ids = [new_id() for _ in range(10)]
+    feed(state, *(events.received(tid) for tid in ids))
+    shutter(camera)
+    assert set(TaskState.objects.values_list("task_id", flat=True)) == set(ids)
+    assert camera.pending_tasks == {}
+
+
+def test_after_a_shot_the_state_forgets_the_finished_tasks_only(state, camera):
+    done, failed, running, waiting = new_id(), new_id(), new_id(), new_id()
+    feed(state, events.received(done), events.started(done), events.succeeded(done),
+         events.received(failed), events.failed(failed), events.received(running),
+         events.started(running), events.received(waiting),
+         events.worker_event("heartbeat"))  # fmt: skip
+    shutter(camera)
+    assert set(state.tasks) == {running, waiting}  # as Celery's clear() leaves it
+    assert not state.workers and not state.event_count and not state.task_count
+    assert list(state.tasks_by_time()) == []
+
+    # A task finishing later is forgotten by the shot that writes it; the rest stay.
+    feed(state, events.succeeded(running))
+    shutter(camera)
+    assert set(state.tasks) == {waiting}
+    assert row(running).state == "SUCCESS" and row(waiting).state == "RECEIVED"
+    # A late event of a forgotten task: Celery's State sees a started task (and keeps it,
+    # as its clear() would); the row keeps its final state.
+    feed(state, events.started(done))
+    shutter(camera)
+    assert set(state.tasks) == {waiting, done}
+    assert row(done).state == "SUCCESS"
+
+
+def test_a_camera_that_keeps_finished_tasks_keeps_them(state, app):
+    camera = Camera(state, app=app)
+    camera.clear_after = False
+    tid = new_id()
+    feed(state, events.received(tid), events.succeeded(tid))
+    shutter(camera)
+    assert tid in state.tasks and camera._finished == []
+
+
 def test_pending_rows_are_capped_while_the_database_is_down(state, camera, settings):
     settings.CELERY_MONITOR_MAX_PENDING_TASKS = 3
     ids = [new_id() for _ in range(5)]
