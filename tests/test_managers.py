@@ -102,6 +102,23 @@ def test_purge_deletes_hidden_rows_in_batches(settings):
     assert list(TaskState.objects.all()) == [keep]
 
 
+def test_on_sqlite_a_cleanup_pauses_between_batches(settings, monkeypatch):
+    # A writer waiting for SQLite's lock gets it between two batches.
+    from django_celery_monitor import managers
+
+    pauses = []
+    monkeypatch.setattr(managers.time, "sleep", pauses.append)
+    settings.CELERY_MONITOR_PURGE_BATCH_SIZE = 3
+    for _ in range(7):
+        make_task(hidden=True)
+    assert TaskState.objects.purge() == 7
+    if connection.vendor == "sqlite":
+        assert len(pauses) == 2  # between the 3 batches, not after the last
+        assert all(0 <= pause <= managers.MAX_BATCH_PAUSE for pause in pauses)
+    else:
+        assert pauses == []  # row locks: writers of other rows never wait
+
+
 def test_update_state_follows_precedence():
     tid = new_id()
     now = timezone.now()

@@ -5,18 +5,22 @@ The camera writes its snapshots with :mod:`~django_celery_monitor.writer`.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Mapping
 from datetime import timedelta
 from typing import Any
 
 from celery import states
 from celery.utils.time import maybe_timedelta
-from django.db import IntegrityError, models, transaction
+from django.db import IntegrityError, connections, models, transaction
 from django.db.models.functions import Now
 from django.utils import timezone
 
 from .conf import KNOWN_STATES, monitor_settings
 from .utils import posix_timestamp
+
+#: The longest pause between two batches of a cleanup on SQLite (see ``_in_batches``).
+MAX_BATCH_PAUSE = 0.5
 
 
 class ExtendedQuerySet(models.QuerySet):
@@ -66,14 +70,22 @@ class ExtendedQuerySet(models.QuerySet):
         is returned. Each batch is its own short statement or transaction.
         """
         batch = monitor_settings.purge_batch_size
+        # SQLite has one writer at a time, and its readers hold writers back: batches back
+        # to back would keep a camera writing meanwhile from the lock (its busy handler
+        # sleeps between tries, and missed every gap). Pausing as long as a batch took lets
+        # it in: the cleanup takes up to twice as long, and no write waits for all of it.
+        pause = connections[self.db].vendor == "sqlite"
         total = 0
         while True:
+            started = time.monotonic()
             ids = list(rows.values_list("pk", flat=True)[:batch])
             if not ids:
                 return total
             total += act(self.filter(pk__in=ids))
             if len(ids) < batch:
                 return total
+            if pause:
+                time.sleep(min(time.monotonic() - started, MAX_BATCH_PAUSE))
 
 
 class WorkerStateQuerySet(ExtendedQuerySet):
