@@ -118,6 +118,14 @@ def test_on_sqlite_a_cleanup_pauses_between_batches(settings, monkeypatch):
     else:
         assert pauses == []  # row locks: writers of other rows never wait
 
+    # Marking tasks lost is the camera's own work, within a shot: it never pauses.
+    pauses.clear()
+    worker = WorkerState.objects.create(hostname="gone@test")
+    for _ in range(7):
+        make_task(state="STARTED", worker=worker)
+    assert TaskState.objects.mark_lost([worker.pk]) == 7
+    assert pauses == []
+
 
 def test_update_state_follows_precedence():
     tid = new_id()

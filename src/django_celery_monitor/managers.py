@@ -63,18 +63,19 @@ class ExtendedQuerySet(models.QuerySet):
         except IntegrityError:
             return self.using(db).select_for_update().get(**lookup), False
 
-    def _in_batches(self, rows: models.QuerySet, act: Any) -> int:
+    def _in_batches(self, rows: models.QuerySet, act: Any, pause: bool = True) -> int:
         """Apply ``act`` to ``rows``, ``monitor_purge_batch_size`` primary keys at a time.
 
         ``act`` gets a queryset of one batch and returns how many rows it changed; the total
-        is returned. Each batch is its own short statement or transaction.
+        is returned. Each batch is its own short statement or transaction. ``pause=False``
+        for the camera's own work in a shot, which no write of the camera waits for.
         """
         batch = monitor_settings.purge_batch_size
         # SQLite has one writer at a time, and its readers hold writers back: batches back
         # to back would keep a camera writing meanwhile from the lock (its busy handler
         # sleeps between tries, and missed every gap). Pausing as long as a batch took lets
         # it in: the cleanup takes up to twice as long, and no write waits for all of it.
-        pause = connections[self.db].vendor == "sqlite"
+        pause = pause and connections[self.db].vendor == "sqlite"
         total = 0
         while True:
             started = time.monotonic()
@@ -165,7 +166,9 @@ class TaskStateQuerySet(ExtendedQuerySet):
         """
         waiting = [states.PENDING, states.RETRY, states.REJECTED, *states.READY_STATES]
         rows = self.filter(worker_id__in=list(worker_ids), lost=False).exclude(state__in=waiting)
-        return self._in_batches(rows.order_by(), lambda batch: batch.update(lost=True))
+        return self._in_batches(
+            rows.order_by(), lambda batch: batch.update(lost=True), pause=False
+        )
 
     def purge(self) -> int:
         """Purge all expired (hidden) task states, in batches. Returns how many were deleted."""
