@@ -305,9 +305,10 @@ def batch_source(connection: Any, model: Any) -> tuple[str, str]:
 
     The statement of the merge is long, and SQLite pays for its length on every execution:
     there a batch goes into a temporary table, and one statement merges all of it
-    (``"staged"``). PostgreSQL takes the batch as one array per column (``"arrays"``), in one
-    statement too. MySQL's driver turns ``executemany`` into multi-row ``VALUES``
-    (``"rows"``).
+    (``"staged"``). PostgreSQL with psycopg 3 takes the batch into a temporary table by
+    ``COPY`` (``"copied"``: a third of the cost of passing it as arrays, which psycopg 2
+    still does: ``"arrays"``), and merges it with one statement too. MySQL's driver turns
+    ``executemany`` into multi-row ``VALUES`` (``"rows"``).
     """
     quote = connection.ops.quote_name
     names = ", ".join(quote(c) for c in TASK_COLUMNS)
@@ -317,6 +318,10 @@ def batch_source(connection: Any, model: Any) -> tuple[str, str]:
         # were staged (sorted by task id), need no sort.
         return "staged", f"SELECT {names} FROM temp.{quote(STAGE_TABLE)} WHERE true"
     if connection.vendor == "postgresql":
+        from django.db.backends.postgresql.psycopg_any import is_psycopg3
+
+        if is_psycopg3:
+            return "copied", f"SELECT {names} FROM pg_temp.{quote(STAGE_TABLE)}{order}"
         fields = {f.attname: f for f in model._meta.concrete_fields}
         arrays = ", ".join(f"%s::{fields[c].db_type(connection)}[]" for c in TASK_COLUMNS)
         return "arrays", f"SELECT * FROM unnest({arrays}) AS batch ({names}){order}"
@@ -504,6 +509,9 @@ class SnapshotWriter:
                 if form == "staged":
                     self._stage(cursor, chunk)
                     cursor.execute(sql, ())  # no parameters, but %% is read as %
+                elif form == "copied":
+                    self._copy(cursor, chunk)
+                    cursor.execute(sql, ())
                 elif form == "arrays":
                     cursor.execute(sql, [list(column) for column in zip(*chunk, strict=True)])
                 else:
@@ -524,6 +532,22 @@ class SnapshotWriter:
         cursor.execute(f"DELETE FROM {table}")
         marks = ", ".join("%s" for _ in TASK_COLUMNS)
         cursor.executemany(f"INSERT INTO {table} ({names}) VALUES ({marks})", rows)
+
+    def _copy(self, cursor: Any, rows: list[list[Any]]) -> None:
+        """Put a batch in the session's (emptied) temporary table, by COPY (psycopg 3)."""
+        TaskState, _ = self._models()
+        connection = cursor.db
+        fields = {f.attname: f for f in TaskState._meta.concrete_fields}
+        quote = connection.ops.quote_name
+        names = ", ".join(quote(c) for c in TASK_COLUMNS)
+        columns = ", ".join(f"{quote(c)} {fields[c].db_type(connection)}" for c in TASK_COLUMNS)
+        table = f"pg_temp.{quote(STAGE_TABLE)}"
+        raw = cursor.cursor
+        raw.execute(f"CREATE TEMP TABLE IF NOT EXISTS {quote(STAGE_TABLE)} ({columns})")
+        raw.execute(f"TRUNCATE {table}")
+        with raw.copy(f"COPY {table} ({names}) FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row(row)
 
     # -- workers ---------------------------------------------------------------------------
 
