@@ -119,3 +119,17 @@ def test_values_that_are_not_numbers_are_refused_not_stored():
     with pytest.raises((ValueError, TypeError)):
         write_snapshot({}, {"x": {"state": "SUCCESS", "tstamp": T0, "runtime": "fast"}})
     assert not TaskState.objects.filter(task_id="x").exists()
+
+
+@pytest.mark.django_db
+def test_behind_a_transaction_pooler_nothing_is_prepared():
+    # DISABLE_SERVER_SIDE_CURSORS is what Django asks of a database behind PgBouncer in
+    # transaction mode: the writer then prepares no statement either.
+    connection.settings_dict["DISABLE_SERVER_SIDE_CURSORS"] = True
+    try:
+        with CaptureQueriesContext(connection) as queries:
+            write_snapshot({}, {"tid-pooled": {"state": "SUCCESS", "name": "t"}})
+    finally:
+        del connection.settings_dict["DISABLE_SERVER_SIDE_CURSORS"]
+    assert not [q for q in queries if q["sql"].startswith(("PREPARE", "EXECUTE"))]
+    assert TaskState.objects.get(task_id="tid-pooled").state == "SUCCESS"
