@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import socket
 import threading
 import time
 from typing import Any
@@ -42,6 +44,8 @@ logger = get_logger(__name__)
 RECONCILE_AFTER = 0.5
 #: The longest a timer sleeps before it looks again: how fast it stops when asked.
 TIMER_TICK = 0.25
+#: Seconds between two roll-ups of the finished minutes for the dashboard.
+ROLLUP_EVERY = 30.0
 #: Down, unreachable, or not migrated yet: worth trying again with the next shot.
 UNAVAILABLE = (OperationalError, InterfaceError, ProgrammingError)
 
@@ -213,6 +217,19 @@ class Camera(Polaroid):
         #: and keeps two writes (a timer shot and the last shot) from running at once.
         self._pending_lock = threading.RLock()
         self._flush_lock = threading.Lock()
+        #: Events the state handled, since the camera started.
+        self.events_seen = 0
+        #: Task-started events seen per worker, and per worker ``[processed at the base
+        #: heartbeat, started events seen then, missed before it, missed now]``: the
+        #: missed-events count (see ``WorkerState.events_missed``). A shard sees a part of
+        #: the tasks only, so it does not count.
+        self._started_seen: dict[str, int] = {}
+        self._missed: dict[str, list[int]] = {}
+        #: What the camera's own heartbeat (``CameraState``) reports.
+        self.tasks_written = 0
+        self.write_seconds = 0.0
+        self._beat_at: tuple[float, int] | None = None
+        self._camera_started: Any = None
         self._watch_events()
 
     # -- models ------------------------------------------------------------------------
@@ -252,17 +269,25 @@ class Camera(Polaroid):
             self._last_worker_event,
             self._events_lock,
         )
+        count_missed = self.shard is None
+        started_seen = self._started_seen
 
         def handle_and_note(event: dict) -> Any:
             result = handle(event)
             if result:
                 (obj, _created), subject = result
                 with lock:
+                    self.events_seen += 1
                     if isinstance(obj, state.Task):
                         dirty[obj.uuid] = obj
                         note_event(obj, subject, event)
+                        if subject == "started" and count_missed:
+                            hostname = event.get("hostname")
+                            started_seen[hostname] = started_seen.get(hostname, 0) + 1
                     else:
                         last_worker_event[obj.hostname] = subject
+                        if count_missed and "processed" in event:
+                            self._note_processed(obj.hostname, event["processed"])
             return result
 
         state.event = self.guard.wrap(handle_and_note)
@@ -275,6 +300,26 @@ class Camera(Polaroid):
             events.receiver_cls = type(
                 "CameraEventReceiver", (SafeEventReceiver,), {"guard": self.guard}
             )
+
+    def _note_processed(self, hostname: str, processed: Any) -> None:
+        """Compare a heartbeat's ``processed`` count with the task-started events seen.
+
+        The worker counts a task as processed when it starts it, and sends task-started
+        then: what the count grew by, beyond the started events the camera received from
+        the worker since its first heartbeat, never arrived. A count that went down is a
+        restarted worker: counting starts again from it, keeping what was missed before.
+        Hold ``_events_lock``.
+        """
+        if processed.__class__ is not int or processed < 0:
+            return
+        seen = self._started_seen.get(hostname, 0)
+        record = self._missed.get(hostname)
+        if record is None or processed < record[0]:
+            before = record[3] if record is not None else 0
+            self._missed[hostname] = [processed, seen, before, before]
+            return
+        base, seen_at_base, before, _ = record
+        record[3] = before + max(0, (processed - base) - (seen - seen_at_base))
 
     def _changed_tasks(self, state: Any) -> list[tuple[str, Any]]:
         """The tasks events touched since the last shot that changed. Hold ``_events_lock``."""
@@ -325,6 +370,9 @@ class Camera(Polaroid):
             # Only worker events carry these; a worker known from task events alone has
             # Celery's default period, not its own.
             row["freq"] = None
+        missed = self._missed.get(worker.hostname)
+        if missed is not None:
+            row["events_missed"] = missed[3]
         event = self._last_worker_event.get(worker.hostname)
         if event == "offline":
             row["offline"] = True
@@ -562,6 +610,7 @@ class Camera(Polaroid):
             # Shards share the rows: the first one keeps the house for all.
             self._ctref = self.cleanup_timer.call_repeatedly(self.cleanup_freq, self.cleanup)
             self.cleanup_timer.call_after(RECONCILE_AFTER, self.reconcile)
+            self._rref = self.cleanup_timer.call_repeatedly(ROLLUP_EVERY, self.roll_up)
 
     def reconcile(self) -> tuple[int, int]:
         """Settle the tasks recorded unfinished before the camera started (see ``reconcile``).
@@ -600,11 +649,84 @@ class Camera(Polaroid):
                     self._finished.clear()
 
         self.state.freeze_while(shoot)
+        began = time.perf_counter()
+        wrote = due and bool(self.pending_tasks or self.pending_workers)
         written = self.flush() if due else 0
+        if wrote:
+            self.write_seconds = time.perf_counter() - began
+            self.tasks_written += written
         self.mark_lost_tasks()
+        if due and (wrote or self._heartbeat_due()):
+            self.record_heartbeat()
         if written:
             logger.debug("Shot: wrote %d tasks.", written)
         return written
+
+    def _heartbeat_due(self) -> bool:
+        from .models import CameraState
+
+        return self._beat_at is None or (
+            time.monotonic() - self._beat_at[0] >= CameraState.idle_heartbeat_every
+        )
+
+    def record_heartbeat(self, stopped: bool = False) -> None:
+        """Write the camera's own heartbeat (``CameraState``): its last shot and counters.
+
+        Written with each shot that wrote rows, and every ``idle_heartbeat_every`` seconds
+        by an idle camera. The health check, the dashboard and the metrics read it. A
+        database that cannot be written only costs the heartbeat of this shot.
+        """
+        from django.utils import timezone
+
+        from . import __version__
+        from .models import CameraState
+
+        now_wall, now = timezone.now(), time.monotonic()
+        if self._camera_started is None:
+            self._camera_started = now_wall
+        events = self.events_seen
+        rate = 0.0
+        if self._beat_at is not None and now > self._beat_at[0]:
+            rate = (events - self._beat_at[1]) / (now - self._beat_at[0])
+        self._beat_at = (now, events)
+        key, hostname, pid = self.camera_key()
+        values = {
+            "hostname": hostname,
+            "pid": pid,
+            "version": __version__[:32],
+            "frequency": float(self.freq),
+            "shard": str(self.shard) if self.shard is not None else "",
+            "started": self._camera_started,
+            "last_shot": now_wall,
+            "stopped": now_wall if stopped else None,
+            "events": events,
+            "events_invalid": self.guard.refused,
+            "events_repaired": self.guard.repaired,
+            "events_per_second": rate,
+            "tasks_written": self.tasks_written,
+            "write_seconds": self.write_seconds,
+            "rows_pending": len(self.pending_tasks) + len(self.pending_workers),
+        }
+        try:
+            CameraState.objects.update_or_create(key=key, defaults=values)
+        except DatabaseError:
+            logger.debug("Could not write the camera's heartbeat.", exc_info=True)
+
+    @staticmethod
+    def camera_key() -> tuple[str, str, int]:
+        """``(key, hostname, pid)`` of this process's camera: its ``CameraState`` row."""
+        hostname, pid = socket.gethostname(), os.getpid()
+        return f"{hostname}:{pid}"[:255], hostname[:255], pid
+
+    def roll_up(self) -> int:
+        """Write the dashboard's rollups of the minutes that ended (see ``stats.roll_up``)."""
+        from .stats import roll_up
+
+        try:
+            return roll_up()
+        except DatabaseError:
+            logger.warning("Could not write the rollups.", exc_info=True)
+            return 0
 
     def _forget_finished(self, state: Any) -> None:
         """Celery's clear after a shot, without its walk over every task of the state.
@@ -630,11 +752,12 @@ class Camera(Polaroid):
 
     def cancel(self) -> None:
         """Stop the timers and take a last shot, whatever the time since the previous one."""
-        for ref in (self._tref, self._ctref):
+        for ref in (self._tref, self._ctref, getattr(self, "_rref", None)):
             if ref is not None:
                 ref.cancel()
-        self._tref = self._ctref = None
+        self._tref = self._ctref = self._rref = None
         self.capture(force=True)
+        self.record_heartbeat(stopped=True)
         if self.pending_tasks or self.pending_workers:
             logger.error(
                 "Stopped with %d tasks and %d workers not written: the database is unreachable.",

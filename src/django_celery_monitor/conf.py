@@ -246,6 +246,19 @@ RECONCILE_MAX_TASKS = Setting(
     "up in the result backend.",
 )
 
+STUCK_AFTER = Setting(
+    "monitor_stuck_after",
+    timedelta(hours=1),
+    description="A task started longer ago than this (a timedelta, seconds, or None) shows "
+    "as stuck on the dashboard.",
+)
+API_TOKENS = Setting(
+    "monitor_api_tokens",
+    (),
+    description="Bearer tokens that may read the JSON API and /metrics without a staff "
+    "login (a list of strings; keep them out of the code).",
+)
+
 SIZE_SETTINGS = (
     WRITE_BATCH_SIZE,
     PURGE_BATCH_SIZE,
@@ -336,6 +349,21 @@ class MonitorSettings:
     @property
     def worker_alive_grace(self) -> int:
         return self._size(WORKER_ALIVE_GRACE)
+
+    @property
+    def stuck_after(self) -> timedelta | None:
+        return to_expires(*STUCK_AFTER.raw(self.app))
+
+    @property
+    def api_tokens(self) -> tuple[str, ...]:
+        where, value = API_TOKENS.raw(self.app)
+        if isinstance(value, str):
+            value = (value,)
+        if not isinstance(value, list | tuple | set | frozenset) or not all(
+            isinstance(token, str) and token for token in value
+        ):
+            raise ImproperlyConfigured(f"{where} must be a list of non-empty strings.")
+        return tuple(value)
 
     @property
     def expire_task_states(self) -> tuple[tuple[frozenset[str], timedelta | None], ...]:

@@ -47,6 +47,10 @@ class WorkerState(models.Model):
     loadavg = models.JSONField(_("load average"), null=True, blank=True)
     #: Whether the worker said goodbye (a ``worker-offline`` event) after its last heartbeat.
     offline = models.BooleanField(_("offline"), default=False)
+    #: How many of the worker's tasks the camera never heard start: the growth of the
+    #: worker's ``processed`` count between heartbeats, less the task-started events the
+    #: camera received from it meanwhile (since the camera or the worker last started).
+    events_missed = models.BigIntegerField(_("events missed"), null=True, blank=True)
 
     objects = managers.WorkerStateQuerySet.as_manager()
 
@@ -189,3 +193,121 @@ class TaskState(models.Model):
     def __repr__(self) -> str:
         name = self.name or "UNKNOWN"
         return f"<TaskState: {self.state} {name}[{self.task_id}] ts:{self.tstamp}>"
+
+
+class TaskRollup(models.Model):
+    """The finished tasks of one minute or one hour, by name, state and exception type.
+
+    Written from the task table by :func:`django_celery_monitor.stats.roll_up` once a
+    minute has passed, so that the dashboard, the API and the metrics read a handful of
+    rows per bucket instead of every task of a long window. Runtimes and queue waits are
+    kept as log-scale histograms (see :mod:`django_celery_monitor.stats`).
+    """
+
+    #: The length of the bucket in seconds: 60 or 3600.
+    period = models.IntegerField(_("period"))
+    #: When the bucket starts.
+    bucket = models.DateTimeField(_("bucket"))
+    name = models.CharField(_("name"), max_length=200, default="", blank=True)
+    state = models.CharField(_("state"), max_length=64)
+    #: The exception's type, for failed tasks ("" otherwise).
+    exception_type = models.CharField(_("exception type"), max_length=200, default="", blank=True)
+    count = models.IntegerField(_("count"), default=0)
+    #: How many of them had been retried before they finished.
+    retried = models.IntegerField(_("retried"), default=0)
+    runtime_count = models.IntegerField(default=0)
+    runtime_sum = models.FloatField(default=0.0)
+    runtime_max = models.FloatField(null=True, blank=True)
+    #: Histogram bucket index -> count (see ``stats.bucket_index``).
+    runtime_hist = models.JSONField(default=dict, blank=True)
+    #: The wait from received to started, as for the runtime.
+    wait_count = models.IntegerField(default=0)
+    wait_sum = models.FloatField(default=0.0)
+    wait_max = models.FloatField(null=True, blank=True)
+    wait_hist = models.JSONField(default=dict, blank=True)
+    #: The latest task of the group: the example the dashboard links to.
+    latest_task_id = models.CharField(max_length=255, default="", blank=True)
+    latest_tstamp = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        """Model meta-data."""
+
+        verbose_name = _("task rollup")
+        verbose_name_plural = _("task rollups")
+        constraints = [
+            models.UniqueConstraint(
+                fields=["period", "bucket", "name", "state", "exception_type"],
+                name="cm_rollup_unique_group",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.bucket} {self.period}s {self.name} {self.state} {self.count}"
+
+
+class RollupMark(models.Model):
+    """How far the rollups of one period are written: every bucket before ``until``."""
+
+    period = models.IntegerField(_("period"), unique=True)
+    until = models.DateTimeField(_("rolled up until"))
+
+    class Meta:
+        """Model meta-data."""
+
+        verbose_name = _("rollup mark")
+        verbose_name_plural = _("rollup marks")
+
+    def __str__(self) -> str:
+        return f"{self.period}s until {self.until}"
+
+
+class CameraState(models.Model):
+    """The heartbeat of a running camera, written with each of its shots.
+
+    Any web process reads it: the health check, the dashboard and the metrics tell from it
+    whether a camera is recording, and how well it keeps up.
+    """
+
+    #: Seconds between two heartbeats of a camera whose shots write nothing (a shot that
+    #: writes rows writes the heartbeat too).
+    idle_heartbeat_every = 5.0
+
+    #: ``hostname:pid`` of the camera's process.
+    key = models.CharField(_("camera"), max_length=255, unique=True)
+    hostname = models.CharField(_("hostname"), max_length=255)
+    pid = models.IntegerField(_("process id"))
+    version = models.CharField(_("version"), max_length=32)
+    #: Seconds between two shots.
+    frequency = models.FloatField(_("frequency"))
+    #: ``K/N`` for a camera that keeps one shard of the tasks.
+    shard = models.CharField(_("shard"), max_length=32, default="", blank=True)
+    started = models.DateTimeField(_("started"))
+    last_shot = models.DateTimeField(_("last shot"), null=True, blank=True)
+    #: Set when the camera stopped cleanly.
+    stopped = models.DateTimeField(_("stopped"), null=True, blank=True)
+    #: Events received, refused as invalid, and repaired, since the camera started.
+    events = models.BigIntegerField(_("events"), default=0)
+    events_invalid = models.BigIntegerField(_("events refused"), default=0)
+    events_repaired = models.BigIntegerField(_("events repaired"), default=0)
+    #: Events per second between the last two heartbeats.
+    events_per_second = models.FloatField(_("events per second"), default=0.0)
+    tasks_written = models.BigIntegerField(_("task rows written"), default=0)
+    #: Seconds the last write of a shot took.
+    write_seconds = models.FloatField(_("write latency"), default=0.0)
+    #: Rows collected but not written yet (the database was unreachable).
+    rows_pending = models.IntegerField(_("rows pending"), default=0)
+
+    class Meta:
+        """Model meta-data."""
+
+        verbose_name = _("camera")
+        verbose_name_plural = _("cameras")
+        ordering = ["-last_shot"]
+
+    def __str__(self) -> str:
+        return self.key
+
+    @property
+    def allowed_silence(self) -> float:
+        """Seconds without a heartbeat after which the camera counts as not recording."""
+        return max(3 * self.frequency, self.idle_heartbeat_every + 2 * self.frequency)

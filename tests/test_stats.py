@@ -1,0 +1,298 @@
+"""The aggregates: checked against values computed by hand on small fixtures."""
+
+from __future__ import annotations
+
+import math
+import uuid as uuidlib
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from celery.events.state import State
+
+from django_celery_monitor import stats
+from django_celery_monitor.camera import Camera
+from django_celery_monitor.models import (
+    CameraState,
+    RollupMark,
+    TaskRollup,
+    TaskState,
+    WorkerState,
+)
+from tests import events
+
+pytestmark = pytest.mark.django_db
+
+#: A fixed "now": 10:30:20 UTC, 20 s into a minute.
+NOW = datetime(2026, 3, 2, 10, 30, 20, tzinfo=UTC)
+
+
+def task(
+    state, at, name="proj.add", runtime=None, wait=None, retries=0, exception=None, worker=None
+):
+    """A task row whose latest event was ``at`` seconds before NOW."""
+    tstamp = NOW - timedelta(seconds=at)
+    received = started = None
+    if wait is not None:
+        started = tstamp - timedelta(seconds=runtime or 0)
+        received = started - timedelta(seconds=wait)
+    return TaskState(
+        task_id=str(uuidlib.uuid4()),
+        state=state,
+        name=name,
+        tstamp=tstamp,
+        runtime=runtime,
+        retries=retries,
+        exception=exception,
+        received=received,
+        started=started,
+        worker=worker,
+    )
+
+
+@pytest.fixture
+def fixture_rows():
+    """In the last hour: 6 add (4 ok, 2 failed), 3 mul (3 ok, one retried), 1 revoked;
+    an hour before: 2 add ok; and unfinished tasks."""
+    rows = [
+        task("SUCCESS", 30, runtime=0.1, wait=0.01),
+        task("SUCCESS", 90, runtime=0.2, wait=0.02),
+        task("SUCCESS", 150, runtime=0.4, wait=0.04),
+        task("SUCCESS", 1000, runtime=0.8, wait=0.08),
+        task("FAILURE", 200, runtime=None, exception="ValueError('a')"),
+        task("FAILURE", 2000, exception="KeyError('k')"),
+        task("SUCCESS", 400, name="proj.mul", runtime=2.0, retries=1),
+        task("SUCCESS", 500, name="proj.mul", runtime=3.0),
+        task("SUCCESS", 600, name="proj.mul", runtime=4.0),
+        task("REVOKED", 700, name="proj.mul"),
+        # the window before
+        task("SUCCESS", 3600 + 100, runtime=1.0),
+        task("SUCCESS", 3600 + 200, runtime=1.0),
+        # unfinished
+        task("STARTED", 20),
+        task("RECEIVED", 25),
+        task("RECEIVED", 26),
+    ]
+    TaskState.objects.bulk_create(rows)
+    return rows
+
+
+def test_histogram_buckets_hold_their_values():
+    for value in (0.0, 0.0005, 0.001, 0.0011, 0.5, 1.0, 3.7, 1000.0):
+        index = stats.bucket_index(value)
+        assert value <= stats.bucket_upper(index) * (1 + 1e-9)
+        if index:
+            assert value > stats.bucket_upper(index - 1)
+    assert stats.bucket_index(1e12) == stats.HIST_SIZE - 1
+    assert stats.bucket_index(float("nan")) == 0
+
+
+def test_quantiles_are_within_one_bucket_and_never_above_the_max():
+    digest = stats.Digest()
+    values = [0.1] * 50 + [1.0] * 45 + [10.0] * 5
+    for value in values:
+        digest.add(value)
+    # Exact: p50 0.1, p95 1.0, max 10.
+    ratio = 2 ** (1 / stats.HIST_STEPS)
+    # The estimate is in the bucket of the exact value: within one bucket's ratio of it.
+    assert 0.1 / ratio <= digest.quantile(0.5) <= 0.1 * ratio
+    assert 1.0 / ratio <= digest.quantile(0.95) <= 1.0 * ratio
+    assert digest.quantile(1.0) == 10.0
+    assert digest.max == 10.0
+    assert digest.mean == pytest.approx(sum(values) / 100)
+    assert stats.Digest().quantile(0.5) is None
+    # Stored and loaded: the same.
+    loaded = stats.Digest.load(digest.count, digest.total, digest.max, digest.dump())
+    assert loaded == digest
+
+
+def test_exception_types():
+    assert stats.exception_type("ValueError('boom')") == "ValueError"
+    assert stats.exception_type("proj.errors.Timeout: slow") == "proj.errors.Timeout"
+    assert stats.exception_type("") == ""
+    assert stats.exception_type(None) == ""
+
+
+def check_hour(data):
+    totals = data["totals"]["current"]
+    assert totals["states"] == {
+        "SUCCESS": 7,
+        "FAILURE": 2,
+        "REVOKED": 1,
+        "STARTED": 1,
+        "RECEIVED": 2,
+    }
+    assert totals["finished"] == 10
+    assert totals["retried"] == 1
+    assert totals["throughput_per_minute"] == pytest.approx(10 / 60)
+    assert totals["failure_rate"] == pytest.approx(2 / 9)
+    previous = data["totals"]["previous"]
+    assert previous["states"] == {"SUCCESS": 2}
+    assert previous["failure_rate"] == 0
+
+    by_name = {entry["name"]: entry for entry in data["task_names"]}
+    assert list(by_name) == ["proj.add", "proj.mul"]  # the most tasks first
+    add, mul = by_name["proj.add"], by_name["proj.mul"]
+    assert (add["count"], add["succeeded"], add["failed"], add["revoked"]) == (6, 4, 2, 0)
+    assert add["failure_rate"] == pytest.approx(2 / 6)
+    assert (mul["count"], mul["succeeded"], mul["revoked"], mul["retried"]) == (4, 3, 1, 1)
+    assert mul["failure_rate"] == 0
+    ratio = 2 ** (1 / stats.HIST_STEPS)
+    # add's runtimes 0.1 0.2 0.4 0.8: p50 is 0.2 (nearest rank), p95 0.8, max 0.8.
+    assert 0.2 / ratio <= add["runtime"]["p50"] <= 0.2 * ratio
+    assert 0.8 / ratio <= add["runtime"]["p95"] <= 0.8
+    assert add["runtime"]["max"] == pytest.approx(0.8)
+    assert add["runtime"]["count"] == 4
+    # waits 10, 20, 40, 80 ms
+    assert 0.02 / ratio <= add["wait"]["p50"] <= 0.02 * ratio
+    assert add["wait"]["max"] == pytest.approx(0.08)
+    assert mul["runtime"]["max"] == pytest.approx(4.0)
+    assert mul["wait"]["count"] == 0
+
+    failures = {f["exception_type"]: f for f in data["failure_types"]}
+    assert set(failures) == {"ValueError", "KeyError"}
+    assert failures["ValueError"]["count"] == 1
+    assert failures["ValueError"]["latest_name"] == "proj.add"
+
+    series = data["series"]
+    assert len(series) == 30  # 2-minute intervals
+    assert sum(point["succeeded"] for point in series) == 7
+    assert sum(point["failed"] for point in series) == 2
+    assert sum(point["retried"] for point in series) == 1
+    # The last interval is the current one, 10:30-10:32: nothing finished in it yet. The
+    # successes 30 s and 90 s ago (10:29:50, 10:28:50) are in 10:28-10:30, the one 150 s
+    # ago (10:27:50) in the interval before.
+    assert series[-1]["start"] == datetime(2026, 3, 2, 10, 30, tzinfo=UTC)
+    assert series[-1]["succeeded"] == 0
+    assert series[-1]["runtime_p50"] is None
+    assert series[-2]["succeeded"] == 2
+    assert series[-3]["succeeded"] == 1
+    assert series[-2]["runtime_p50"] == pytest.approx(0.1, rel=0.2)
+
+
+def test_the_window_from_the_rows_alone(fixture_rows):
+    data = stats.dashboard("1h", now=NOW)
+    assert data["start"] == datetime(2026, 3, 2, 9, 32, tzinfo=UTC)
+    assert data["end"] == datetime(2026, 3, 2, 10, 32, tzinfo=UTC)
+    check_hour(data)
+
+
+def test_rollups_give_the_same_aggregates(fixture_rows):
+    written = stats.roll_up(now=NOW)
+    assert written > 0
+    minutes = RollupMark.objects.get(period=60).until
+    assert minutes == datetime(2026, 3, 2, 10, 29, tzinfo=UTC)  # 10:30:20 less a minute
+    assert RollupMark.objects.get(period=3600).until == datetime(2026, 3, 2, 10, tzinfo=UTC)
+    # The rows are gone from the table: what the rollups hold is what is counted.
+    assert TaskRollup.objects.filter(period=60).count() > 0
+    # Rolling up again changes nothing.
+    before = sorted(TaskRollup.objects.values_list("period", "bucket", "name", "state", "count"))
+    stats.roll_up(now=NOW)
+    after = sorted(TaskRollup.objects.values_list("period", "bucket", "name", "state", "count"))
+    assert before == after
+    # The rolled-up rows gone from the table: what the rollups hold is what is counted.
+    TaskState.objects.filter(tstamp__lt=minutes, state__in=stats.FINISHED).delete()
+    check_hour(stats.dashboard("1h", now=NOW))
+
+
+def test_long_windows_read_hours(fixture_rows):
+    later = NOW + timedelta(hours=2)
+    stats.roll_up(now=later)
+    hours = TaskRollup.objects.filter(period=3600)
+    assert sum(hours.values_list("count", flat=True)) == 12
+    TaskState.objects.filter(state__in=stats.FINISHED).delete()
+    data = stats.dashboard("24h", now=later)
+    assert data["totals"]["current"]["finished"] == 12
+    assert len(data["series"]) == 24
+    assert sum(p["succeeded"] for p in data["series"]) == 9
+    week = stats.dashboard("7d", now=later)
+    assert week["totals"]["current"]["finished"] == 12
+    assert len(week["series"]) == 28
+
+
+def test_unknown_window():
+    with pytest.raises(ValueError, match="Unknown window"):
+        stats.dashboard("2y")
+
+
+def test_stuck_tasks(settings):
+    online = WorkerState.objects.create(hostname="up@x", last_heartbeat=datetime.now(UTC), freq=2)
+    gone = WorkerState.objects.create(
+        hostname="down@x", last_heartbeat=datetime.now(UTC) - timedelta(hours=1), freq=2
+    )
+    now = datetime.now(UTC)
+    long_ago = TaskState.objects.create(
+        task_id="long", state="STARTED", tstamp=now - timedelta(hours=2), worker=online
+    )
+    TaskState.objects.create(task_id="short", state="STARTED", tstamp=now, worker=online)
+    orphan = TaskState.objects.create(task_id="orphan", state="RECEIVED", tstamp=now, worker=gone)
+    TaskState.objects.create(task_id="done", state="SUCCESS", tstamp=now, worker=gone)
+    stuck = stats.stuck_tasks(now)
+    assert [(t["task_id"], t["reason"]) for t in stuck["tasks"]] == [
+        ("orphan", "worker offline"),
+        ("long", "running long"),
+    ]
+    assert stuck["threshold"] == timedelta(hours=1)
+    settings.CELERY_MONITOR_STUCK_AFTER = None
+    assert [t["task_id"] for t in stats.stuck_tasks(now)["tasks"]] == [orphan.task_id]
+    settings.CELERY_MONITOR_STUCK_AFTER = 3 * 3600
+    assert long_ago.task_id not in [t["task_id"] for t in stats.stuck_tasks(now)["tasks"]]
+
+
+def test_camera_health():
+    now = datetime.now(UTC)
+    health = stats.camera_health(now)
+    assert health == {"ok": False, "reason": "no camera has run in the last day", "cameras": []}
+    camera = CameraState.objects.create(
+        key="h:1", hostname="h", pid=1, version="2", frequency=2.0, started=now, last_shot=now
+    )
+    assert camera.allowed_silence == 9  # an idle heartbeat every 5 s, and two shots
+    assert stats.camera_health(now + timedelta(seconds=9))["ok"]
+    late = stats.camera_health(now + timedelta(seconds=10))
+    assert not late["ok"]
+    assert late["reason"] == "the last shot was 10 s ago (every 2 s expected)"
+    camera.stopped = now
+    camera.save()
+    assert stats.camera_health(now)["reason"] == "the camera stopped"
+
+
+def test_the_camera_counts_missed_events_and_records_its_heartbeat(app):
+    state = State()
+    camera = Camera(state, app=app, freq=1.0)
+    host = events.WORKER
+    state.event(events.worker_event("heartbeat", processed=10))
+    ids = [str(uuidlib.uuid4()) for _ in range(5)]
+    for task_id in ids[:3]:
+        state.event(events.received(task_id))
+        state.event(events.started(task_id))
+    # The worker started 5 tasks since its heartbeat; the camera heard 3 of them start.
+    state.event(events.worker_event("heartbeat", processed=15))
+    camera.capture()
+    assert WorkerState.objects.get(hostname=host).events_missed == 2
+    # A restarted worker counts from 0 again; what was missed before is kept.
+    state.event(events.worker_event("heartbeat", processed=1))
+    state.event(events.started(ids[3]))
+    state.event(events.worker_event("heartbeat", processed=2))
+    camera.worker_update_freq = 0
+    camera.capture()
+    assert WorkerState.objects.get(hostname=host).events_missed == 2
+    # 4 started since the restart (1 to 5), 1 heard: 3 more missed.
+    state.event(events.worker_event("heartbeat", processed=5))
+    camera.capture()
+    assert WorkerState.objects.get(hostname=host).events_missed == 5
+
+    beat = CameraState.objects.get()
+    assert beat.pid > 0 and beat.frequency == 1.0
+    assert beat.events == camera.events_seen == 12
+    assert beat.tasks_written == 4
+    assert beat.last_shot is not None and beat.stopped is None
+    assert math.isfinite(beat.events_per_second)
+    assert stats.camera_health()["ok"]
+
+
+def test_a_sharded_camera_does_not_count_missed_events(app):
+    state = State()
+    camera = Camera(state, app=app, shard="1/2")
+    state.event(events.worker_event("heartbeat", processed=10))
+    state.event(events.worker_event("heartbeat", processed=50))
+    camera.capture()
+    assert WorkerState.objects.get().events_missed is None
