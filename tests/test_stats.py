@@ -296,3 +296,36 @@ def test_a_sharded_camera_does_not_count_missed_events(app):
     state.event(events.worker_event("heartbeat", processed=50))
     camera.capture()
     assert WorkerState.objects.get().events_missed is None
+
+
+def test_cumulative_totals_survive_the_expiry_of_old_hours(fixture_rows, monkeypatch):
+    monkeypatch.setattr(stats, "_now", lambda: NOW)
+    before = stats.cumulative_groups()
+    assert sum(g.count for g in before.values()) == 12
+    assert before[("proj.add", "FAILURE", "ValueError")].count == 1
+    stats.roll_up(now=NOW)
+    assert {k: g.count for k, g in stats.cumulative_groups().items()} == {
+        k: g.count for k, g in before.items()
+    }
+    stats.roll_up(now=NOW + timedelta(minutes=5))  # every row rolled up
+    # Long after, every hour has been folded into the all-time rows: the totals stand.
+    later = NOW + stats.HOUR_ROLLUPS_KEEP + timedelta(days=1)
+    monkeypatch.setattr(stats, "_now", lambda: later)
+    TaskState.objects.all().delete()
+    stats.roll_up(now=later)
+    assert not TaskRollup.objects.filter(period=3600).exists()
+    after = stats.cumulative_groups()
+    assert {k: g.count for k, g in after.items()} == {k: g.count for k, g in before.items()}
+    add_ok = after[("proj.add", "SUCCESS", "")]
+    assert add_ok.runtime.max == pytest.approx(1.0)
+    assert add_ok.runtime.count == 6
+
+
+def test_unfinished_counts(fixture_rows):
+    assert stats.unfinished_counts() == {
+        "PENDING": 0,
+        "RECEIVED": 2,
+        "STARTED": 1,
+        "RETRY": 0,
+        "REJECTED": 0,
+    }

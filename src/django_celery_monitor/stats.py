@@ -38,9 +38,11 @@ __all__ = [
     "WINDOWS",
     "Digest",
     "camera_health",
+    "cumulative_groups",
     "dashboard",
     "roll_up",
     "stuck_tasks",
+    "unfinished_counts",
     "window_totals",
     "workers",
 ]
@@ -71,6 +73,8 @@ BACKFILL = timedelta(days=7)
 #: How long minute rollups are kept (hours are made from them), and hour rollups.
 MINUTE_ROLLUPS_KEEP = timedelta(days=2)
 HOUR_ROLLUPS_KEEP = timedelta(days=35)
+#: The period of the all-time rows, into which hours older than that are folded.
+ARCHIVE = 0
 
 #: The histogram: bucket ``i`` holds the values up to ``HIST_BASE * 2 ** (i / HIST_STEPS)``
 #: seconds (bucket 0 everything up to 1 ms, the last everything above its lower bound).
@@ -291,7 +295,9 @@ def _rollup_rows(using: str, period: int, start: datetime, end: datetime) -> dic
     return groups
 
 
-def _store(using: str, period: int, start: datetime, end: datetime, groups: dict) -> None:
+def _store(
+    using: str, period: int, start: datetime, end: datetime, groups: dict, mark: bool = True
+) -> None:
     """Replace the rollups of ``period`` in ``[start, end)`` by ``groups``."""
     objects = [
         TaskRollup(
@@ -320,7 +326,10 @@ def _store(using: str, period: int, start: datetime, end: datetime, groups: dict
             period=period, bucket__gte=start, bucket__lt=end
         ).delete()
         TaskRollup.objects.using(using).bulk_create(objects, batch_size=500)
-        RollupMark.objects.using(using).update_or_create(period=period, defaults={"until": end})
+        if mark:
+            RollupMark.objects.using(using).update_or_create(
+                period=period, defaults={"until": end}
+            )
 
 
 def _mark(using: str, period: int) -> datetime | None:
@@ -373,13 +382,72 @@ def roll_up(using: str = "default", now: datetime | None = None) -> int:
         TaskRollup.objects.using(using).filter(
             period=60, bucket__lt=now - MINUTE_ROLLUPS_KEEP
         ).delete()
-        TaskRollup.objects.using(using).filter(
-            period=3600, bucket__lt=now - HOUR_ROLLUPS_KEEP
-        ).delete()
+        _archive_hours(using, floor_time(now - HOUR_ROLLUPS_KEEP, 3600))
     except IntegrityError:
         # Another camera wrote the same buckets meanwhile: they are its to finish.
         pass
     return written
+
+
+def _archive_hours(using: str, before: datetime) -> None:
+    """Fold the hour rollups before ``before`` into the all-time rows (period 0).
+
+    The all-time rows keep the totals and histograms of everything rolled up since the
+    first roll-up, so the metrics' counters never go down when old hours are deleted.
+    """
+    old = _rollup_rows(using, 3600, datetime(1970, 1, 1, tzinfo=before.tzinfo), before)
+    if not old:
+        return
+    epoch = datetime(1970, 1, 1, tzinfo=before.tzinfo)
+    archive = _rollup_rows(using, ARCHIVE, epoch, epoch + timedelta(seconds=1))
+    for (_bucket, name, state, exc), group in old.items():
+        archive.setdefault((epoch, name, state, exc), Group()).merge(group)
+    with transaction.atomic(using=using):
+        TaskRollup.objects.using(using).filter(period=3600, bucket__lt=before).delete()
+        _store(using, ARCHIVE, epoch, epoch + timedelta(seconds=1), archive, mark=False)
+
+
+def cumulative_groups(using: str = "default") -> dict[tuple[str, str, str], Group]:
+    """Every finished task recorded since the first roll-up, by name, state and exception.
+
+    Never decreases while the camera runs (old hours are folded into all-time rows, not
+    dropped): what the metrics' counters and histograms read. The tasks that finished
+    since the last rolled-up minute are read from the table.
+    """
+    epoch = datetime(1970, 1, 1, tzinfo=_now().tzinfo)
+    groups: dict[tuple[str, str, str], Group] = {}
+
+    def add(more: dict[Key, Group]) -> None:
+        for (_bucket, name, state, exc), group in more.items():
+            found = groups.get((name, state, exc))
+            if found is None:
+                groups[(name, state, exc)] = group
+            else:
+                found.merge(group)
+
+    add(_rollup_rows(using, ARCHIVE, epoch, epoch + timedelta(seconds=1)))
+    hour_mark, minute_mark = _mark(using, 3600), _mark(using, 60)
+    cursor = epoch
+    if hour_mark is not None:
+        add(_rollup_rows(using, 3600, epoch, hour_mark))
+        cursor = hour_mark
+    if minute_mark is not None and minute_mark > cursor:
+        add(_rollup_rows(using, 60, cursor, minute_mark))
+        cursor = minute_mark
+    if cursor == epoch:
+        cursor = floor_time(_now() - BACKFILL, 60)  # never rolled up: the recent days
+    add(aggregate_rows(_finished_rows(using, cursor, _now() + timedelta(days=1)), 60))
+    return groups
+
+
+def unfinished_counts(using: str = "default") -> dict[str, int]:
+    """How many tasks are in each unfinished state now, whatever their age."""
+    counts = {}
+    for state in UNFINISHED:
+        counts[state] = (
+            TaskState.objects.using(using).filter(state=state, hidden=False).order_by().count()
+        )
+    return counts
 
 
 # -- reading ------------------------------------------------------------------------------
