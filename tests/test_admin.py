@@ -256,7 +256,7 @@ def test_the_state_filter_shows_the_cap_when_a_state_has_more_tasks(admin_client
 
 def test_the_cap_is_shown_with_a_thousands_separator(admin_client, monkeypatch):
     monkeypatch.setattr(monitor_admin.StateFilter, "count_cap", 1000)
-    monkeypatch.setattr(monitor_admin, "capped_counts", lambda qs, field, values, cap: {
+    monkeypatch.setattr(monitor_admin.filters, "capped_counts", lambda qs, field, values, cap: {
         value: 1001 if value == "SUCCESS" else 999 for value in values
     })  # fmt: skip
 
@@ -386,7 +386,7 @@ def test_search_matches_as_described_whatever_the_number_of_names(
     admin_client, monkeypatch, max_names
 ):
     # With more names than MAX_SEARCH_NAMES, names are matched by prefix in the database.
-    monkeypatch.setattr(monitor_admin, "MAX_SEARCH_NAMES", max_names)
+    monkeypatch.setattr(monitor_admin.tasks, "MAX_SEARCH_NAMES", max_names)
     alpha, beta = make_worker("Alpha-1@host"), make_worker("beta-2@host")
     tasks = [
         make_task(task_id="0a1b2c3d-0000-4000-8000-000000000001", name="proj.Mail.send",

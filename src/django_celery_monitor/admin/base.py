@@ -1,0 +1,73 @@
+"""The base of the monitor's admins: read-only, bounded lists, and the control calls."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib import admin, messages
+from django.contrib.admin.views.main import ChangeList
+from django.http import HttpRequest
+from django.utils.translation import gettext
+
+from .. import control
+from ..conf import get_celery_app
+from .lists import CappedPaginator, MonitorList
+
+
+class ModelMonitor(admin.ModelAdmin):
+    """Base of the monitor's admins: read-only, no counting of whole tables."""
+
+    #: The Celery app the control actions use; ``None`` means the current app.
+    celery_app = None
+    #: The date field of the bounded date drill-down (see :meth:`MonitorList.date_choices`).
+    date_drilldown: str | None = None
+
+    show_full_result_count = False
+    paginator = CappedPaginator
+    list_per_page = 50
+    list_max_show_all = 200
+    actions_selection_counter = True
+
+    class Media:
+        css = {"all": ("django_celery_monitor/style.css",)}
+
+    if hasattr(admin, "ShowFacets"):
+        show_facets = admin.ShowFacets.NEVER
+
+    def get_celery_app(self):
+        return get_celery_app(self.celery_app)
+
+    def get_object(self, request: HttpRequest, object_id: str, from_field: Any = None) -> Any:
+        # Django before 5.0 lets an id too large for the database's integers raise.
+        try:
+            return super().get_object(request, object_id, from_field)
+        except OverflowError:
+            return None
+
+    def get_changelist(self, request: HttpRequest, **kwargs: Any) -> type[ChangeList]:
+        return MonitorList
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def _has_perm(self, request: HttpRequest, codename: str) -> bool:
+        return request.user.has_perm(f"{self.opts.app_label}.{codename}")
+
+    def _control(self, request: HttpRequest, call, *args: Any, **kwargs: Any) -> Any:
+        """Run a control call; on a broker failure, tell the user and return None."""
+        try:
+            return call(*args, app=self.get_celery_app(), **kwargs)
+        except control.ControlError as exc:
+            self.message_user(
+                request,
+                gettext("Could not reach the message broker: nothing was sent (%(error)s).")
+                % {"error": exc.__cause__ or exc},
+                messages.ERROR,
+            )
+            return None

@@ -1,0 +1,133 @@
+"""The bounded queries of the lists, filters and search: each is served by an index.
+
+Distinct values by a loose index scan, prefixes an index serves, the words of a search, and
+counts that stop at a cap.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+from django.core.exceptions import EmptyResultSet
+from django.db import connections, models
+from django.utils.text import smart_split, unescape_string_literal
+
+
+def values_present(queryset: models.QuerySet, field: str, limit: int) -> list[str]:
+    """The distinct values of ``field`` in the table of ``queryset``, in order, at most ``limit``.
+
+    A loose index scan: each step asks the index on ``field`` for the next value after the
+    one before (``MIN(field) WHERE field > ...``), so the cost is one index descent per value
+    whatever the number of rows, where ``SELECT DISTINCT`` would read every row. NULL is
+    left out.
+    """
+    connection = connections[queryset.db]
+    table = connection.ops.quote_name(queryset.model._meta.db_table)
+    column = connection.ops.quote_name(queryset.model._meta.get_field(field).column)
+    sql = (
+        f"WITH RECURSIVE present (value, n) AS ("
+        f" SELECT MIN({column}), 1 FROM {table}"
+        f" UNION ALL"
+        f" SELECT (SELECT MIN(t.{column}) FROM {table} t WHERE t.{column} > present.value),"
+        f" present.n + 1 FROM present WHERE present.value IS NOT NULL AND present.n < %s"
+        f") SELECT value FROM present WHERE value IS NOT NULL"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [limit])
+        return [value for (value,) in cursor.fetchall()]
+
+
+def states_present(queryset: models.QuerySet, limit: int) -> list[str]:
+    """The distinct states of the table of ``queryset``, at most ``limit`` of them."""
+    return values_present(queryset, "state", limit)
+
+
+def _after_prefix(prefix: str) -> str | None:
+    """The least string greater than every string that starts with ``prefix``.
+
+    None when there is none (the prefix is made of the last code point only).
+    """
+    while prefix:
+        following = ord(prefix[-1]) + 1
+        if 0xD800 <= following <= 0xDFFF:  # surrogates are no characters of UTF-8
+            following = 0xE000
+        if following <= sys.maxunicode:
+            return prefix[:-1] + chr(following)
+        prefix = prefix[:-1]
+    return None
+
+
+def prefix_q(field: str, prefix: str, vendor: str) -> models.Q:
+    """The rows whose ``field`` starts with ``prefix``, in a form an index on it serves.
+
+    PostgreSQL: ``LIKE 'prefix%'``, served by the ``varchar_pattern_ops`` index Django adds
+    to unique and indexed character columns. SQLite: a range, ``field >= prefix AND field <
+    prefix_next``, which its default (binary) collation makes an exact, case-sensitive
+    prefix match (its ``LIKE`` ignores ASCII case, and then uses no index). Others (MySQL,
+    MariaDB): their ``LIKE``, which their indexes serve, with their collation's case rules.
+    """
+    if vendor == "postgresql":
+        return models.Q(**{f"{field}__startswith": prefix})
+    if vendor == "sqlite":
+        q = models.Q(**{f"{field}__gte": prefix})
+        following = _after_prefix(prefix)
+        if following is not None:
+            q &= models.Q(**{f"{field}__lt": following})
+        return q
+    return models.Q(**{f"{field}__istartswith": prefix})
+
+
+def hostnames_starting(workers: models.QuerySet, term: str, limit: int) -> list[int] | None:
+    """The keys of the workers whose hostname starts with ``term``, whatever the case.
+
+    Compared here, not by the database, whose comparison of hostnames may heed the case (on
+    MySQL and MariaDB they are compared byte for byte). None when there are more than
+    ``limit`` workers to compare.
+    """
+    rows = list(workers.order_by().values_list("pk", "hostname")[: limit + 1])
+    if len(rows) > limit:
+        return None
+    folded = term.casefold()
+    return [pk for pk, hostname in rows if hostname.casefold().startswith(folded)]
+
+
+def search_terms(search_term: str) -> list[str]:
+    """The words of a search, quoted phrases kept whole (as Django's admin splits them)."""
+    terms = []
+    for bit in smart_split(search_term):
+        if bit.startswith(('"', "'")) and bit[0] == bit[-1]:
+            bit = unescape_string_literal(bit)
+        if bit:
+            terms.append(bit)
+    return terms
+
+
+def capped_counts(
+    queryset: models.QuerySet, field: str, values: Sequence[str], cap: int
+) -> dict[str, int]:
+    """How many rows of ``queryset`` have each of ``values`` in ``field``, up to ``cap + 1``.
+
+    One statement of one capped subquery per value (``SELECT COUNT(*) FROM (... WHERE
+    field = value LIMIT cap + 1)``): each reads at most ``cap + 1`` entries of the index on
+    ``field`` whatever the size of the table, where one ``GROUP BY`` would read every row
+    the other filters let through.
+    """
+    counts = dict.fromkeys(values, 0)
+    db = queryset.db
+    base = queryset.order_by().values_list("pk")
+    counted, parts, params = [], [], []
+    for value in values:
+        subquery = base.filter(**{field: value})[: cap + 1]
+        try:
+            sql, subquery_params = subquery.query.get_compiler(using=db).as_sql()
+        except EmptyResultSet:  # a filter that matches nothing (queryset.none())
+            continue
+        parts.append(f"(SELECT COUNT(*) FROM ({sql}) cm_count_{len(parts)})")
+        params.extend(subquery_params)
+        counted.append(value)
+    if parts:
+        with connections[db].cursor() as cursor:
+            cursor.execute("SELECT " + ", ".join(parts), params)
+            counts.update(zip(counted, cursor.fetchone(), strict=True))
+    return counts

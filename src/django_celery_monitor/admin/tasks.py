@@ -1,0 +1,573 @@
+"""The admin of tasks: the list, its search, the task's page, and the task actions."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+from celery import states
+from django import forms
+from django.contrib import admin, messages
+from django.contrib.admin.templatetags.admin_urls import admin_urlname
+from django.db import connections, models
+from django.http import HttpRequest, HttpResponse
+from django.template.response import TemplateResponse
+from django.urls import reverse
+from django.utils.html import format_html, format_html_join
+from django.utils.text import capfirst
+from django.utils.translation import gettext, ngettext
+from django.utils.translation import gettext_lazy as _
+
+from .. import control
+from ..models import TaskState, WorkerState
+from .base import ModelMonitor
+from .filters import LostFilter, StateFilter, TaskNameFilter, WorkerFilter
+from .helpers import (
+    ARGS_LENGTH,
+    MAX_ACTION_TASKS,
+    MAX_CHILDREN,
+    MAX_RETRY_TASKS,
+    MAX_SEARCH_NAMES,
+    MAX_SEARCH_WORKERS,
+    TASK_STATE_COLORS,
+    _badge,
+    _change_url,
+    _log,
+    _log_each,
+    _pretty,
+    _seconds,
+    _short_id,
+    _task_name,
+    _when,
+)
+from .queries import hostnames_starting, prefix_q, search_terms, values_present
+
+
+class RateLimitForm(forms.Form):
+    """The confirmation form of the rate limit action."""
+
+    rate_limit = forms.CharField(
+        label=_("Rate limit"),
+        max_length=32,
+        help_text=_(
+            "Tasks per second, or per minute or hour: 10, 10/s, 100/m, 1000/h. "
+            "0 removes the limit."
+        ),
+    )
+
+    def clean_rate_limit(self) -> str:
+        try:
+            return control.parse_rate(self.cleaned_data["rate_limit"])
+        except ValueError:
+            raise forms.ValidationError(
+                _("Enter a number, optionally followed by /s, /m or /h."), code="invalid"
+            ) from None
+
+
+@admin.register(TaskState)
+class TaskMonitor(ModelMonitor):
+    """Tasks: what ran where, when, with what, and how it ended."""
+
+    date_drilldown = "tstamp"
+    # What a user scans for, in a list that fits a 1280 px window with the admin's navigation
+    # sidebar and the filters open (about 630 px for the table): the name with its
+    # arguments below it, and the time with the runtime below it. The ETA, the expiry, the
+    # retries and the arguments in full are on the task's page.
+    list_display = (
+        "state_badge",
+        "task_id_display",
+        "task_display",
+        "when",
+        "worker_link",
+    )
+    list_display_links = ("task_id_display",)
+    list_filter = (
+        StateFilter,
+        LostFilter,
+        WorkerFilter,
+        TaskNameFilter,
+        ("tstamp", admin.DateFieldListFilter),
+    )
+    #: What the search matches; :meth:`get_search_results` serves these with indexes.
+    search_fields = ("^task_id", "^name", "^worker__hostname")
+    search_help_text = _(
+        "A task id or its beginning, the beginning of a task name, or the beginning of a "
+        "worker hostname."
+    )
+    ordering = ("-tstamp",)
+    # Each served by an index; sorting millions of rows by runtime or hostname is not.
+    sortable_by = ("state_badge", "task_display", "when")
+    list_select_related = ("worker",)
+    actions = [
+        "revoke_tasks",
+        "terminate_tasks",
+        "kill_tasks",
+        "rate_limit_tasks",
+        "retry_tasks",
+    ]
+    change_list_template = "admin/django_celery_monitor/change_list.html"
+    fieldsets = (
+        (
+            None,
+            {
+                "fields": (
+                    "state_badge",
+                    "note",
+                    "task_id",
+                    "name",
+                    "worker_link",
+                    "retries",
+                    "eta",
+                    "expires",
+                    "tstamp",
+                )
+            },
+        ),
+        (_("Timeline"), {"fields": ("timeline",)}),
+        (_("Arguments"), {"fields": ("args_pretty", "kwargs_pretty")}),
+        (_("Outcome"), {"fields": ("result_pretty", "exception_pretty", "traceback_pretty")}),
+        (_("Workflow"), {"fields": ("parent_link", "root_link", "children_links")}),
+    )
+    readonly_fields = tuple(field for _title, options in fieldsets for field in options["fields"])
+
+    def get_queryset(self, request):
+        # Rows the expiry has hidden are on their way out (the next purge deletes them).
+        return super().get_queryset(request).filter(hidden=False).select_related("worker")
+
+    # -- search
+
+    def get_search_results(self, request, queryset, search_term):
+        """The tasks each word of the search matches, found with indexes only.
+
+        A word matches a task whose id starts with it (as typed, or in lower case: Celery's
+        ids are lower-case UUIDs), whose name starts with it, or whose worker's hostname
+        starts with it (both whatever the case). The names and the workers are looked up
+        first (a loose index scan of the names; the small workers' table), so the tasks are
+        found by the indexes on their id, name and worker, where Django's case-insensitive
+        lookups across a join would read every row.
+        """
+        fields = tuple(self.get_search_fields(request))
+        if fields != TaskMonitor.search_fields or not search_term:
+            return super().get_search_results(request, queryset, search_term)
+        # The list and its counts search alike: the words are looked up once a request.
+        looked_up = request.__dict__.setdefault("_celery_monitor_search", {})
+        for term in search_terms(search_term):
+            key = (queryset.db, term)
+            if key not in looked_up:
+                looked_up[key] = self._search_q(queryset.db, term)
+            queryset = queryset.filter(looked_up[key])
+        return queryset, False
+
+    def _search_q(self, db: str, term: str) -> models.Q:
+        """What one word of the search matches: the ways it matches nothing are left out.
+
+        A condition on a single index lets the database read the list in date order from
+        a composite index, and count the states with the index on (name or worker, state);
+        an OR of conditions on several indexes makes it collect and sort every match.
+        """
+        vendor = connections[db].vendor
+        spellings = dict.fromkeys((term, term.lower()))
+        q = models.Q()
+        for spelling in spellings:
+            by_id = prefix_q("task_id", spelling, vendor)
+            if TaskState.objects.using(db).filter(by_id).exists():
+                q |= by_id
+        names = values_present(TaskState.objects.using(db), "name", MAX_SEARCH_NAMES + 1)
+        if len(names) > MAX_SEARCH_NAMES:
+            for spelling in spellings:
+                q |= prefix_q("name", spelling, vendor)
+        else:
+            folded = term.casefold()
+            matched = [name for name in names if name.casefold().startswith(folded)]
+            if matched:
+                q |= models.Q(name__in=matched)
+        workers = hostnames_starting(WorkerState.objects.using(db), term, MAX_SEARCH_WORKERS)
+        if workers is None:
+            q |= models.Q(worker__hostname__istartswith=term)
+        elif workers:
+            q |= models.Q(worker_id__in=workers)
+        return q if q else models.Q(pk__in=[])
+
+    # -- list columns
+
+    @admin.display(description=_("state"), ordering="state")
+    def state_badge(self, obj: TaskState) -> str:
+        badge = _badge(obj.state, TASK_STATE_COLORS.get(obj.state, "gray"))
+        if obj.lost:
+            lost = _badge(
+                gettext("lost"),
+                "red",
+                gettext("Its worker stopped while the task was unfinished."),
+            )
+            badge = format_html('{}<br><span class="cm-lost">{}</span>', badge, lost)
+        if obj.note:
+            label = (
+                gettext("from the result backend")
+                if obj.state in states.READY_STATES
+                else (gettext("may be stale"))
+            )
+            note = _badge(label, "gray", obj.note)
+            badge = format_html('{}<br><span class="cm-note">{}</span>', badge, note)
+        return badge
+
+    @admin.display(description=_("UUID"), ordering="task_id")
+    def task_id_display(self, obj: TaskState) -> str:
+        return format_html(
+            '<code class="cm-fixedwidth cm-id" title="{}">{}</code>',
+            obj.task_id,
+            _short_id(obj.task_id),
+        )
+
+    @admin.display(description=_("task"), ordering="name")
+    def task_display(self, obj: TaskState) -> str:
+        """The name, which may wrap after its dots, and the arguments shortened below it."""
+        name = _task_name(obj.name) if obj.name else "-"
+        arguments = " ".join(
+            value for value in (obj.args, obj.kwargs) if value and value not in ("()", "{}")
+        )
+        if not arguments:
+            return name
+        return format_html(
+            '{}<code class="cm-fixedwidth cm-args" title="{}">{}</code>',
+            name,
+            arguments[:1000],
+            arguments if len(arguments) <= ARGS_LENGTH else arguments[:ARGS_LENGTH] + "…",
+        )
+
+    @admin.display(description=_("when"), ordering="tstamp")
+    def when(self, obj: TaskState) -> str:
+        """When the last event happened and, below it, how long the task ran."""
+        if obj.runtime is None:
+            return _when(obj.tstamp)
+        return format_html(
+            '{}<span class="cm-runtime">{}</span>',
+            _when(obj.tstamp),
+            gettext("ran %(runtime)s") % {"runtime": _seconds(obj.runtime)},
+        )
+
+    @admin.display(description=_("worker"), ordering="worker__hostname")
+    def worker_link(self, obj: TaskState) -> str:
+        if obj.worker is None:
+            return ""
+        # Shortened at its start when the column is narrow: the end of a hostname is what
+        # tells workers apart (celery@worker-production-eu-west-1a, -1b).
+        return format_html(
+            '<span class="cm-host"><a href="{}" title="{}">{}</a></span>',
+            _change_url(obj.worker, self.admin_site.name),
+            obj.worker.hostname,
+            obj.worker.hostname,
+        )
+
+    # -- detail fields
+
+    @admin.display(description=_("timeline"))
+    def timeline(self, obj: TaskState) -> str:
+        finished = obj.tstamp if obj.state in states.READY_STATES else None
+        steps = [
+            (_("received"), obj.received),
+            (_("started"), obj.started),
+            (_("finished") if finished else _("last event"), finished or obj.tstamp),
+        ]
+        items = format_html_join(
+            "",
+            '<li class="{}"><span class="cm-step">{}</span> {}</li>',
+            (
+                ("cm-done" if value else "cm-missing", capfirst(label), _when(value) or "-")
+                for label, value in steps
+            ),
+        )
+        waited = (
+            (obj.started - obj.received).total_seconds() if obj.started and obj.received else None
+        )
+        ran = obj.runtime
+        if ran is None and finished and obj.started:
+            ran = (finished - obj.started).total_seconds()
+        return format_html(
+            '<ol class="cm-timeline">{}</ol><p class="cm-durations">{}: {} &middot; {}: {}</p>',
+            items,
+            gettext("waited"),
+            _seconds(waited) or "-",
+            gettext("ran"),
+            _seconds(ran) or "-",
+        )
+
+    @admin.display(description=_("Arguments"))
+    def args_pretty(self, obj: TaskState) -> str:
+        return _pretty(obj.args)
+
+    @admin.display(description=_("Keyword arguments"))
+    def kwargs_pretty(self, obj: TaskState) -> str:
+        return _pretty(obj.kwargs)
+
+    @admin.display(description=_("result"))
+    def result_pretty(self, obj: TaskState) -> str:
+        return _pretty(obj.result)
+
+    @admin.display(description=_("exception"))
+    def exception_pretty(self, obj: TaskState) -> str:
+        return _pretty(obj.exception)
+
+    @admin.display(description=_("traceback"))
+    def traceback_pretty(self, obj: TaskState) -> str:
+        if not obj.traceback:
+            return "-"
+        return format_html('<pre class="cm-pre cm-traceback">{}</pre>', obj.traceback)
+
+    def _task_link(self, task_id: str | None) -> str:
+        if not task_id:
+            return "-"
+        pk = TaskState.objects.filter(task_id=task_id).values_list("pk", flat=True).first()
+        if pk is None:
+            return format_html(
+                '<code class="cm-fixedwidth">{}</code> <span class="cm-muted">({})</span>',
+                task_id,
+                gettext("not recorded"),
+            )
+        url = reverse(
+            admin_urlname(TaskState._meta, "change"), args=[pk], current_app=self.admin_site.name
+        )
+        return format_html('<a href="{}"><code class="cm-fixedwidth">{}</code></a>', url, task_id)
+
+    @admin.display(description=_("parent task"))
+    def parent_link(self, obj: TaskState) -> str:
+        return self._task_link(obj.parent_id)
+
+    @admin.display(description=_("root task"))
+    def root_link(self, obj: TaskState) -> str:
+        if obj.root_id == obj.task_id:
+            return gettext("this task")
+        return self._task_link(obj.root_id)
+
+    @admin.display(description=_("children"))
+    def children_links(self, obj: TaskState) -> str:
+        children = list(
+            TaskState.objects.filter(parent_id=obj.task_id)
+            .exclude(pk=obj.pk)
+            .order_by("tstamp")
+            .values_list("pk", "task_id", "name", "state")[: MAX_CHILDREN + 1]
+        )
+        if not children:
+            return "-"
+        more = len(children) > MAX_CHILDREN
+        change = admin_urlname(TaskState._meta, "change")
+        items = format_html_join(
+            "",
+            '<li>{} <a href="{}"><code class="cm-fixedwidth">{}</code></a> {}</li>',
+            (
+                (
+                    _badge(state, TASK_STATE_COLORS.get(state, "gray")),
+                    reverse(change, args=[pk], current_app=self.admin_site.name),
+                    task_id,
+                    name or "",
+                )
+                for pk, task_id, name, state in children[:MAX_CHILDREN]
+            ),
+        )
+        if more:
+            return format_html(
+                '<ul class="cm-children">{}<li>{}</li></ul>',
+                items,
+                gettext("and more (the first %(n)d are shown)") % {"n": MAX_CHILDREN},
+            )
+        return format_html('<ul class="cm-children">{}</ul>', items)
+
+    # -- actions
+
+    def has_revoke_permission(self, request: HttpRequest) -> bool:
+        return self._has_perm(request, "revoke_taskstate")
+
+    def has_rate_limit_permission(self, request: HttpRequest) -> bool:
+        return self._has_perm(request, "rate_limit_taskstate")
+
+    def has_retry_permission(self, request: HttpRequest) -> bool:
+        return self._has_perm(request, "retry_taskstate")
+
+    def _selected(self, request: HttpRequest, queryset, cap: int) -> list[TaskState] | None:
+        tasks = list(queryset.order_by()[: cap + 1])
+        if len(tasks) > cap:
+            self.message_user(
+                request,
+                ngettext(
+                    "Select at most %(count)d task for this action.",
+                    "Select at most %(count)d tasks for this action.",
+                    cap,
+                )
+                % {"count": cap},
+                messages.ERROR,
+            )
+            return None
+        return tasks
+
+    def _revoke(self, request, queryset, terminate=False, signal=None) -> None:
+        tasks = self._selected(request, queryset, MAX_ACTION_TASKS)
+        if not tasks:
+            return
+        # A finished task has nothing left to revoke: the workers are not asked about it.
+        finished = [task for task in tasks if task.state in states.READY_STATES]
+        tasks = [task for task in tasks if task.state not in states.READY_STATES]
+        if tasks:
+            self._revoke_unfinished(request, tasks, terminate, signal)
+        if finished:
+            self._report_finished(request, finished)
+
+    def _revoke_unfinished(self, request, tasks, terminate, signal) -> None:
+        replies = self._control(
+            request,
+            control.revoke,
+            [task.task_id for task in tasks],
+            terminate=terminate,
+            signal=signal,
+        )
+        if replies is None:
+            return
+        if signal:
+            verb = gettext("Killed") if signal == "SIGKILL" else gettext("Terminated")
+        else:
+            verb = gettext("Revoked")
+        _log(request, tasks, f"{verb} ({signal})" if signal else verb)
+        text = ngettext("%(verb)s %(count)d task", "%(verb)s %(count)d tasks", len(tasks)) % {
+            "verb": verb,
+            "count": len(tasks),
+        }
+        self._report_replies(request, text, replies)
+
+    def _report_finished(self, request, finished: list[TaskState]) -> None:
+        if len(finished) == 1:
+            text = gettext("Task %(id)s already %(state)s; nothing to revoke.") % {
+                "id": _short_id(finished[0].task_id),
+                "state": finished[0].state,
+            }
+        else:
+            by_state = Counter(task.state for task in finished)
+            text = gettext(
+                "%(count)d tasks had already finished (%(states)s); nothing to revoke for them."
+            ) % {
+                "count": len(finished),
+                "states": ", ".join(
+                    f"{count} {state}"
+                    for state, count in sorted(by_state.items(), key=lambda i: (-i[1], i[0]))
+                ),
+            }
+        self.message_user(request, text, messages.INFO)
+
+    def _report_replies(self, request, text: str, replies: dict[str, Any]) -> None:
+        answered = len(replies)
+        if answered:
+            text += ngettext(
+                "; %(workers)d worker acknowledged.",
+                "; %(workers)d workers acknowledged.",
+                answered,
+            ) % {"workers": answered}
+            self.message_user(request, text, messages.SUCCESS)
+        else:
+            text += gettext("; no worker answered.")
+            self.message_user(request, text, messages.WARNING)
+
+    @admin.action(description=_("Revoke selected tasks"), permissions=["revoke"])
+    def revoke_tasks(self, request, queryset):
+        self._revoke(request, queryset)
+
+    @admin.action(
+        description=_("Terminate selected tasks (revoke, and SIGTERM the running ones)"),
+        permissions=["revoke"],
+    )
+    def terminate_tasks(self, request, queryset):
+        self._revoke(request, queryset, terminate=True, signal="SIGTERM")
+
+    @admin.action(
+        description=_("Kill selected tasks (revoke, and SIGKILL the running ones)"),
+        permissions=["revoke"],
+    )
+    def kill_tasks(self, request, queryset):
+        self._revoke(request, queryset, terminate=True, signal="SIGKILL")
+
+    @admin.action(description=_("Rate limit selected task types"), permissions=["rate_limit"])
+    def rate_limit_tasks(self, request, queryset) -> HttpResponse | None:
+        tasks = self._selected(request, queryset, MAX_ACTION_TASKS)
+        if not tasks:
+            return None
+        names = sorted({task.name for task in tasks if task.name})
+        if not names:
+            self.message_user(
+                request, gettext("The selected tasks have no recorded name."), messages.ERROR
+            )
+            return None
+        form = RateLimitForm(request.POST if "apply" in request.POST else None)
+        if form.is_valid():
+            rate = form.cleaned_data["rate_limit"]
+            reached: dict[str, Any] = {}
+            for name in names:
+                replies = self._control(request, control.rate_limit, name, rate)
+                if replies is None:
+                    return None
+                reached.update(replies)
+            _log_each(
+                request,
+                [
+                    (
+                        task,
+                        gettext("Rate limit set to %(rate)s for %(name)s")
+                        % {"rate": rate, "name": task.name},
+                    )
+                    for task in tasks
+                    if task.name
+                ],
+            )
+            text = ngettext(
+                "Rate limit set to %(rate)s for %(count)d task type",
+                "Rate limit set to %(rate)s for %(count)d task types",
+                len(names),
+            ) % {"rate": rate, "count": len(names)}
+            self._report_replies(request, text, reached)
+            return None
+        context = {
+            **self.admin_site.each_context(request),
+            "title": gettext("Rate limit task types"),
+            "opts": self.opts,
+            "form": form,
+            "names": names,
+            "tasks": tasks,
+            "action": "rate_limit_tasks",
+            "select_across": request.POST.get("select_across", "0"),
+            "action_checkbox_name": admin.helpers.ACTION_CHECKBOX_NAME,
+            "selected": request.POST.getlist(admin.helpers.ACTION_CHECKBOX_NAME),
+            "media": self.media + forms.Media(),
+        }
+        request.current_app = self.admin_site.name
+        return TemplateResponse(request, "django_celery_monitor/confirm_rate_limit.html", context)
+
+    @admin.action(description=_("Send selected tasks again"), permissions=["retry"])
+    def retry_tasks(self, request, queryset):
+        tasks = self._selected(request, queryset, MAX_RETRY_TASKS)
+        if not tasks:
+            return
+        sent: list[tuple[TaskState, str]] = []
+        refused: list[str] = []
+        for task in tasks:
+            try:
+                new_id = self._control(request, control.retry, task)
+            except control.RetryError as exc:
+                refused.append(f"{task.task_id}: {exc}")
+                continue
+            if new_id is None:
+                break
+            sent.append((task, gettext("Sent again as %(id)s") % {"id": new_id}))
+        if sent:
+            _log_each(request, sent)
+            self.message_user(
+                request,
+                ngettext("Sent %(count)d task again.", "Sent %(count)d tasks again.", len(sent))
+                % {"count": len(sent)},
+                messages.SUCCESS,
+            )
+        if refused:
+            self.message_user(
+                request,
+                ngettext(
+                    "%(count)d task could not be sent again: %(reason)s",
+                    "%(count)d tasks could not be sent again; the first: %(reason)s",
+                    len(refused),
+                )
+                % {"count": len(refused), "reason": refused[0]},
+                messages.WARNING,
+            )
