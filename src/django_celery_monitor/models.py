@@ -311,3 +311,18 @@ class CameraState(models.Model):
     def allowed_silence(self) -> float:
         """Seconds without a heartbeat after which the camera counts as not recording."""
         return max(3 * self.frequency, self.idle_heartbeat_every + 2 * self.frequency)
+
+
+class Dashboard(TaskState):
+    """The dashboard's entry in the admin: a proxy of the tasks, with no table of its own.
+
+    Its admin page is the dashboard (see ``admin.dashboard``); a user who may view the
+    tasks may view it.
+    """
+
+    class Meta:
+        """Model meta-data."""
+
+        proxy = True
+        verbose_name = _("dashboard")
+        verbose_name_plural = _("dashboard")

@@ -2,13 +2,15 @@
 
 One module per concern: ``helpers`` (what the pages show), ``lists`` (the changelist and its
 paginator), ``queries`` (the bounded queries of the lists, filters and search), ``base`` (the
-base admin), ``filters``, and the admins of ``tasks`` and ``workers``, registered on import.
+base admin), ``filters``, the admins of ``tasks`` and ``workers``, and the ``dashboard`` with
+its ``charts``, registered on import.
 """
 
 from __future__ import annotations
 
 from .. import control as control  # the control calls, looked up when an action runs
 from .base import ModelMonitor
+from .dashboard import DashboardMonitor
 from .filters import LostFilter, StateFilter, TaskNameFilter, WorkerFilter
 from .helpers import NODE_STATE_COLORS, TASK_STATE_COLORS
 from .lists import CappedPaginator, MonitorList
@@ -19,6 +21,7 @@ __all__ = [
     "NODE_STATE_COLORS",
     "TASK_STATE_COLORS",
     "CappedPaginator",
+    "DashboardMonitor",
     "LostFilter",
     "ModelMonitor",
     "MonitorList",

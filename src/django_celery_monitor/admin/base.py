@@ -30,6 +30,7 @@ class ModelMonitor(admin.ModelAdmin):
 
     class Media:
         css = {"all": ("django_celery_monitor/style.css",)}
+        js = ("django_celery_monitor/live.js",)
 
     if hasattr(admin, "ShowFacets"):
         show_facets = admin.ShowFacets.NEVER

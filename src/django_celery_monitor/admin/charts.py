@@ -1,0 +1,188 @@
+"""The dashboard's charts, drawn on the server as SVG: no script, no library, works offline.
+
+Every text in them goes through ``format_html``; the colors are CSS classes, so the admin's
+dark mode restyles them.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from datetime import datetime
+
+from django.utils import formats, timezone
+from django.utils.html import format_html, format_html_join
+from django.utils.safestring import SafeString
+from django.utils.translation import gettext
+
+#: The drawing's size in SVG units; it scales to the width of its box.
+WIDTH, HEIGHT = 720, 200
+#: Room for the axis labels: left, right, top, bottom.
+LEFT, RIGHT, TOP, BOTTOM = 48, 8, 10, 26
+
+
+def _local(value: datetime) -> datetime:
+    return timezone.localtime(value) if timezone.is_aware(value) else value
+
+
+def _time_label(value: datetime, interval: int) -> str:
+    local = _local(value)
+    if interval >= 6 * 3600:
+        return formats.date_format(local, "M j H:i")
+    return formats.time_format(local, "H:i")
+
+
+def nice_ceiling(value: float) -> float:
+    """The least "round" number (1, 2 or 5 times a power of ten) at or above ``value``."""
+    if value <= 0:
+        return 1.0
+    power = 10 ** math.floor(math.log10(value))
+    for step in (1, 2, 5, 10):
+        if value <= step * power:
+            return step * power
+    return 10 * power  # pragma: no cover
+
+
+def _frame(
+    top: float, bins: Sequence[dict], interval: int, unit: Callable[[float], str]
+) -> list[SafeString]:
+    """Grid lines with their values, and a time label under every few bars."""
+    plot_w, plot_h = WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM
+    parts = []
+    for fraction in (0, 0.5, 1):
+        y = TOP + plot_h * (1 - fraction)
+        parts.append(
+            format_html(
+                '<line class="cm-grid" x1="{}" x2="{}" y1="{}" y2="{}"/>'
+                '<text class="cm-axis" x="{}" y="{}" text-anchor="end">{}</text>',
+                LEFT,
+                WIDTH - RIGHT,
+                f"{y:.1f}",
+                f"{y:.1f}",
+                LEFT - 6,
+                f"{y + 4:.1f}",
+                unit(top * fraction),
+            )
+        )
+    if bins:
+        step = max(1, math.ceil(len(bins) / 6))
+        width = plot_w / len(bins)
+        for index in range(0, len(bins), step):
+            parts.append(
+                format_html(
+                    '<text class="cm-axis" x="{}" y="{}" text-anchor="middle">{}</text>',
+                    f"{LEFT + width * (index + 0.5):.1f}",
+                    HEIGHT - 8,
+                    _time_label(bins[index]["start"], interval),
+                )
+            )
+    return parts
+
+
+def _svg(label: str, parts: Sequence[SafeString]) -> SafeString:
+    return format_html(
+        '<svg class="cm-chart" viewBox="0 0 {} {}" role="img" aria-label="{}" '
+        'preserveAspectRatio="none">{}</svg>',
+        WIDTH,
+        HEIGHT,
+        label,
+        format_html_join("", "{}", ((part,) for part in parts)),
+    )
+
+
+def count_chart(series: Sequence[dict], interval: int) -> SafeString:
+    """Stacked bars of the tasks that succeeded, failed and were retried, per interval."""
+    layers = (
+        ("succeeded", "cm-bar-ok", gettext("succeeded")),
+        ("failed", "cm-bar-fail", gettext("failed")),
+        ("retried", "cm-bar-retry", gettext("retried")),
+    )
+    highest = max((sum(point[key] for key, _c, _l in layers) for point in series), default=0)
+    top = nice_ceiling(highest)
+    plot_w, plot_h = WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM
+    width = plot_w / max(len(series), 1)
+    parts = _frame(top, series, interval, lambda v: formats.number_format(round(v)))
+    for index, point in enumerate(series):
+        base = TOP + plot_h
+        title = ", ".join(f"{point[key]} {label}" for key, _c, label in layers)
+        when = formats.date_format(_local(point["start"]), "DATETIME_FORMAT")
+        for key, css, _label in layers:
+            value = point[key]
+            if not value:
+                continue
+            height = plot_h * value / top
+            base -= height
+            parts.append(
+                format_html(
+                    '<rect class="{}" x="{}" y="{}" width="{}" height="{}">'
+                    "<title>{}: {}</title></rect>",
+                    css,
+                    f"{LEFT + width * index + 1:.1f}",
+                    f"{base:.1f}",
+                    f"{max(width - 2, 1):.1f}",
+                    f"{height:.1f}",
+                    when,
+                    title,
+                )
+            )
+    return _svg(gettext("Tasks per interval"), parts)
+
+
+def _duration(seconds: float) -> str:
+    if seconds == 0:
+        return "0"
+    if seconds < 1:
+        return f"{seconds * 1000:.0f} ms"
+    if seconds < 120:
+        return f"{seconds:.3g} s"
+    return f"{seconds / 60:.3g} min"
+
+
+def runtime_chart(series: Sequence[dict], interval: int) -> SafeString:
+    """Lines of the runtime's p50 and p95 per interval (a gap where no task finished)."""
+    values = [
+        point[key] for point in series for key in ("runtime_p50", "runtime_p95") if point[key]
+    ]
+    top = nice_ceiling(max(values, default=0.0) or 1.0)
+    plot_w, plot_h = WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM
+    width = plot_w / max(len(series), 1)
+    parts = _frame(top, series, interval, _duration)
+    for key, css in (("runtime_p95", "cm-line-p95"), ("runtime_p50", "cm-line-p50")):
+        runs: list[list[tuple[float, float]]] = [[]]
+        for index, point in enumerate(series):
+            value = point[key]
+            if value is None:
+                if runs[-1]:
+                    runs.append([])
+                continue
+            x = LEFT + width * (index + 0.5)
+            y = TOP + plot_h * (1 - min(value / top, 1))
+            runs[-1].append((x, y))
+            parts.append(
+                format_html(
+                    '<circle class="{}" cx="{}" cy="{}" r="2.5"><title>{} {}: {}</title></circle>',
+                    css,
+                    f"{x:.1f}",
+                    f"{y:.1f}",
+                    formats.date_format(_local(point["start"]), "DATETIME_FORMAT"),
+                    "p95" if key == "runtime_p95" else "p50",
+                    _duration(value),
+                )
+            )
+        for run in runs:
+            if len(run) > 1:
+                points = " ".join(f"{x:.1f},{y:.1f}" for x, y in run)
+                parts.append(format_html('<polyline class="{}" points="{}"/>', css, points))
+    return _svg(gettext("Runtime p50 and p95 per interval"), parts)
+
+
+def legend(items: Sequence[tuple[str, str]]) -> SafeString:
+    """A legend: ``(css class, label)`` pairs."""
+    return format_html(
+        '<ul class="cm-legend">{}</ul>',
+        format_html_join(
+            "",
+            '<li><span class="cm-swatch {}"></span>{}</li>',
+            ((css, label) for css, label in items),
+        ),
+    )
