@@ -356,3 +356,103 @@ def test_shut_a_real_worker_down(page, live_server, camera, celery_worker):
     )
     page.goto(f"{live_server.url}/admin/celery_monitor/workerstate/")
     assert page.locator("#result_list .cm-badge").inner_text().lower() == "offline"
+
+
+def dashboard_data():
+    """An hour of tasks of a small cluster, with failures, retries and a stuck task."""
+    from django_celery_monitor.models import CameraState
+
+    now = timezone.now()
+    workers = [
+        WorkerState.objects.create(
+            hostname=f"celery@worker-{n}",
+            last_heartbeat=now if n < 2 else now - timedelta(hours=1), freq=2.0,
+            processed=1000 * (n + 1), active=n, loadavg=[0.4, 0.3, 0.2],
+            events_missed=3 if n == 1 else 0,
+        )
+        for n in range(3)
+    ]  # fmt: skip
+    names = ["proj.tasks.add", "proj.billing.charge", "proj.media.transcode", "proj.etl.load"]
+    for n in range(240):
+        state = "FAILURE" if n % 9 == 0 else "SUCCESS"
+        tstamp = now - timedelta(seconds=15 * n + 5)
+        runtime = 0.05 * (1 + n % 7) * (1 + names.index(names[n % 4]))
+        TaskState.objects.create(
+            task_id=str(uuid.uuid4()), state=state, name=names[n % 4], tstamp=tstamp,
+            runtime=runtime, retries=1 if n % 11 == 0 else 0, worker=workers[n % 2],
+            received=tstamp - timedelta(seconds=runtime + 0.02 * (n % 5)),
+            started=tstamp - timedelta(seconds=runtime),
+            exception=("TimeoutError('upstream')" if n % 2 else "ValueError('bad input')")
+            if state == "FAILURE" else None,
+        )  # fmt: skip
+    TaskState.objects.create(
+        task_id=str(uuid.uuid4()), state="STARTED", name="proj.media.transcode",
+        tstamp=now - timedelta(minutes=3), worker=workers[2],
+    )  # fmt: skip
+    CameraState.objects.create(
+        key="camera-host:4242", hostname="camera-host", pid=4242, version="2.0.0",
+        frequency=1.0, started=now - timedelta(hours=2), last_shot=now, events=123456,
+        events_per_second=310.0, write_seconds=0.012, tasks_written=41000,
+    )  # fmt: skip
+
+
+def test_the_dashboard_in_light_and_dark(open_page, live_server):
+    dashboard_data()
+    page = open_page(1280, 900)
+    page.goto(f"{live_server.url}/admin/")
+    page.click("#content-main >> text=Dashboard")
+    page.wait_for_selector(".cm-dashboard")
+    assert page.locator(".cm-monitor").inner_text().startswith("RECORDING")
+    assert page.locator(".cm-chart").count() == 2
+    assert page.locator(".cm-chart rect").count() > 20
+    assert page.locator(".cm-chart polyline").count() == 2
+    names = page.locator(".cm-panel table").first.locator("tbody tr td:first-child a")
+    assert sorted(names.all_inner_texts()) == sorted(
+        ["proj.tasks.add", "proj.billing.charge", "proj.media.transcode", "proj.etl.load"]
+    )
+    assert page.locator("text=worker offline").count() == 1
+    screenshot(page, "dashboard_1280")
+    overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
+    assert overflow == 0
+    page.emulate_media(color_scheme="dark")
+    page.reload()
+    screenshot(page, "dashboard_1280_dark")
+    # A window's card links to the task list filtered the same way.
+    page.click(".cm-card >> text=FAILURE")
+    page.wait_for_selector("#result_list")
+    assert "state=FAILURE" in page.url
+    assert page.locator("#result_list tbody tr").count() == 27
+
+
+@pytest.mark.e2e
+def test_live_refresh_shows_a_task_finishing_on_a_real_worker(
+    page, live_server, camera, celery_worker
+):
+    celery_worker("live-1@test")
+    page.goto(f"{live_server.url}/admin/celery_monitor/dashboard/?window=15m")
+    page.check("input[data-cm-live]")
+    assert page.evaluate("localStorage.getItem('django-celery-monitor:live')") == "1"
+    page.evaluate("window.cmMarker = 'kept'")  # gone if the page reloads
+
+    result = tasks.add.delay(40, 2)
+    wait_for(lambda: TaskState.objects.filter(task_id=result.id, state="SUCCESS").exists())
+    page.wait_for_selector("#cm-dashboard-body >> text=tests.tasks.add", timeout=30_000)
+    assert page.evaluate("window.cmMarker") == "kept"
+    assert "updated at" in page.locator(".cm-live-status").inner_text()
+
+    # The task list refreshes itself too (the toggle is remembered).
+    page.goto(f"{live_server.url}/admin/celery_monitor/taskstate/")
+    assert page.locator("input[data-cm-live]").is_checked()
+    page.evaluate("window.cmMarker = 'kept'")
+    second = tasks.fail.delay("live")
+    page.wait_for_selector(f"#result_list >> text={second.id[:8]}", timeout=30_000)
+    assert page.evaluate("window.cmMarker") == "kept"
+    # A selected row pauses the refresh, so an action is never lost.
+    page.check("input[name=_selected_action]")
+    third = tasks.add.delay(1, 1)
+    wait_for(lambda: TaskState.objects.filter(task_id=third.id, state="SUCCESS").exists())
+    page.wait_for_timeout(6_000)
+    assert page.locator(f"#result_list >> text={third.id[:8]}").count() == 0
+    assert "paused" in page.locator(".cm-live-status").inner_text()
+    page.uncheck("input[name=_selected_action]")
+    page.wait_for_selector(f"#result_list >> text={third.id[:8]}", timeout=15_000)

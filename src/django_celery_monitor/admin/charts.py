@@ -81,8 +81,7 @@ def _frame(
 
 def _svg(label: str, parts: Sequence[SafeString]) -> SafeString:
     return format_html(
-        '<svg class="cm-chart" viewBox="0 0 {} {}" role="img" aria-label="{}" '
-        'preserveAspectRatio="none">{}</svg>',
+        '<svg class="cm-chart" viewBox="0 0 {} {}" role="img" aria-label="{}">{}</svg>',
         WIDTH,
         HEIGHT,
         label,
@@ -91,35 +90,45 @@ def _svg(label: str, parts: Sequence[SafeString]) -> SafeString:
 
 
 def count_chart(series: Sequence[dict], interval: int) -> SafeString:
-    """Stacked bars of the tasks that succeeded, failed and were retried, per interval."""
-    layers = (
-        ("succeeded", "cm-bar-ok", gettext("succeeded")),
-        ("failed", "cm-bar-fail", gettext("failed")),
-        ("retried", "cm-bar-retry", gettext("retried")),
+    """Bars per interval: the tasks that succeeded and failed, stacked, and beside them the
+    finished tasks that had been retried (they are among the first two, so not stacked)."""
+    highest = max(
+        (max(point["succeeded"] + point["failed"], point["retried"]) for point in series),
+        default=0,
     )
-    highest = max((sum(point[key] for key, _c, _l in layers) for point in series), default=0)
     top = nice_ceiling(highest)
     plot_w, plot_h = WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM
     width = plot_w / max(len(series), 1)
+    gap = 1 if width > 4 else 0
+    main_w = max((width - 2 * gap) * 0.7, 1)
+    side_w = max(width - 2 * gap - main_w, 1)
     parts = _frame(top, series, interval, lambda v: formats.number_format(round(v)))
     for index, point in enumerate(series):
-        base = TOP + plot_h
-        title = ", ".join(f"{point[key]} {label}" for key, _c, label in layers)
+        title = gettext("%(ok)s succeeded, %(failed)s failed, %(retried)s retried") % {
+            "ok": point["succeeded"],
+            "failed": point["failed"],
+            "retried": point["retried"],
+        }
         when = formats.date_format(_local(point["start"]), "DATETIME_FORMAT")
-        for key, css, _label in layers:
-            value = point[key]
+        x = LEFT + width * index + gap
+        bars = [
+            ("cm-bar-ok", x, main_w, point["succeeded"], 0),
+            ("cm-bar-fail", x, main_w, point["failed"], point["succeeded"]),
+            ("cm-bar-retry", x + main_w, side_w, point["retried"], 0),
+        ]
+        for css, left, bar_w, value, below in bars:
             if not value:
                 continue
             height = plot_h * value / top
-            base -= height
+            y = TOP + plot_h - plot_h * below / top - height
             parts.append(
                 format_html(
                     '<rect class="{}" x="{}" y="{}" width="{}" height="{}">'
                     "<title>{}: {}</title></rect>",
                     css,
-                    f"{LEFT + width * index + 1:.1f}",
-                    f"{base:.1f}",
-                    f"{max(width - 2, 1):.1f}",
+                    f"{left:.1f}",
+                    f"{y:.1f}",
+                    f"{bar_w:.1f}",
                     f"{height:.1f}",
                     when,
                     title,

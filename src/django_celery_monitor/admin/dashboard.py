@@ -13,6 +13,7 @@ from datetime import timedelta
 from typing import Any
 from urllib.parse import urlencode
 
+from celery import states
 from django.contrib import admin
 from django.contrib.admin.templatetags.admin_urls import admin_urlname
 from django.http import HttpRequest, HttpResponse, JsonResponse
@@ -173,6 +174,7 @@ class DashboardMonitor(admin.ModelAdmin):
                     "count": count,
                     "previous": before,
                     "change": _change(count, before),
+                    "bad_when_up": state in (states.FAILURE, states.REVOKED, states.RETRY),
                     "url": tasks_link(state=state),
                 }
             )
