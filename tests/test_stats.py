@@ -199,6 +199,8 @@ def test_long_windows_read_hours(fixture_rows):
     stats.roll_up(now=later)
     hours = TaskRollup.objects.filter(period=3600)
     assert sum(hours.values_list("count", flat=True)) == 12
+    quarters = TaskRollup.objects.filter(period=6 * 3600)  # 06:00-12:00 ended at 12:00
+    assert sum(quarters.values_list("count", flat=True)) == 12
     TaskState.objects.filter(state__in=stats.FINISHED).delete()
     data = stats.dashboard("24h", now=later)
     assert data["totals"]["current"]["finished"] == 12
@@ -309,11 +311,11 @@ def test_cumulative_totals_survive_the_expiry_of_old_hours(fixture_rows, monkeyp
     }
     stats.roll_up(now=NOW + timedelta(minutes=5))  # every row rolled up
     # Long after, every hour has been folded into the all-time rows: the totals stand.
-    later = NOW + stats.HOUR_ROLLUPS_KEEP + timedelta(days=1)
+    later = NOW + stats.KEEP[stats.LEVELS[-1]] + timedelta(days=1)
     monkeypatch.setattr(stats, "_now", lambda: later)
     TaskState.objects.all().delete()
     stats.roll_up(now=later)
-    assert not TaskRollup.objects.filter(period=3600).exists()
+    assert not TaskRollup.objects.filter(period__in=stats.LEVELS).exists()
     after = stats.cumulative_groups()
     assert {k: g.count for k, g in after.items()} == {k: g.count for k, g in before.items()}
     add_ok = after[("proj.add", "SUCCESS", "")]

@@ -19,14 +19,17 @@ index.
 
 from __future__ import annotations
 
+import itertools
+import json
 import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from celery import states
-from django.db import IntegrityError, transaction
+from django.conf import settings as django_settings
+from django.db import IntegrityError, connections, transaction
 from django.db.models import Q
 from django.db.models.functions import Substr
 from django.utils import timezone
@@ -57,7 +60,7 @@ WINDOWS: dict[str, tuple[timedelta, int, int]] = {
     "15m": (timedelta(minutes=15), 60, 60),
     "1h": (timedelta(hours=1), 60, 120),
     "24h": (timedelta(hours=24), 3600, 3600),
-    "7d": (timedelta(days=7), 3600, 6 * 3600),
+    "7d": (timedelta(days=7), 6 * 3600, 6 * 3600),
 }
 DEFAULT_WINDOW = "1h"
 
@@ -70,10 +73,12 @@ REROLL = timedelta(minutes=10)
 MAX_ROLL = timedelta(hours=6)
 #: How far back a first roll-up starts.
 BACKFILL = timedelta(days=7)
-#: How long minute rollups are kept (hours are made from them), and hour rollups.
-MINUTE_ROLLUPS_KEEP = timedelta(days=2)
-HOUR_ROLLUPS_KEEP = timedelta(days=35)
-#: The period of the all-time rows, into which hours older than that are folded.
+#: The periods of the rollups, in seconds: minutes, hours and quarter days, each made from
+#: the one before; and how long each is kept. The longest window reads quarter days (a few
+#: thousand rows for 7 days), and the shorter ones hours or minutes.
+LEVELS = (60, 3600, 6 * 3600)
+KEEP = {60: timedelta(days=2), 3600: timedelta(days=8), 6 * 3600: timedelta(days=8)}
+#: The period of the all-time rows, into which the quarter days older than that are folded.
 ARCHIVE = 0
 
 #: The histogram: bucket ``i`` holds the values up to ``HIST_BASE * 2 ** (i / HIST_STEPS)``
@@ -341,12 +346,24 @@ def _mark(using: str, period: int) -> datetime | None:
     )
 
 
-def roll_up(using: str = "default", now: datetime | None = None) -> int:
-    """Write the rollups of the minutes and hours that ended; return how many groups.
+def _fold(groups: dict[Key, Group], period: int) -> dict[Key, Group]:
+    """Groups of a shorter period merged into buckets of ``period``."""
+    folded: dict[Key, Group] = {}
+    for (bucket, name, state, exc), group in groups.items():
+        folded.setdefault((floor_time(bucket, period), name, state, exc), Group()).merge(group)
+    return folded
 
-    Idempotent: each run computes again the last :data:`REROLL` of minutes (and the hours
-    they fall in), so rows written a little late are counted. Two cameras rolling up at once
-    is harmless: the one that loses the race leaves the rows to the other.
+
+def roll_up(using: str = "default", now: datetime | None = None) -> int:
+    """Write the rollups of the minutes, hours and quarter days that ended; return how many
+    groups were written.
+
+    Minutes are counted from the task table; each longer period from the period below it
+    (:data:`LEVELS`). Idempotent: each run computes again the last :data:`REROLL` of
+    minutes (and the longer buckets they fall in), so rows written a little late are
+    counted. Two cameras rolling up at once is harmless: the one that loses the race leaves
+    the rows to the other. Old rollups are deleted, the oldest level's folded into the
+    all-time rows first.
     """
     now = now or _now()
     end = floor_time(now - SETTLE, 60)
@@ -360,61 +377,62 @@ def roll_up(using: str = "default", now: datetime | None = None) -> int:
             _store(using, 60, start, stop, groups)
             written += len(groups)
             start = stop
-        # Hours from minutes: every hour that ended before the minutes' mark.
-        minutes_until = _mark(using, 60)
-        if minutes_until is not None:
-            hours_end = floor_time(minutes_until, 3600)
-            hour_mark = _mark(using, 3600)
-            hours_start = floor_time(
-                (minutes_until - BACKFILL)
-                if hour_mark is None
-                else min(hour_mark, minutes_until - REROLL),
-                3600,
+        for lower, period in itertools.pairwise(LEVELS):
+            lower_until = _mark(using, lower)
+            if lower_until is None:
+                break
+            level_end = floor_time(lower_until, period)
+            level_mark = _mark(using, period)
+            since = (
+                lower_until - BACKFILL
+                if level_mark is None
+                else min(level_mark, lower_until - REROLL)
             )
-            if hours_start < hours_end:
-                minutes = _rollup_rows(using, 60, hours_start, hours_end)
-                hours: dict[Key, Group] = {}
-                for (bucket, name, state, exc), group in minutes.items():
-                    key = (floor_time(bucket, 3600), name, state, exc)
-                    hours.setdefault(key, Group()).merge(group)
-                _store(using, 3600, hours_start, hours_end, hours)
-                written += len(hours)
-        TaskRollup.objects.using(using).filter(
-            period=60, bucket__lt=now - MINUTE_ROLLUPS_KEEP
-        ).delete()
-        _archive_hours(using, floor_time(now - HOUR_ROLLUPS_KEEP, 3600))
+            level_start = floor_time(since, period)
+            if level_start < level_end:
+                groups = _fold(_rollup_rows(using, lower, level_start, level_end), period)
+                _store(using, period, level_start, level_end, groups)
+                written += len(groups)
+        for period in LEVELS[:-1]:
+            TaskRollup.objects.using(using).filter(
+                period=period, bucket__lt=now - KEEP[period]
+            ).delete()
+        _archive(using, floor_time(now - KEEP[LEVELS[-1]], LEVELS[-1]))
     except IntegrityError:
         # Another camera wrote the same buckets meanwhile: they are its to finish.
         pass
     return written
 
 
-def _archive_hours(using: str, before: datetime) -> None:
-    """Fold the hour rollups before ``before`` into the all-time rows (period 0).
+def _archive(using: str, before: datetime) -> None:
+    """Fold the rollups of the longest period before ``before`` into the all-time rows.
 
-    The all-time rows keep the totals and histograms of everything rolled up since the
-    first roll-up, so the metrics' counters never go down when old hours are deleted.
+    The all-time rows (period 0) keep the totals and histograms of everything rolled up
+    since the first roll-up, so the metrics' counters never go down when old rollups are
+    deleted.
     """
-    old = _rollup_rows(using, 3600, datetime(1970, 1, 1, tzinfo=before.tzinfo), before)
+    epoch = datetime(1970, 1, 1, tzinfo=before.tzinfo)
+    old = _rollup_rows(using, LEVELS[-1], epoch, before)
     if not old:
         return
-    epoch = datetime(1970, 1, 1, tzinfo=before.tzinfo)
     archive = _rollup_rows(using, ARCHIVE, epoch, epoch + timedelta(seconds=1))
     for (_bucket, name, state, exc), group in old.items():
         archive.setdefault((epoch, name, state, exc), Group()).merge(group)
     with transaction.atomic(using=using):
-        TaskRollup.objects.using(using).filter(period=3600, bucket__lt=before).delete()
+        TaskRollup.objects.using(using).filter(period=LEVELS[-1], bucket__lt=before).delete()
         _store(using, ARCHIVE, epoch, epoch + timedelta(seconds=1), archive, mark=False)
 
 
 def cumulative_groups(using: str = "default") -> dict[tuple[str, str, str], Group]:
     """Every finished task recorded since the first roll-up, by name, state and exception.
 
-    Never decreases while the camera runs (old hours are folded into all-time rows, not
-    dropped): what the metrics' counters and histograms read. The tasks that finished
-    since the last rolled-up minute are read from the table.
+    Never decreases while the camera runs (old rollups are folded into all-time rows, not
+    dropped): what the metrics' counters and histograms read. Reads the all-time rows, the
+    rollups of each period up to the next period's mark, and the tasks that finished since
+    the last rolled-up minute from the table: a few thousand rows.
     """
-    epoch = datetime(1970, 1, 1, tzinfo=_now().tzinfo)
+    now = _now()
+    epoch = datetime(1970, 1, 1, tzinfo=now.tzinfo)
     groups: dict[tuple[str, str, str], Group] = {}
 
     def add(more: dict[Key, Group]) -> None:
@@ -426,17 +444,15 @@ def cumulative_groups(using: str = "default") -> dict[tuple[str, str, str], Grou
                 found.merge(group)
 
     add(_rollup_rows(using, ARCHIVE, epoch, epoch + timedelta(seconds=1)))
-    hour_mark, minute_mark = _mark(using, 3600), _mark(using, 60)
     cursor = epoch
-    if hour_mark is not None:
-        add(_rollup_rows(using, 3600, epoch, hour_mark))
-        cursor = hour_mark
-    if minute_mark is not None and minute_mark > cursor:
-        add(_rollup_rows(using, 60, cursor, minute_mark))
-        cursor = minute_mark
+    for period in reversed(LEVELS):
+        until = _mark(using, period)
+        if until is not None and until > cursor:
+            add(_rollup_rows(using, period, cursor, until))
+            cursor = until
     if cursor == epoch:
-        cursor = floor_time(_now() - BACKFILL, 60)  # never rolled up: the recent days
-    add(aggregate_rows(_finished_rows(using, cursor, _now() + timedelta(days=1)), 60))
+        cursor = floor_time(now - BACKFILL, 60)  # never rolled up: the recent days
+    add(aggregate_rows(_finished_rows(using, cursor, now + timedelta(days=1)), 60))
     return groups
 
 
@@ -453,6 +469,31 @@ def unfinished_counts(using: str = "default") -> dict[str, int]:
 # -- reading ------------------------------------------------------------------------------
 
 
+def _sources(
+    using: str, start: datetime, end: datetime, period: int
+) -> list[tuple[int | None, datetime, datetime]]:
+    """Where the finished tasks of ``[start, end)`` are read: ``(period, from, to)`` ranges.
+
+    The rollups of ``period`` (from its bucket on) up to that period's mark, then those of
+    each shorter period up to theirs, then the task rows themselves (period None): what is
+    not rolled up yet.
+    """
+    ranges: list[tuple[int | None, datetime, datetime]] = []
+    cursor = start
+    for level in reversed(LEVELS):
+        if level > period or cursor >= end or cursor != floor_time(cursor, level):
+            continue
+        until = _mark(using, level)
+        if until is not None and until > cursor:
+            upto = min(floor_time(until, level), end)
+            if upto > cursor:
+                ranges.append((level, cursor, upto))
+                cursor = upto
+    if cursor < end:
+        ranges.append((None, cursor, end))
+    return ranges
+
+
 def _finished_groups(using: str, start: datetime, end: datetime, period: int) -> dict[Key, Group]:
     """The finished tasks of ``[start, end)`` in groups: rollups where written, then rows.
 
@@ -460,30 +501,55 @@ def _finished_groups(using: str, start: datetime, end: datetime, period: int) ->
     bucket times are those of their source (hours, minutes).
     """
     groups: dict[Key, Group] = {}
-
-    def add(more: dict[Key, Group]) -> None:
+    for source, low, high in _sources(using, start, end, period):
+        if source is None:
+            more = aggregate_rows(_finished_rows(using, low, high), 60)
+        else:
+            more = _rollup_rows(using, source, low, high)
         for key, group in more.items():
             found = groups.get(key)
             if found is None:
                 groups[key] = group
             else:
                 found.merge(group)
-
-    cursor = start
-    if period == 3600:
-        hour_mark = _mark(using, 3600)
-        if hour_mark is not None and hour_mark > cursor and cursor == floor_time(cursor, 3600):
-            upto = min(floor_time(hour_mark, 3600), end)
-            add(_rollup_rows(using, 3600, cursor, upto))
-            cursor = max(cursor, upto)
-    minute_mark = _mark(using, 60)
-    if minute_mark is not None and minute_mark > cursor:
-        upto = min(minute_mark, end)
-        add(_rollup_rows(using, 60, cursor, upto))
-        cursor = max(cursor, upto)
-    if cursor < end:
-        add(aggregate_rows(_finished_rows(using, cursor, end), 60))
     return groups
+
+
+def _finished_counts(
+    using: str, start: datetime, end: datetime, period: int
+) -> tuple[dict[str, int], int]:
+    """How many tasks finished in ``[start, end)`` by state, and how many were retried.
+
+    Summed by the database: no histogram is read.
+    """
+    from django.db.models import Count, Sum
+
+    by_state: dict[str, int] = {}
+    retried = 0
+    for source, low, high in _sources(using, start, end, period):
+        if source is None:
+            rows = (
+                TaskState.objects.using(using)
+                .filter(state__in=FINISHED, tstamp__gte=low, tstamp__lt=high)
+                .order_by()
+            )
+            for state in FINISHED:
+                count = rows.filter(state=state).count()
+                if count:
+                    by_state[state] = by_state.get(state, 0) + count
+            retried += rows.filter(retries__gt=0).count()
+            continue
+        sums = (
+            TaskRollup.objects.using(using)
+            .filter(period=source, bucket__gte=low, bucket__lt=high)
+            .order_by()
+            .values("state")
+            .annotate(total=Sum("count"), retried=Sum("retried"), groups=Count("id"))
+        )
+        for row in sums:
+            by_state[row["state"]] = by_state.get(row["state"], 0) + (row["total"] or 0)
+            retried += row["retried"] or 0
+    return by_state, retried
 
 
 def _unfinished_counts(using: str, start: datetime, end: datetime) -> dict[str, int]:
@@ -515,19 +581,24 @@ def window_totals(
     """Totals by state, throughput and failure rate of ``window`` and the one before."""
     start, end, _interval = window_bounds(window, now)
     length, period, _ = WINDOWS[window]
-    current = _totals(_finished_groups(using, start, end, period), length)
+    current = _totals(*_finished_counts(using, start, end, period), length)
     current["states"].update(_unfinished_counts(using, start, end))
-    previous = _totals(_finished_groups(using, start - length, start, period), length)
+    previous = _totals(*_finished_counts(using, start - length, start, period), length)
     previous["states"].update(_unfinished_counts(using, start - length, start))
     return {"window": window, "start": start, "end": end, "current": current, "previous": previous}
 
 
-def _totals(groups: dict[Key, Group], length: timedelta) -> dict[str, Any]:
+def _group_counts(groups: dict[Key, Group]) -> tuple[dict[str, int], int]:
     by_state: dict[str, int] = {}
     retried = 0
     for (_bucket, _name, state, _exc), group in groups.items():
         by_state[state] = by_state.get(state, 0) + group.count
         retried += group.retried
+    return by_state, retried
+
+
+def _totals(by_state: dict[str, int], retried: int, length: timedelta) -> dict[str, Any]:
+    by_state = dict(by_state)
     finished = sum(by_state.values())
     succeeded, failed = by_state.get(states.SUCCESS, 0), by_state.get(states.FAILURE, 0)
     return {
@@ -549,6 +620,100 @@ def _percentiles(digest: Digest) -> dict[str, float | None]:
     }
 
 
+class _Sum:
+    """A digest being summed from stored histograms (their keys kept as text until the end)."""
+
+    __slots__ = ("count", "hist", "max", "total")
+
+    def __init__(self) -> None:
+        self.count, self.total, self.max = 0, 0.0, None
+        self.hist: dict[str, int] = {}
+
+    def add(self, count: int, total: float, maximum: float | None, hist: dict) -> None:
+        if not count:
+            return
+        self.count += count
+        self.total += total or 0.0
+        if maximum is not None and (self.max is None or maximum > self.max):
+            self.max = maximum
+        mine = self.hist
+        for key, value in hist.items():
+            mine[key] = mine.get(key, 0) + value
+
+    def digest(self) -> Digest:
+        return Digest(self.count, self.total, self.max, {int(k): v for k, v in self.hist.items()})
+
+
+def _json(value: Any) -> dict:
+    if isinstance(value, dict):
+        return value
+    return json.loads(value) if value else {}
+
+
+def _datetime(value: Any) -> datetime:
+    """A bucket time as the database returned it, as the ORM would return it."""
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    if django_settings.USE_TZ and timezone.is_naive(value):
+        value = value.replace(tzinfo=UTC)
+    return value
+
+
+#: One group of finished tasks: bucket, name, state, exception type, count, retried, then
+#: the runtime's and the wait's count, sum, max and histogram, then the latest task.
+Record = tuple
+
+
+def _records(using: str, ranges) -> Iterator[Record]:
+    """The groups of finished tasks of ``ranges`` (see :func:`_sources`), as plain tuples.
+
+    Rollups are read with one plain SQL statement a range, without the ORM's per-value
+    conversions: a 7-day window reads about ten thousand of them.
+    """
+    connection = connections[using]
+    table = connection.ops.quote_name(TaskRollup._meta.db_table)
+    columns = ", ".join(
+        connection.ops.quote_name(TaskRollup._meta.get_field(name).column)
+        for name in (
+            "bucket", "name", "state", "exception_type", "count", "retried",
+            "runtime_count", "runtime_sum", "runtime_max", "runtime_hist",
+            "wait_count", "wait_sum", "wait_max", "wait_hist", "latest_task_id", "latest_tstamp",
+        )
+    )  # fmt: skip
+    bucket_field = TaskRollup._meta.get_field("bucket")
+    sql = (
+        f"SELECT {columns} FROM {table} WHERE {connection.ops.quote_name('period')} = %s"
+        f" AND {connection.ops.quote_name('bucket')} >= %s"
+        f" AND {connection.ops.quote_name('bucket')} < %s"
+    )
+    for source, low, high in ranges:
+        if source is None:
+            for (bucket, name, state, exc), group in aggregate_rows(
+                _finished_rows(using, low, high), 60
+            ).items():
+                yield (
+                    bucket, name, state, exc, group.count, group.retried,
+                    group.runtime.count, group.runtime.total, group.runtime.max,
+                    group.runtime.dump(), group.wait.count, group.wait.total, group.wait.max,
+                    group.wait.dump(), group.latest_task_id, group.latest_tstamp,
+                )  # fmt: skip
+            continue
+        params = [
+            source,
+            bucket_field.get_db_prep_value(low, connection),
+            bucket_field.get_db_prep_value(high, connection),
+        ]
+        with connection.cursor() as cursor:
+            cursor.execute(sql, params)
+            times: dict[Any, datetime] = {}
+            for row in cursor.fetchall():
+                raw = row[0]
+                bucket = times.get(raw)
+                if bucket is None:
+                    bucket = times[raw] = _datetime(raw)
+                yield (bucket, *row[1:9], _json(row[9]), *row[10:13], _json(row[13]), *row[14:])
+
+
 def dashboard(
     window: str = DEFAULT_WINDOW, now: datetime | None = None, using: str = "default"
 ) -> dict[str, Any]:
@@ -558,8 +723,6 @@ def dashboard(
     now = now or _now()
     start, end, interval = window_bounds(window, now)
     length, period, _ = WINDOWS[window]
-    groups = _finished_groups(using, start, end, period)
-    totals = window_totals(window, now, using)
 
     bins = int(length.total_seconds() // interval)
     series = [
@@ -569,63 +732,73 @@ def dashboard(
             "failed": 0,
             "revoked": 0,
             "retried": 0,
-            "runtime": Digest(),
+            "runtime": _Sum(),
         }
         for i in range(bins)
     ]
+    kinds = {states.SUCCESS: "succeeded", states.FAILURE: "failed", states.REVOKED: "revoked"}
     names: dict[str, dict[str, Any]] = {}
-    failures: dict[str, Group] = {}
-    failure_names: dict[str, str] = {}
-    for (bucket, name, state, exc), group in groups.items():
-        index = int((bucket - start).total_seconds() // interval)
+    failures: dict[str, dict[str, Any]] = {}
+    by_state: dict[str, int] = {}
+    retried_total = 0
+    bin_of: dict[datetime, int] = {}
+    for record in _records(using, _sources(using, start, end, period)):
+        bucket, name, state, exc, count, retried = record[:6]
+        rc, rs, rm, rh, wc, ws, wm, wh, latest_id, latest_ts = record[6:]
+        by_state[state] = by_state.get(state, 0) + count
+        retried_total += retried
+        kind = kinds.get(state, "revoked")
+        index = bin_of.get(bucket)
+        if index is None:
+            index = bin_of[bucket] = int((bucket - start).total_seconds() // interval)
         if 0 <= index < bins:
             point = series[index]
-            key = {states.SUCCESS: "succeeded", states.FAILURE: "failed"}.get(state, "revoked")
-            point[key] += group.count
-            point["retried"] += group.retried
-            point["runtime"].merge(group.runtime)
-        entry = names.setdefault(
-            name,
-            {"name": name, "count": 0, "succeeded": 0, "failed": 0, "revoked": 0, "retried": 0,
-             "runtime": Digest(), "wait": Digest()},
-        )  # fmt: skip
-        entry["count"] += group.count
-        entry["retried"] += group.retried
-        entry[{states.SUCCESS: "succeeded", states.FAILURE: "failed"}.get(state, "revoked")] += (
-            group.count
-        )
-        entry["runtime"].merge(group.runtime)
-        entry["wait"].merge(group.wait)
+            point[kind] += count
+            point["retried"] += retried
+            point["runtime"].add(rc, rs, rm, rh)
+        entry = names.get(name)
+        if entry is None:
+            entry = names[name] = {
+                "name": name, "count": 0, "succeeded": 0, "failed": 0, "revoked": 0,
+                "retried": 0, "runtime": _Sum(), "wait": _Sum(),
+            }  # fmt: skip
+        entry["count"] += count
+        entry["retried"] += retried
+        entry[kind] += count
+        entry["runtime"].add(rc, rs, rm, rh)
+        entry["wait"].add(wc, ws, wm, wh)
         if state == states.FAILURE:
-            found = failures.setdefault(exc or "?", Group())
-            before = found.latest_tstamp
-            found.merge(group)
-            if found.latest_tstamp != before:
-                failure_names[exc or "?"] = name
+            failure = failures.setdefault(
+                exc or "?",
+                {"exception_type": exc or "?", "count": 0, "latest_task_id": "",
+                 "latest_tstamp": None, "latest_name": ""},
+            )  # fmt: skip
+            failure["count"] += count
+            latest = _datetime(latest_ts) if latest_ts is not None else None
+            if latest is not None and (
+                failure["latest_tstamp"] is None or latest > failure["latest_tstamp"]
+            ):
+                failure.update(latest_task_id=latest_id, latest_tstamp=latest, latest_name=name)
+
+    current = _totals(by_state, retried_total, length)
+    current["states"].update(_unfinished_counts(using, start, end))
+    previous = _totals(*_finished_counts(using, start - length, start, period), length)
+    previous["states"].update(_unfinished_counts(using, start - length, start))
+    totals = {"window": window, "start": start, "end": end}
+    totals.update(current=current, previous=previous)
 
     for point in series:
-        digest = point.pop("runtime")
+        digest = point.pop("runtime").digest()
         point["runtime_p50"] = digest.quantile(0.5)
         point["runtime_p95"] = digest.quantile(0.95)
     task_names = []
     for entry in sorted(names.values(), key=lambda e: (-e["count"], e["name"]))[:MAX_NAMES]:
         decided = entry["succeeded"] + entry["failed"]
         entry["failure_rate"] = entry["failed"] / decided if decided else None
-        entry["runtime"] = _percentiles(entry["runtime"])
-        entry["wait"] = _percentiles(entry["wait"])
+        entry["runtime"] = _percentiles(entry["runtime"].digest())
+        entry["wait"] = _percentiles(entry["wait"].digest())
         task_names.append(entry)
-    failure_types = [
-        {
-            "exception_type": exc,
-            "count": group.count,
-            "latest_task_id": group.latest_task_id,
-            "latest_tstamp": group.latest_tstamp,
-            "latest_name": failure_names.get(exc, ""),
-        }
-        for exc, group in sorted(failures.items(), key=lambda i: (-i[1].count, i[0]))[
-            :MAX_FAILURE_TYPES
-        ]
-    ]
+    failure_types = sorted(failures.values(), key=lambda f: (-f["count"], f["exception_type"]))
     return {
         "window": window,
         "start": start,
@@ -635,7 +808,7 @@ def dashboard(
         "totals": totals,
         "series": series,
         "task_names": task_names,
-        "failure_types": failure_types,
+        "failure_types": failure_types[:MAX_FAILURE_TYPES],
         "workers": workers(using),
         "stuck": stuck_tasks(now, using),
         "cameras": camera_health(now, using),
