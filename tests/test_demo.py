@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -9,6 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from urllib.request import urlopen
 
 import pytest
 
@@ -51,9 +53,10 @@ def demo(tmp_path):
     started = []
 
     def start() -> subprocess.Popen:
+        start.port = free_port()
         with open(output, "wb") as out:
             process = subprocess.Popen(
-                [*manage, "rundemo", "--port", str(free_port()), "--status-every", "2"],
+                [*manage, "rundemo", "--port", str(start.port), "--status-every", "2"],
                 env=env,
                 stdout=out,
                 stderr=subprocess.STDOUT,
@@ -83,6 +86,10 @@ def test_the_demo_records_tasks_and_stops_cleanly_on_ctrl_c(demo):
         timeout=60,
         message="the demo to record tasks and show its worker online",
     )
+    # The camera's heartbeat says it records: the health check answers 200.
+    health = json.loads(urlopen(f"http://127.0.0.1:{demo.port}/monitor/health/").read())
+    assert health["status"] == "ok", health
+    assert health["last_shot_age"] < 10
     process.send_signal(signal.SIGINT)
     assert process.wait(60) == 0
     assert "The demo stopped." in demo.output.read_text()

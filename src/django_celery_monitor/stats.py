@@ -30,7 +30,7 @@ from typing import Any
 from celery import states
 from django.conf import settings as django_settings
 from django.db import IntegrityError, connections, transaction
-from django.db.models import Q
+from django.db.models import F, Q
 from django.db.models.functions import Substr
 from django.utils import timezone
 
@@ -893,7 +893,7 @@ def camera_health(now: datetime | None = None, using: str = "default") -> dict[s
     recent = (
         CameraState.objects.using(using)
         .filter(Q(last_shot__gte=since) | Q(last_shot=None, started__gte=since))
-        .order_by("-last_shot")[:20]
+        .order_by(F("last_shot").desc(nulls_last=True), "-started")[:20]
     )
     for camera in recent:
         allowed = camera.allowed_silence

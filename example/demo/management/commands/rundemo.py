@@ -145,9 +145,12 @@ class Command(BaseCommand):
         self.stdout.write(
             f"\n  django-celery-monitor demo\n"
             f"  --------------------------\n"
-            f"  Admin:    http://127.0.0.1:{options['port']}/admin/celery_monitor/\n"
-            f"  Login:    admin / admin\n"
-            f"  Logs:     {log_dir}/ (worker, camera, generator, web)\n"
+            f"  Admin:     http://127.0.0.1:{options['port']}/admin/celery_monitor/\n"
+            f"  Dashboard: http://127.0.0.1:{options['port']}/admin/celery_monitor/dashboard/"
+            f" (tick Live to watch it move)\n"
+            f"  Health:    http://127.0.0.1:{options['port']}/monitor/health/\n"
+            f"  Login:     admin / admin\n"
+            f"  Logs:      {log_dir}/ (worker, camera, generator, web)\n"
             f"  Ctrl-C stops the worker, the camera, the generator and the web server.\n"
         )
         self.stdout.flush()
