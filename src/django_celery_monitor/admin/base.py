@@ -14,7 +14,20 @@ from ..conf import get_celery_app
 from .lists import CappedPaginator, MonitorList
 
 
-class ModelMonitor(admin.ModelAdmin):
+class ReadOnly:
+    """An admin that adds, changes and deletes nothing: what it shows was recorded."""
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+class ModelMonitor(ReadOnly, admin.ModelAdmin):
     """Base of the monitor's admins: read-only, no counting of whole tables."""
 
     #: The Celery app the control actions use; ``None`` means the current app.
@@ -47,15 +60,6 @@ class ModelMonitor(admin.ModelAdmin):
 
     def get_changelist(self, request: HttpRequest, **kwargs: Any) -> type[ChangeList]:
         return MonitorList
-
-    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
 
     def _has_perm(self, request: HttpRequest, codename: str) -> bool:
         return request.user.has_perm(f"{self.opts.app_label}.{codename}")

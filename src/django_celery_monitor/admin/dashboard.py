@@ -26,6 +26,7 @@ from django.utils.translation import gettext, gettext_lazy
 from .. import stats
 from ..models import Dashboard, TaskState, WorkerState
 from . import charts
+from .base import ReadOnly
 from .helpers import NODE_STATE_COLORS, TASK_STATE_COLORS, _seconds
 
 #: The windows offered, with their labels.
@@ -58,21 +59,12 @@ def _percent(value: float | None) -> str:
 
 
 @admin.register(Dashboard)
-class DashboardMonitor(admin.ModelAdmin):
+class DashboardMonitor(ReadOnly, admin.ModelAdmin):
     """The dashboard page, and its JSON for the live refresh."""
 
     class Media:
         css = {"all": ("django_celery_monitor/style.css",)}
         js = ("django_celery_monitor/live.js",)
-
-    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
 
     def has_view_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         """Whoever may view the tasks may view their dashboard."""
