@@ -331,3 +331,23 @@ def test_unfinished_counts(fixture_rows):
         "RETRY": 0,
         "REJECTED": 0,
     }
+
+
+def test_the_first_roll_up_writes_minutes_for_the_last_hours_only():
+    TaskState.objects.bulk_create(
+        [task("SUCCESS", 5 * 3600, runtime=0.5), task("FAILURE", 3 * 86400, exception="E()")]
+        + [task("SUCCESS", 60 * n + 90, runtime=0.1) for n in range(3)]
+    )
+    stats.roll_up(now=NOW)
+    minutes = TaskRollup.objects.filter(period=60)
+    assert sum(minutes.values_list("count", flat=True)) == 3
+    assert minutes.earliest("bucket").bucket >= NOW - stats.MINUTE_BACKFILL - timedelta(hours=1)
+    hours = TaskRollup.objects.filter(period=3600)
+    assert sum(hours.values_list("count", flat=True)) == 2  # straight from the rows
+    day = stats.dashboard("24h", now=NOW)["totals"]["current"]
+    assert day["states"] == {"SUCCESS": 4}
+    week = stats.dashboard("7d", now=NOW)["totals"]["current"]
+    assert week["states"] == {"SUCCESS": 4, "FAILURE": 1}
+    # The next roll-up goes on from the minutes' mark.
+    stats.roll_up(now=NOW + timedelta(minutes=3))
+    assert RollupMark.objects.get(period=60).until == datetime(2026, 3, 2, 10, 32, tzinfo=UTC)

@@ -31,7 +31,6 @@ from celery import states
 from django.conf import settings as django_settings
 from django.db import IntegrityError, connections, transaction
 from django.db.models import F, Q
-from django.db.models.functions import Substr
 from django.utils import timezone
 
 from .conf import monitor_settings
@@ -71,8 +70,9 @@ REROLL = timedelta(minutes=10)
 #: The most minutes one roll-up reads from the task table (a first roll-up catches up in
 #: several steps).
 MAX_ROLL = timedelta(hours=6)
-#: How far back a first roll-up starts.
+#: How far back a first roll-up starts, and how far back it writes minutes (before, hours).
 BACKFILL = timedelta(days=7)
+MINUTE_BACKFILL = timedelta(hours=2)
 #: The periods of the rollups, in seconds: minutes, hours and quarter days, each made from
 #: the one before; and how long each is kept. The longest window reads quarter days (a few
 #: thousand rows for 7 days), and the shorter ones hours or minutes.
@@ -228,34 +228,87 @@ def _now() -> datetime:
 
 
 def _finished_rows(using: str, start: datetime, end: datetime) -> Iterator[tuple]:
-    """The finished tasks whose row time is in ``[start, end)``: one index range a state."""
+    """The finished tasks whose row time is in ``[start, end)``: one index range a state.
+
+    Read with plain SQL and the times parsed here (the ORM's conversions of three times a
+    row took most of a roll-up): ``(tstamp, name, state, exception's first 200
+    characters, task_id, retries, runtime, received, started)``.
+    """
+    connection = connections[using]
+    quote = connection.ops.quote_name
+    opts = TaskState._meta
+    column = {name: quote(opts.get_field(name).column) for name in (
+        "tstamp", "name", "state", "exception", "task_id", "retries", "runtime",
+        "received", "started",
+    )}  # fmt: skip
+    sql = (
+        f"SELECT {column['tstamp']}, {column['name']}, {column['state']},"
+        f" SUBSTR({column['exception']}, 1, 200), {column['task_id']}, {column['retries']},"
+        f" {column['runtime']}, {column['received']}, {column['started']}"
+        f" FROM {quote(opts.db_table)}"
+        f" WHERE {column['state']} = %s AND {column['tstamp']} >= %s AND {column['tstamp']} < %s"
+    )
+    field = opts.get_field("tstamp")
+    low, high = (field.get_db_prep_value(value, connection) for value in (start, end))
+    parse = _time_parser()
     for state in FINISHED:
-        rows = (
-            TaskState.objects.using(using)
-            .filter(state=state, tstamp__gte=start, tstamp__lt=end)
-            .order_by()
-            .annotate(exception_head=Substr("exception", 1, 200))
-            .values_list(
-                "tstamp",
-                "name",
-                "state",
-                "exception_head",
-                "task_id",
-                "retries",
-                "runtime",
-                "received",
-                "started",
-            )
-        )
-        yield from rows.iterator(chunk_size=5000)
+        with connection.cursor() as cursor:
+            cursor.execute(sql, [state, low, high])
+            while True:
+                rows = cursor.fetchmany(5000)
+                if not rows:
+                    break
+                for (
+                    tstamp,
+                    name,
+                    state_,
+                    exc,
+                    task_id,
+                    retries,
+                    runtime,
+                    received,
+                    started,
+                ) in rows:
+                    yield (
+                        parse(tstamp), name, state_, exc, task_id, retries, runtime,
+                        parse(received), parse(started),
+                    )  # fmt: skip
+
+
+def _time_parser():
+    """A function turning a time as the database returns it into what the ORM would give.
+
+    SQLite returns text, MySQL naive times in UTC, PostgreSQL aware times; with ``USE_TZ``
+    off every time is naive, in the site's time zone.
+    """
+    use_tz = django_settings.USE_TZ
+
+    def parse(value: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.__class__ is str:
+            value = datetime.fromisoformat(value)
+        if use_tz:
+            return value.replace(tzinfo=UTC) if value.tzinfo is None else value
+        if value.tzinfo is not None:
+            return timezone.make_naive(value)
+        return value
+
+    return parse
 
 
 def aggregate_rows(rows: Iterable[tuple], period: int) -> dict[Key, Group]:
     """Fold task rows (as :func:`_finished_rows` yields them) into groups of ``period``."""
     groups: dict[Key, Group] = {}
+    # The rows of one state come in time order: the bucket of the previous row is reused.
+    low = high = bucket = None
+    step = timedelta(seconds=period)
     for tstamp, name, state, exception, task_id, retries, runtime, received, started in rows:
+        if low is None or not low <= tstamp < high:
+            bucket = low = floor_time(tstamp, period)
+            high = low + step
         key = (
-            floor_time(tstamp, period),
+            bucket,
             name or "",
             state,
             exception_type(exception) if state == states.FAILURE else "",
@@ -368,15 +421,18 @@ def roll_up(using: str = "default", now: datetime | None = None) -> int:
     now = now or _now()
     end = floor_time(now - SETTLE, 60)
     mark = _mark(using, 60)
-    start = floor_time(now - BACKFILL, 60) if mark is None else min(mark, end - REROLL)
     written = 0
     try:
-        while start < end:
-            stop = min(end, start + MAX_ROLL)
-            groups = aggregate_rows(_finished_rows(using, start, stop), 60)
-            _store(using, 60, start, stop, groups)
-            written += len(groups)
-            start = stop
+        if mark is None and _mark(using, 3600) is None:
+            # The first roll-up: the hours of the last days straight from the rows, and
+            # minutes only for the last hours (the windows that read minutes are short).
+            start = floor_time(end - MINUTE_BACKFILL, 3600)
+            written += _roll_rows(using, 3600, floor_time(now - BACKFILL, 3600), start)
+        elif mark is None:
+            start = _mark(using, 3600)
+        else:
+            start = min(mark, end - REROLL)
+        written += _roll_rows(using, 60, start, end)
         for lower, period in itertools.pairwise(LEVELS):
             lower_until = _mark(using, lower)
             if lower_until is None:
@@ -401,6 +457,18 @@ def roll_up(using: str = "default", now: datetime | None = None) -> int:
     except IntegrityError:
         # Another camera wrote the same buckets meanwhile: they are its to finish.
         pass
+    return written
+
+
+def _roll_rows(using: str, period: int, start: datetime, end: datetime) -> int:
+    """Write the rollups of ``period`` in ``[start, end)`` from the task rows, in steps."""
+    written = 0
+    while start < end:
+        stop = min(end, start + MAX_ROLL)
+        groups = aggregate_rows(_finished_rows(using, start, stop), period)
+        _store(using, period, start, stop, groups)
+        written += len(groups)
+        start = stop
     return written
 
 
@@ -433,35 +501,44 @@ def cumulative_groups(using: str = "default") -> dict[tuple[str, str, str], Grou
     """
     now = _now()
     epoch = datetime(1970, 1, 1, tzinfo=now.tzinfo)
-    groups: dict[tuple[str, str, str], Group] = {}
-
-    def add(more: dict[Key, Group]) -> None:
-        for (_bucket, name, state, exc), group in more.items():
-            found = groups.get((name, state, exc))
-            if found is None:
-                groups[(name, state, exc)] = group
-            else:
-                found.merge(group)
-
-    add(_rollup_rows(using, ARCHIVE, epoch, epoch + timedelta(seconds=1)))
+    ranges: list[tuple[int | None, datetime, datetime]] = [
+        (ARCHIVE, epoch, epoch + timedelta(seconds=1))
+    ]
     cursor = epoch
     for period in reversed(LEVELS):
         until = _mark(using, period)
         if until is not None and until > cursor:
-            add(_rollup_rows(using, period, cursor, until))
+            ranges.append((period, cursor, until))
             cursor = until
     if cursor == epoch:
         cursor = floor_time(now - BACKFILL, 60)  # never rolled up: the recent days
-    add(aggregate_rows(_finished_rows(using, cursor, now + timedelta(days=1)), 60))
-    return groups
+    ranges.append((None, cursor, now + timedelta(days=1)))
+    sums: dict[tuple[str, str, str], list] = {}
+    for record in _records(using, ranges):
+        key = record[1:4]
+        found = sums.get(key)
+        if found is None:
+            found = sums[key] = [0, 0, _Sum(), _Sum()]
+        found[0] += record[4]
+        found[1] += record[5]
+        found[2].add(*record[6:10])
+        found[3].add(*record[10:14])
+    return {
+        key: Group(count, retried, runtime.digest(), wait.digest())
+        for key, (count, retried, runtime, wait) in sums.items()
+    }
 
 
 def unfinished_counts(using: str = "default") -> dict[str, int]:
-    """How many tasks are in each unfinished state now, whatever their age."""
+    """How many tasks are in each unfinished state now, whatever their age.
+
+    Counted from the (state, tstamp) index alone, so rows the expiry hid a moment before
+    the purge deletes them are counted too (the task list leaves them out).
+    """
     counts = {}
     for state in UNFINISHED:
         counts[state] = (
-            TaskState.objects.using(using).filter(state=state, hidden=False).order_by().count()
+            TaskState.objects.using(using).filter(state=state).order_by().count()
         )
     return counts
 
@@ -553,12 +630,15 @@ def _finished_counts(
 
 
 def _unfinished_counts(using: str, start: datetime, end: datetime) -> dict[str, int]:
-    """How many tasks of each unfinished state had their latest event in ``[start, end)``."""
+    """How many tasks of each unfinished state had their latest event in ``[start, end)``.
+
+    From the (state, tstamp) index alone (see :func:`unfinished_counts`).
+    """
     counts = {}
     for state in UNFINISHED:
         count = (
             TaskState.objects.using(using)
-            .filter(state=state, tstamp__gte=start, tstamp__lt=end, hidden=False)
+            .filter(state=state, tstamp__gte=start, tstamp__lt=end)
             .order_by()
             .count()
         )
