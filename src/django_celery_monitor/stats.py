@@ -537,9 +537,7 @@ def unfinished_counts(using: str = "default") -> dict[str, int]:
     """
     counts = {}
     for state in UNFINISHED:
-        counts[state] = (
-            TaskState.objects.using(using).filter(state=state).order_by().count()
-        )
+        counts[state] = TaskState.objects.using(using).filter(state=state).order_by().count()
     return counts
 
 
