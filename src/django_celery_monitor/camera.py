@@ -230,6 +230,7 @@ class Camera(Polaroid):
         self.write_seconds = 0.0
         self._beat_at: tuple[float, int] | None = None
         self._camera_started: Any = None
+        self._sampler: Any = None
         self._watch_events()
 
     # -- models ------------------------------------------------------------------------
@@ -611,6 +612,9 @@ class Camera(Polaroid):
             self._ctref = self.cleanup_timer.call_repeatedly(self.cleanup_freq, self.cleanup)
             self.cleanup_timer.call_after(RECONCILE_AFTER, self.reconcile)
             self._rref = self.cleanup_timer.call_repeatedly(ROLLUP_EVERY, self.roll_up)
+            every = self.settings.queue_sample_every
+            if every:
+                self._qref = self.cleanup_timer.call_repeatedly(every, self.sample_queues)
 
     def reconcile(self) -> tuple[int, int]:
         """Settle the tasks recorded unfinished before the camera started (see ``reconcile``).
@@ -718,6 +722,18 @@ class Camera(Polaroid):
         hostname, pid = socket.gethostname(), os.getpid()
         return f"{hostname}:{pid}"[:255], hostname[:255], pid
 
+    def sample_queues(self) -> list:
+        """Measure the broker's queues and write a sample each (see ``queues``)."""
+        from .queues import QueueSampler
+
+        if self._sampler is None:
+            self._sampler = QueueSampler(self.app)
+        try:
+            return self._sampler.sample()
+        except Exception:  # never the camera's end: the next sample tries again
+            logger.warning("Could not sample the queues.", exc_info=True)
+            return []
+
     def roll_up(self) -> int:
         """Write the dashboard's rollups of the minutes that ended (see ``stats.roll_up``)."""
         from .stats import roll_up
@@ -752,10 +768,15 @@ class Camera(Polaroid):
 
     def cancel(self) -> None:
         """Stop the timers and take a last shot, whatever the time since the previous one."""
-        for ref in (self._tref, self._ctref, getattr(self, "_rref", None)):
+        for ref in (
+            self._tref,
+            self._ctref,
+            getattr(self, "_rref", None),
+            getattr(self, "_qref", None),
+        ):
             if ref is not None:
                 ref.cancel()
-        self._tref = self._ctref = self._rref = None
+        self._tref = self._ctref = self._rref = self._qref = None
         self.capture(force=True)
         self.record_heartbeat(stopped=True)
         if self.pending_tasks or self.pending_workers:
@@ -870,6 +891,19 @@ class Camera(Polaroid):
             )
         return marked
 
+    def _expire_queue_samples(self) -> None:
+        from django.utils import timezone
+
+        from .models import QueueSample
+
+        expires = self.settings.queue_samples_expires
+        if expires is None:
+            return
+        try:
+            QueueSample.objects.filter(sampled__lt=timezone.now() - expires).delete()
+        except DatabaseError:
+            logger.warning("Could not delete the old queue samples.", exc_info=True)
+
     def on_cleanup(self) -> int:
         """Hide the expired tasks of each state group, purge the hidden ones.
 
@@ -879,6 +913,7 @@ class Camera(Polaroid):
         counts = [manager.expire_by_states(s, expires) for s, expires in self.expire_task_states]
         # A state Celery does not define (PROGRESS) is in none of the groups.
         counts.append(manager.expire_custom_states(self.settings.task_custom_expires))
+        self._expire_queue_samples()
         dirty = sum(count for count in counts if count is not None)
         if dirty:
             logger.debug("Cleanup: Marked %s objects as dirty.", dirty)

@@ -259,6 +259,18 @@ API_TOKENS = Setting(
     "login (a list of strings; keep them out of the code).",
 )
 
+QUEUE_SAMPLE_EVERY = Setting(
+    "monitor_queue_sample_every",
+    10,
+    description="Seconds between two measures of the broker's queue lengths by the camera "
+    "(None: never).",
+)
+QUEUE_SAMPLES_EXPIRES = Setting(
+    "monitor_queue_samples_expires",
+    timedelta(days=7),
+    description="How long queue length samples are kept (a timedelta, seconds, or None).",
+)
+
 SIZE_SETTINGS = (
     WRITE_BATCH_SIZE,
     PURGE_BATCH_SIZE,
@@ -349,6 +361,19 @@ class MonitorSettings:
     @property
     def worker_alive_grace(self) -> int:
         return self._size(WORKER_ALIVE_GRACE)
+
+    @property
+    def queue_sample_every(self) -> float | None:
+        where, value = QUEUE_SAMPLE_EVERY.raw(self.app)
+        if value is None or value == 0:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+            raise ImproperlyConfigured(f"{where} must be a number of seconds or None.")
+        return float(value)
+
+    @property
+    def queue_samples_expires(self) -> timedelta | None:
+        return to_expires(*QUEUE_SAMPLES_EXPIRES.raw(self.app))
 
     @property
     def stuck_after(self) -> timedelta | None:

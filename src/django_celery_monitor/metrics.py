@@ -76,6 +76,7 @@ class MonitorCollector:
         yield from self.task_metrics()
         yield from self.worker_metrics()
         yield from self.camera_metrics()
+        yield from self.queue_metrics()
 
     def task_metrics(self) -> Iterator[Any]:
         from prometheus_client.core import (
@@ -221,6 +222,39 @@ class MonitorCollector:
             [], sum(w["events_missed"] for w in workers if w["events_missed"] is not None)
         )
         yield missed
+
+    def queue_metrics(self) -> Iterator[Any]:
+        """The latest length and consumers of each queue sampled in the last minutes.
+
+        A queue the broker did not answer for, or cannot count, has no value (a gap).
+        """
+        from prometheus_client.core import GaugeMetricFamily
+
+        found = stats.queue_lengths(self.using)
+        length = GaugeMetricFamily(
+            "celery_monitor_queue_length",
+            "Messages waiting in the queue, as last sampled.",
+            labels=["queue"],
+        )
+        consumers = GaugeMetricFamily(
+            "celery_monitor_queue_consumers",
+            "Consumers of the queue, as last sampled.",
+            labels=["queue"],
+        )
+        age = GaugeMetricFamily(
+            "celery_monitor_queue_sample_age_seconds",
+            "Seconds since the queue was last sampled.",
+            labels=["queue"],
+        )
+        for queue in found:
+            if queue["messages"] is not None:
+                length.add_metric([queue["queue"]], queue["messages"])
+            if queue["consumers"] is not None:
+                consumers.add_metric([queue["queue"]], queue["consumers"])
+            age.add_metric([queue["queue"]], queue["age"])
+        yield length
+        yield consumers
+        yield age
 
     def camera_metrics(self) -> Iterator[Any]:
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily

@@ -326,3 +326,44 @@ class Dashboard(TaskState):
         proxy = True
         verbose_name = _("dashboard")
         verbose_name_plural = _("dashboard")
+
+
+class QueueSample(models.Model):
+    """The length of one broker queue at one moment, measured by the camera's sampler.
+
+    ``messages`` is None when the broker did not answer in time (a gap in the chart) or
+    cannot tell (``note`` says which).
+    """
+
+    queue = models.CharField(_("queue"), max_length=255)
+    sampled = models.DateTimeField(_("sampled"))
+    #: Messages waiting in the queue (every priority of it on Redis).
+    messages = models.BigIntegerField(_("messages"), null=True, blank=True)
+    #: Consumers of the queue: the broker's count (RabbitMQ), else the workers that
+    #: consume from it as their ``active_queues`` say.
+    consumers = models.IntegerField(_("consumers"), null=True, blank=True)
+    note = models.CharField(_("note"), max_length=255, default="", blank=True)
+
+    class Meta:
+        """Model meta-data."""
+
+        verbose_name = _("queue sample")
+        verbose_name_plural = _("queue samples")
+        indexes = [
+            models.Index(fields=["queue", "-sampled"], name="cm_queue_sampled_idx"),
+            models.Index(fields=["sampled"], name="cm_queue_sampled_at_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.queue} {self.messages} at {self.sampled}"
+
+
+class Queue(QueueSample):
+    """The queues' entry in the admin: a proxy of the samples (see ``admin.queues``)."""
+
+    class Meta:
+        """Model meta-data."""
+
+        proxy = True
+        verbose_name = _("queue")
+        verbose_name_plural = _("queues")

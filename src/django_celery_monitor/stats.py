@@ -34,7 +34,7 @@ from django.db.models import F, Q
 from django.utils import timezone
 
 from .conf import monitor_settings
-from .models import CameraState, RollupMark, TaskRollup, TaskState, WorkerState
+from .models import CameraState, QueueSample, RollupMark, TaskRollup, TaskState, WorkerState
 
 __all__ = [
     "WINDOWS",
@@ -890,6 +890,7 @@ def dashboard(
         "workers": workers(using),
         "stuck": stuck_tasks(now, using),
         "cameras": camera_health(now, using),
+        "queues": queue_lengths(using, now),
     }
 
 
@@ -1015,3 +1016,82 @@ def camera_health(now: datetime | None = None, using: str = "default") -> dict[s
             else f"the last shot was {age:.0f} s ago (every {latest['frequency']:g} s expected)"
         )
     return {"ok": ok, "reason": reason, "cameras": cameras}
+
+
+# -- queues -----------------------------------------------------------------------------
+
+#: Queues whose latest sample is older than this are no longer listed.
+QUEUE_RECENT = timedelta(minutes=10)
+#: Points of a queue's backlog chart over its window.
+QUEUE_POINTS = 60
+
+
+def queues(
+    window: str = DEFAULT_WINDOW, now: datetime | None = None, using: str = "default"
+) -> dict[str, Any]:
+    """The queues sampled lately: the latest sample of each and its backlog over ``window``.
+
+    Each point of a backlog is the latest sample at or before its time (a gap: None), read
+    with one statement a queue of :data:`QUEUE_POINTS` index lookups, whatever the number
+    of samples in the window.
+    """
+    if window not in WINDOWS:
+        raise ValueError(f"Unknown window {window!r}: one of {', '.join(WINDOWS)}.")
+    now = now or _now()
+    length = WINDOWS[window][0]
+    step = length / QUEUE_POINTS
+    times = [now - length + step * (index + 1) for index in range(QUEUE_POINTS)]
+    found = queue_lengths(using, now)
+    for entry in found:
+        backlog = _backlog(using, entry["queue"], times, step)
+        entry["points"] = list(zip(times, backlog, strict=True))
+    return {"window": window, "start": now - length, "end": now, "queues": found, "now": now}
+
+
+def _backlog(using: str, name: str, times: list[datetime], step: timedelta) -> list[int | None]:
+    """The latest length of queue ``name`` at or before each of ``times`` (within ``step``
+    of it, else None: the sampler was not running or the broker did not answer)."""
+    connection = connections[using]
+    quote = connection.ops.quote_name
+    table = quote(QueueSample._meta.db_table)
+    field = QueueSample._meta.get_field("sampled")
+    subquery = (
+        f"(SELECT {quote('messages')} FROM {table} WHERE {quote('queue')} = %s"
+        f" AND {quote('sampled')} <= %s AND {quote('sampled')} > %s"
+        f" ORDER BY {quote('sampled')} DESC LIMIT 1)"
+    )
+    parts, params = [], []
+    for moment in times:
+        parts.append(subquery)
+        params += [
+            name,
+            field.get_db_prep_value(moment, connection),
+            field.get_db_prep_value(moment - step, connection),
+        ]
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT " + ", ".join(parts), params)
+        return list(cursor.fetchone())
+
+
+def queue_lengths(using: str = "default", now: datetime | None = None) -> list[dict[str, Any]]:
+    """The latest sample of each queue sampled in the last :data:`QUEUE_RECENT`.
+
+    What the metrics export, and the queues page lists.
+    """
+    now = now or _now()
+    samples = QueueSample.objects.using(using)
+    latest = samples.order_by("-sampled").values_list("sampled", flat=True).first()
+    if latest is None:
+        return []
+    recent = samples.filter(sampled__gte=max(latest, now) - QUEUE_RECENT).order_by()
+    names = sorted(set(recent.values_list("queue", flat=True)[:5000]))[:200]
+    found = []
+    for name in names:
+        last = (
+            samples.filter(queue=name)
+            .order_by("-sampled")
+            .values("sampled", "messages", "consumers", "note")
+            .first()
+        )
+        found.append({"queue": name, **last, "age": (now - last["sampled"]).total_seconds()})
+    return found

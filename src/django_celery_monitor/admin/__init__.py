@@ -3,7 +3,7 @@
 One module per concern: ``helpers`` (what the pages show), ``lists`` (the changelist and its
 paginator), ``queries`` (the bounded queries of the lists, filters and search), ``base`` (the
 base admin), ``filters``, the admins of ``tasks`` and ``workers``, and the ``dashboard`` with
-its ``charts``, registered on import.
+its ``charts``, and the ``queues`` page, registered on import.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from .dashboard import DashboardMonitor
 from .filters import LostFilter, StateFilter, TaskNameFilter, WorkerFilter
 from .helpers import NODE_STATE_COLORS, TASK_STATE_COLORS
 from .lists import CappedPaginator, MonitorList
+from .queues import QueueMonitor
 from .tasks import RateLimitForm, TaskMonitor
 from .workers import WorkerMonitor
 
@@ -25,6 +26,7 @@ __all__ = [
     "LostFilter",
     "ModelMonitor",
     "MonitorList",
+    "QueueMonitor",
     "RateLimitForm",
     "StateFilter",
     "TaskMonitor",

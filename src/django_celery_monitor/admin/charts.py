@@ -195,3 +195,43 @@ def legend(items: Sequence[tuple[str, str]]) -> SafeString:
             ((css, label) for css, label in items),
         ),
     )
+
+
+def backlog_chart(points: Sequence[tuple[datetime, int | None]], label: str) -> SafeString:
+    """A queue's length over time: a line with a gap where no sample was taken, and an
+    area under it."""
+    values = [value for _when, value in points if value is not None]
+    top = nice_ceiling(max(values, default=0))
+    plot_w, plot_h = WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM
+    count = max(len(points), 1)
+    width = plot_w / count
+    seconds = int((points[1][0] - points[0][0]).total_seconds()) if len(points) > 1 else 60
+    bins = [{"start": when} for when, _value in points]
+    parts = _frame(top, bins, seconds, lambda v: formats.number_format(round(v)))
+    runs: list[list[tuple[float, float]]] = [[]]
+    for index, (when, value) in enumerate(points):
+        if value is None:
+            if runs[-1]:
+                runs.append([])
+            continue
+        x = LEFT + width * (index + 0.5)
+        y = TOP + plot_h * (1 - min(value / top, 1))
+        runs[-1].append((x, y))
+        parts.append(
+            format_html(
+                '<circle class="cm-line-queue" cx="{}" cy="{}" r="2">'
+                "<title>{}: {}</title></circle>",
+                f"{x:.1f}",
+                f"{y:.1f}",
+                formats.date_format(_local(when), "DATETIME_FORMAT"),
+                formats.number_format(value, force_grouping=True),
+            )
+        )
+    base = TOP + plot_h
+    for run in runs:
+        if len(run) > 1:
+            line = " ".join(f"{x:.1f},{y:.1f}" for x, y in run)
+            area = f"{run[0][0]:.1f},{base:.1f} {line} {run[-1][0]:.1f},{base:.1f}"
+            parts.append(format_html('<polygon class="cm-area-queue" points="{}"/>', area))
+            parts.append(format_html('<polyline class="cm-line-queue" points="{}"/>', line))
+    return _svg(label, parts)

@@ -24,7 +24,7 @@ from django.utils import formats, timezone
 from django.utils.translation import gettext, gettext_lazy
 
 from .. import stats
-from ..models import Dashboard, TaskState, WorkerState
+from ..models import Dashboard, Queue, TaskState, WorkerState
 from . import charts
 from .base import ReadOnly
 from .helpers import NODE_STATE_COLORS, TASK_STATE_COLORS, _seconds
@@ -300,6 +300,10 @@ class DashboardMonitor(ReadOnly, admin.ModelAdmin):
             "camera": latest,
             "cameras": health["cameras"],
             "events_missed": sum(w["events_missed"] or 0 for w in workers),
+            "queues": data["queues"],
+            "queues_url": reverse(
+                admin_urlname(Queue._meta, "changelist"), current_app=current_app
+            ),
         }
 
 
