@@ -96,5 +96,7 @@ CELERY_TASK_IGNORE_RESULT = True
 
 # The monitor's expiry (django_celery_monitor reads these through the Celery app).
 CELERY_MONITOR_TASK_SUCCESS_EXPIRES = timedelta(hours=6)
+# The demo's queues fill and drain within seconds: measure them often.
+CELERY_MONITOR_QUEUE_SAMPLE_EVERY = 2
 CELERY_MONITOR_TASK_ERROR_EXPIRES = timedelta(days=3)
 CELERY_MONITOR_TASK_PENDING_EXPIRES = timedelta(days=5)

@@ -16,6 +16,14 @@ class Command(BaseCommand):
         parser.add_argument(
             "--count", type=int, default=0, help="Stop after this many (0: never)."
         )
+        parser.add_argument(
+            "--burst-every",
+            type=int,
+            default=45,
+            help="Every this many sends, a burst of report tasks fills the reports queue "
+            "(0: never).",
+        )
+        parser.add_argument("--burst-size", type=int, default=40)
 
     def handle(self, *args, **options):
         sent = 0
@@ -36,5 +44,9 @@ class Command(BaseCommand):
             else:
                 tasks.fan_out.delay(3)
             sent += 1
+            if options["burst_every"] and sent % options["burst_every"] == 0:
+                # The worker takes a few at a time: the queues page shows it fill and drain.
+                for _ in range(options["burst_size"]):
+                    tasks.sleep.apply_async((1,), queue="reports")
             time.sleep(options["interval"])
         self.stdout.write(f"Sent {sent} tasks.")

@@ -116,7 +116,19 @@ class Command(BaseCommand):
         self.processes = [
             Process(
                 "the Celery worker",
-                [*celery, "worker", "-E", "-l", "info", "-c", "2", "--hostname", "demo@%h"],
+                [
+                    *celery,
+                    "worker",
+                    "-E",
+                    "-l",
+                    "info",
+                    "-c",
+                    "2",
+                    "-Q",
+                    "celery,reports",
+                    "--hostname",
+                    "demo@%h",
+                ],
                 log_dir / "worker.log",
             ),
             Process(
