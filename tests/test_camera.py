@@ -230,6 +230,7 @@ def test_the_last_shot_writes_what_just_happened(state, app):
         camera.close()
 
 
+@pytest.mark.django_db(transaction=True)  # the shot's thread writes on its own connection
 def test_the_receiver_is_not_blocked_while_a_shot_is_written(state, camera):
     writing, release = threading.Event(), threading.Event()
 
