@@ -21,6 +21,7 @@ from django.utils.translation import gettext_lazy as _
 from .. import control
 from ..models import TaskState, WorkerState
 from .base import ModelMonitor
+from .export import TaskExportMixin
 from .filters import LostFilter, StateFilter, TaskNameFilter, WorkerFilter
 from .helpers import (
     ARGS_LENGTH,
@@ -65,8 +66,8 @@ class RateLimitForm(forms.Form):
 
 
 @admin.register(TaskState)
-class TaskMonitor(ModelMonitor):
-    """Tasks: what ran where, when, with what, and how it ended."""
+class TaskMonitor(TaskExportMixin, ModelMonitor):
+    """Tasks: what ran where, when, with what, and how it ended; exported as CSV or JSON lines."""
 
     date_drilldown = "tstamp"
     # What a user scans for, in a list that fits a 1280 px window with the admin's navigation
