@@ -3,7 +3,7 @@
 One module per concern: ``helpers`` (what the pages show), ``lists`` (the changelist and its
 paginator), ``queries`` (the bounded queries of the lists, filters and search), ``base`` (the
 base admin), ``filters``, the admins of ``tasks`` and ``workers``, and the ``dashboard`` with
-its ``charts``, and the ``queues`` page, registered on import.
+its ``charts``, the ``queues`` page, and the tasks' ``export``, registered on import.
 """
 
 from __future__ import annotations
