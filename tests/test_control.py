@@ -8,6 +8,7 @@ import pytest
 
 from django_celery_monitor import control
 from django_celery_monitor.models import TaskState
+from tests.conftest import wait_for
 
 UNREACHABLE = "redis://127.0.0.1:1/0"
 
@@ -147,6 +148,108 @@ def test_rate_limit_refuses_a_bad_rate_before_touching_the_broker(broker_down):
         control.rate_limit("tests.tasks.add", "often", app=broker_down)
 
 
+# -- the worker's page: its inputs are checked before anything is sent
+
+
+@pytest.mark.parametrize("queue", ["reports", "celery.high", "a:b@c/d+e-f_1", " q "])
+def test_parse_queue_accepts_queue_names(queue):
+    assert control.parse_queue(queue) == queue.strip()
+
+
+@pytest.mark.parametrize("queue", ["", "two words", "x" * 201, "q;rm", "é", "a\nb"])
+def test_parse_queue_refuses_the_rest(queue):
+    with pytest.raises(ValueError):
+        control.parse_queue(queue)
+
+
+@pytest.mark.parametrize(("maximum", "minimum"), [(1, 0), (4, 4), (1000, 2)])
+def test_parse_autoscale_accepts_bounds(maximum, minimum):
+    assert control.parse_autoscale(maximum, minimum) == (maximum, minimum)
+
+
+@pytest.mark.parametrize(("maximum", "minimum"), [(0, 0), (2, 3), (1001, 1), (4, -1)])
+def test_parse_autoscale_refuses_the_rest(maximum, minimum):
+    with pytest.raises(ValueError):
+        control.parse_autoscale(maximum, minimum)
+
+
+@pytest.mark.parametrize(("soft", "hard"), [(None, None), (1, None), (None, 2), (0.5, 1)])
+def test_parse_time_limits_accepts_limits(soft, hard):
+    assert control.parse_time_limits(soft, hard) == (soft, hard)
+
+
+@pytest.mark.parametrize(
+    ("soft", "hard"), [(0, None), (-1, None), (2, 1), (1, 1), (float("inf"), None), (None, 1e9)]
+)
+def test_parse_time_limits_refuses_the_rest(soft, hard):
+    with pytest.raises(ValueError):
+        control.parse_time_limits(soft, hard)
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda app: control.add_consumer("w@test", "two words", app=app),
+        lambda app: control.cancel_consumer("w@test", "", app=app),
+        lambda app: control.autoscale("w@test", 1, 2, app=app),
+        lambda app: control.time_limit("w@test", "tests.tasks.add", 2, 1, app=app),
+        lambda app: control.worker_rate_limit("w@test", "tests.tasks.add", "often", app=app),
+    ],
+)
+def test_bad_input_is_refused_before_touching_the_broker(broker_down, call):
+    with pytest.raises(ValueError):
+        call(broker_down)
+
+
+def test_revoke_waiting_of_nothing_sends_nothing(broker_down):
+    assert control.revoke_waiting([], app=broker_down) == control.Answer()
+
+
+@pytest.mark.parametrize(
+    ("reply", "expected"),
+    [
+        ({"ok": "add consumer reports"}, (True, "add consumer reports")),
+        ({"error": "unknown task"}, (False, "unknown task")),
+        (
+            {"error": "ValueError('Pool restarts not enabled')"},
+            (False, "Pool restarts not enabled"),
+        ),
+        ({"error": 'KeyError("x")'}, (False, "x")),
+        ("pong", (False, "pong")),
+        (None, (False, "None")),
+    ],
+)
+def test_reply_text(reply, expected):
+    assert control.reply_text(reply) == expected
+
+
+def test_parse_registered():
+    reply = ["proj.add [rate_limit=10/m soft_time_limit=0.5 time_limit=1.0]", "proj.mail", 3]
+
+    assert control.parse_registered(reply) == {
+        "proj.add": {"rate_limit": "10/m", "soft_time_limit": "0.5", "time_limit": "1.0"},
+        "proj.mail": {},
+        "3": {},
+    }
+    assert control.parse_registered({"not": "a list"}) == {}
+
+
+def test_commands_to_an_absent_worker_get_no_answer(app, redis_url):
+    answer = control.add_consumer("nobody@test", "reports", app=app)
+
+    assert answer == control.Answer({}, {})
+
+
+def test_inspect_asks_every_command_at_once(app, redis_url):
+    start = time.monotonic()
+    answers = control.inspect("nobody@test", app=app)
+
+    # One timeout for all of them, not one a command.
+    assert time.monotonic() - start < 2.5
+    assert list(answers) == list(control.INSPECT_COMMANDS)
+    assert all(answer == control.Answer() for answer in answers.values())
+
+
 # -- the broker is down: one exception type, raised quickly
 
 
@@ -163,6 +266,14 @@ def test_rate_limit_refuses_a_bad_rate_before_touching_the_broker(broker_down):
         lambda app: control.pool_shrink(["w@test"], n=2, app=app),
         lambda app: control.ping(["w@test"], app=app),
         lambda app: control.retry(task(), app=app),
+        lambda app: control.inspect("w@test", app=app),
+        lambda app: control.add_consumer("w@test", "reports", app=app),
+        lambda app: control.cancel_consumer("w@test", "reports", app=app),
+        lambda app: control.autoscale("w@test", 4, 1, app=app),
+        lambda app: control.pool_restart("w@test", app=app),
+        lambda app: control.time_limit("w@test", "tests.tasks.sleep", 1, 2, app=app),
+        lambda app: control.worker_rate_limit("w@test", "tests.tasks.add", "1/s", app=app),
+        lambda app: control.revoke_waiting(["x"], app=app),
     ],
 )
 def test_broker_down_raises_control_error(broker_down, call):
@@ -199,3 +310,55 @@ def test_commands_reach_a_real_worker(app, celery_worker):
     assert control.shutdown([worker.hostname], app=app) == [worker.hostname]
     worker.process.wait(20)
     assert control.ping([worker.hostname], timeout=0.5, app=app) == {}
+
+
+@pytest.mark.e2e
+def test_the_worker_page_commands_reach_a_real_worker(app, celery_worker):
+    worker = celery_worker("control-2@test")
+    host = worker.hostname
+
+    answers = control.inspect(host, app=app)
+    assert all(host in answer.replies for answer in answers.values())
+    assert all(0 < answer.ms[host] < 1000 for answer in answers.values())
+    stats = answers["stats"].replies[host]
+    assert stats["pid"] == worker.process.pid
+    assert stats["pool"]["max-concurrency"] == 2
+    assert "tests.tasks.sleep" in control.parse_registered(answers["registered"].replies[host])
+    assert "celery" in {queue["name"] for queue in answers["active_queues"].replies[host]}
+
+    def queues():
+        answer = control.inspect(host, ["active_queues"], app=app)["active_queues"]
+        return {queue["name"] for queue in answer.replies[host]}
+
+    added = control.add_consumer(host, "reports", app=app)
+    assert control.reply_text(added.replies[host]) == (True, "add consumer reports")
+    assert 0 < added.ms[host] < 1000
+    wait_for(lambda: "reports" in queues(), message="the worker to consume from reports")
+    cancelled = control.cancel_consumer(host, "reports", app=app)
+    assert control.reply_text(cancelled.replies[host]) == (
+        True,
+        "no longer consuming from reports",
+    )
+    wait_for(lambda: "reports" not in queues(), message="the worker to stop consuming")
+
+    # Neither --autoscale nor worker_pool_restarts: the worker says so.
+    refused = control.autoscale(host, 4, 1, app=app)
+    assert control.reply_text(refused.replies[host]) == (False, "Autoscale not enabled")
+    refused = control.pool_restart(host, app=app)
+    assert control.reply_text(refused.replies[host]) == (False, "Pool restarts not enabled")
+
+    limited = control.time_limit(host, "tests.tasks.sleep", 0.5, 1, app=app)
+    assert control.reply_text(limited.replies[host]) == (True, "time limits set successfully")
+    unknown = control.time_limit(host, "tests.tasks.nope", 1, app=app)
+    assert control.reply_text(unknown.replies[host]) == (False, "unknown task")
+    rate = control.worker_rate_limit(host, "tests.tasks.add", "10/m", app=app)
+    assert control.reply_text(rate.replies[host]) == (True, "new rate limit set successfully")
+    registered = control.inspect(host, ["registered"], app=app)["registered"]
+    limits = control.parse_registered(registered.replies[host])
+    assert limits["tests.tasks.sleep"] == {"soft_time_limit": "0.5", "time_limit": "1.0"}
+    assert limits["tests.tasks.add"] == {"rate_limit": "10/m"}
+
+    revoked = control.revoke_waiting(["waiting-1"], app=app)
+    assert control.reply_text(revoked.replies[host])[0]
+    answer = control.inspect(host, ["revoked"], app=app)["revoked"]
+    assert "waiting-1" in answer.replies[host]

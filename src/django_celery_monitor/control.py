@@ -10,10 +10,13 @@ workers were reached.
 from __future__ import annotations
 
 import ast
+import math
 import re
 import time
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from kombu.exceptions import KombuError
@@ -27,19 +30,35 @@ if TYPE_CHECKING:
     from .models import TaskState
 
 __all__ = [
+    "INSPECT_ARGUMENTS",
+    "INSPECT_COMMANDS",
     "TIMEOUT",
+    "Answer",
     "ControlError",
     "RetryError",
+    "add_consumer",
+    "autoscale",
+    "cancel_consumer",
     "disable_events",
     "enable_events",
+    "inspect",
+    "parse_autoscale",
+    "parse_queue",
     "parse_rate",
+    "parse_registered",
+    "parse_time_limits",
     "ping",
     "pool_grow",
+    "pool_restart",
     "pool_shrink",
     "rate_limit",
+    "reply_text",
     "retry",
     "revoke",
+    "revoke_waiting",
     "shutdown",
+    "time_limit",
+    "worker_rate_limit",
 ]
 
 #: Seconds to wait for the broker connection and for the workers' replies.
@@ -47,6 +66,39 @@ TIMEOUT = 1.0
 
 #: A Celery rate limit: tasks per second, or per ``s``, ``m`` or ``h``; ``0`` removes it.
 RATE_RE = re.compile(r"^\s*\d+(\.\d+)?\s*(/\s*[smh])?\s*$")
+
+#: A queue name a worker can be told to consume from: what AMQP and Redis both accept, and
+#: nothing a shell or a URL would read differently.
+QUEUE_RE = re.compile(r"^[\w.:@/+-]{1,200}$", re.ASCII)
+
+#: The inspect commands the worker's page asks, in the order it shows their answers.
+INSPECT_COMMANDS = (
+    "stats",
+    "active_queues",
+    "active",
+    "reserved",
+    "scheduled",
+    "revoked",
+    "registered",
+    "conf",
+)
+
+#: The arguments the worker's page asks an inspect command with: the registered tasks come
+#: with the limits the worker holds for them, ``"proj.add [rate_limit=10/m time_limit=5]"``.
+INSPECT_ARGUMENTS: dict[str, dict[str, Any]] = {
+    "registered": {"taskinfoitems": ["rate_limit", "soft_time_limit", "time_limit"]},
+}
+
+#: One entry of a ``registered`` answer: the task name, then its attributes in brackets.
+_REGISTERED_RE = re.compile(r"^(?P<name>\S+)(?: \[(?P<info>.*)\])?$", re.DOTALL)
+
+#: The most processes an autoscale command may ask for.
+MAX_AUTOSCALE = 1000
+#: The longest time limit accepted, in seconds (a week).
+MAX_TIME_LIMIT = 7 * 24 * 3600.0
+
+#: An exception's repr as a worker replies it, ``ValueError('Pool restarts not enabled')``.
+_ERROR_REPR_RE = re.compile(r"""^[A-Za-z_][\w.]*\((['"])(.*)\1\)$""", re.DOTALL)
 
 
 class ControlError(Exception):
@@ -99,6 +151,68 @@ def _merge(replies: Iterable[dict[str, Any]] | None) -> dict[str, Any]:
 
 def _destination(hostnames: Iterable[str]) -> list[str]:
     return sorted(set(hostnames))
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What the workers answered one command.
+
+    ``replies`` holds each answering worker's reply by hostname, ``ms`` the round trip of
+    each reply in milliseconds (from sending the command to its reply arriving). A worker
+    that did not answer within the timeout is in neither.
+    """
+
+    replies: dict[str, Any] = field(default_factory=dict)
+    ms: dict[str, float] = field(default_factory=dict)
+
+
+def reply_text(reply: Any) -> tuple[bool, str]:
+    """Whether a worker's reply to a control command says ok, and what it says.
+
+    Workers answer ``{"ok": text}`` or ``{"error": text}``; a command that raised answers
+    the exception's repr, which is shortened to its message.
+    """
+    if isinstance(reply, dict) and "ok" in reply:
+        return True, str(reply["ok"])
+    if isinstance(reply, dict) and "error" in reply:
+        text = str(reply["error"])
+        match = _ERROR_REPR_RE.match(text)
+        return False, match.group(2) if match else text
+    return False, str(reply)
+
+
+def _timed(
+    command: str,
+    destination: list[str] | None,
+    app: Celery | None,
+    timeout: float = TIMEOUT,
+    **arguments: Any,
+) -> Answer:
+    """Broadcast ``command`` and time each reply as it arrives."""
+    app = _app(app)
+    replies: dict[str, Any] = {}
+    ms: dict[str, float] = {}
+    start = time.monotonic()
+
+    def on_reply(body: dict[str, Any]) -> None:
+        elapsed = round((time.monotonic() - start) * 1000.0, 1)
+        for hostname, reply in body.items():
+            if hostname not in replies:
+                replies[hostname] = reply
+                ms[hostname] = elapsed
+
+    with _connection(app) as conn:
+        start = time.monotonic()
+        app.control.broadcast(
+            command,
+            arguments=arguments,
+            destination=destination,
+            connection=conn,
+            reply=True,
+            timeout=timeout,
+            callback=on_reply,
+        )
+    return Answer(replies, ms)
 
 
 def revoke(
@@ -224,6 +338,137 @@ def ping(
             destination=dest, timeout=timeout, connection=conn, callback=on_reply
         )
     return answered
+
+
+def inspect(
+    hostname: str,
+    commands: Iterable[str] = INSPECT_COMMANDS,
+    timeout: float = TIMEOUT,
+    app: Celery | None = None,
+) -> dict[str, Answer]:
+    """Ask one worker the inspect ``commands``, all at once; return the answers by command.
+
+    Each command is sent on its own connection from its own thread, so a worker that does
+    not answer costs ``timeout`` once, not once a command. A command the worker did not
+    answer in time has an empty :class:`Answer`.
+    """
+    app = _app(app)  # the current app is per thread: look it up here, not in the threads
+    commands = list(dict.fromkeys(commands))
+    if not commands:
+        return {}
+    with ThreadPoolExecutor(len(commands), thread_name_prefix="celery-monitor-inspect") as pool:
+        futures = {
+            command: pool.submit(
+                _timed, command, [hostname], app, timeout, **INSPECT_ARGUMENTS.get(command, {})
+            )
+            for command in commands
+        }
+    errors = [f.exception() for f in futures.values() if f.exception() is not None]
+    if errors:
+        raise errors[0]
+    return {command: future.result() for command, future in futures.items()}
+
+
+def parse_registered(reply: Any) -> dict[str, dict[str, str]]:
+    """The task names of a ``registered`` answer, each with the attributes it came with.
+
+    ``["proj.add [rate_limit=10/m]", "proj.mail"]`` gives
+    ``{"proj.add": {"rate_limit": "10/m"}, "proj.mail": {}}``.
+    """
+    tasks: dict[str, dict[str, str]] = {}
+    for entry in reply if isinstance(reply, list) else ():
+        match = _REGISTERED_RE.match(str(entry))
+        if not match:
+            continue
+        info = dict(
+            item.partition("=")[::2] for item in (match.group("info") or "").split() if "=" in item
+        )
+        tasks[match.group("name")] = info
+    return tasks
+
+
+def parse_queue(value: str) -> str:
+    """Return a valid queue name or raise ValueError."""
+    value = (value or "").strip()
+    if not QUEUE_RE.match(value):
+        raise ValueError(value)
+    return value
+
+
+def parse_autoscale(maximum: int, minimum: int) -> tuple[int, int]:
+    """Return valid autoscale bounds (the most at least 1, the fewest at most the most)."""
+    if not (1 <= maximum <= MAX_AUTOSCALE and 0 <= minimum <= maximum):
+        raise ValueError((maximum, minimum))
+    return maximum, minimum
+
+
+def parse_time_limits(soft: float | None, hard: float | None) -> tuple[float | None, float | None]:
+    """Return valid time limits in seconds (``None``: no limit); the soft one below the hard."""
+    soft, hard = (None if value is None else float(value) for value in (soft, hard))
+    for value in (soft, hard):
+        if value is not None and not (0 < value <= MAX_TIME_LIMIT and math.isfinite(value)):
+            raise ValueError(value)
+    if soft is not None and hard is not None and soft >= hard:
+        raise ValueError((soft, hard))
+    return soft, hard
+
+
+def add_consumer(hostname: str, queue: str, app: Celery | None = None) -> Answer:
+    """Tell a worker to consume from ``queue`` too (declared as a direct queue if new)."""
+    return _timed("add_consumer", [hostname], app, queue=parse_queue(queue))
+
+
+def cancel_consumer(hostname: str, queue: str, app: Celery | None = None) -> Answer:
+    """Tell a worker to stop consuming from ``queue``."""
+    return _timed("cancel_consumer", [hostname], app, queue=parse_queue(queue))
+
+
+def autoscale(hostname: str, maximum: int, minimum: int, app: Celery | None = None) -> Answer:
+    """Set the most and the fewest processes of a worker's autoscaler.
+
+    Only a worker started with ``--autoscale`` has one; others answer an error.
+    """
+    maximum, minimum = parse_autoscale(maximum, minimum)
+    return _timed("autoscale", [hostname], app, max=maximum, min=minimum)
+
+
+def pool_restart(hostname: str, app: Celery | None = None) -> Answer:
+    """Restart a worker's pool processes (without reloading modules).
+
+    A worker refuses (an error answer) unless its ``worker_pool_restarts`` setting is on.
+    """
+    return _timed("pool_restart", [hostname], app, modules=None, reload=False)
+
+
+def time_limit(
+    hostname: str,
+    task_name: str,
+    soft: float | None = None,
+    hard: float | None = None,
+    app: Celery | None = None,
+) -> Answer:
+    """Set the soft and hard time limits of a task type on a worker; ``None`` removes one."""
+    soft, hard = parse_time_limits(soft, hard)
+    return _timed("time_limit", [hostname], app, task_name=task_name, soft=soft, hard=hard)
+
+
+def worker_rate_limit(
+    hostname: str, task_name: str, rate: str, app: Celery | None = None
+) -> Answer:
+    """Set the rate limit of a task type on one worker (``"0"`` removes it)."""
+    return _timed("rate_limit", [hostname], app, task_name=task_name, rate_limit=parse_rate(rate))
+
+
+def revoke_waiting(task_ids: Iterable[str], app: Celery | None = None) -> Answer:
+    """Revoke tasks that have not started, without terminating anything.
+
+    Sent to every worker, since any of them may be the one to receive a waiting task: the
+    call waits the whole timeout for their replies.
+    """
+    task_ids = list(task_ids)
+    if not task_ids:
+        return Answer()
+    return _timed("revoke", None, app, task_id=task_ids, terminate=False)
 
 
 def _literal(value: str | None, kind: type, empty: Any, label: str) -> Any:
