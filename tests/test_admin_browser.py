@@ -459,3 +459,54 @@ def test_live_refresh_shows_a_task_finishing_on_a_real_worker(
     assert "paused" in page.locator(".cm-live-status").inner_text()
     page.uncheck("input[name=_selected_action]")
     page.wait_for_selector(f"#result_list >> text={third.id[:8]}", timeout=15_000)
+
+
+@pytest.mark.e2e
+def test_the_page_of_a_real_worker(open_page, live_server, camera, celery_worker):
+    node = celery_worker("browser-3@test")
+    running = tasks.sleep.delay(4)
+    held = tasks.add.apply_async((2, 2), countdown=6)
+    wait_for(
+        lambda: (
+            TaskState.objects.filter(task_id=running.id, state="STARTED").exists()
+            and TaskState.objects.filter(task_id=held.id, state="RECEIVED").exists()
+        ),
+        message="the camera to record the running and the held task",
+    )
+    worker = WorkerState.objects.get(hostname=node.hostname)
+    page = open_page(1280, 900)
+
+    page.goto(f"{live_server.url}/admin/celery_monitor/workerstate/{worker.pk}/change/")
+    stats = page.locator("#cm-stats")
+    assert str(node.process.pid) in stats.inner_text()
+    assert "prefork" in stats.inner_text()
+    assert "tests.tasks.sleep" in page.locator("#cm-registered").inner_text()
+    assert page.locator("#cm-active tbody tr").count() == 1
+    assert page.locator("#cm-scheduled tbody tr").count() == 1
+    assert page.evaluate("document.documentElement.scrollWidth - window.innerWidth") == 0
+    screenshot(page, "worker_detail")
+    # The ids of recorded tasks lead to their page.
+    page.click("#cm-scheduled tbody a")
+    page.wait_for_selector(".cm-timeline")
+    assert held.id in page.locator("#content").inner_text()
+    page.go_back()
+
+    page.fill("#id_add_consumer-queue", "reports")
+    page.click("#cm-control-add_consumer button[type=submit]")
+    message = page.locator("ul.messagelist li").inner_text()
+    assert message.startswith("Consumer added: queue reports: browser-3@test answered in ")
+    assert message.endswith(" ms: add consumer reports.")
+
+    def consumed():
+        page.reload()
+        return "reports" in page.locator("#cm-queues").inner_text()
+
+    wait_for(consumed, interval=0.5, message="the page to show the new queue")
+    page.emulate_media(color_scheme="dark")
+    page.reload()
+    screenshot(page, "worker_detail_dark")
+    wait_for(
+        lambda: TaskState.objects.filter(task_id=held.id, state="SUCCESS").exists(),
+        timeout=30,
+        message="the held task to run",
+    )
