@@ -282,6 +282,7 @@ def test_the_camera_counts_missed_events_and_records_its_heartbeat(app):
     camera.capture()
     assert WorkerState.objects.get(hostname=host).events_missed == 5
 
+    camera.record_heartbeat()
     beat = CameraState.objects.get()
     assert beat.pid > 0 and beat.frequency == 1.0
     assert beat.events == camera.events_seen == 12
@@ -351,3 +352,21 @@ def test_the_first_roll_up_writes_minutes_for_the_last_hours_only():
     # The next roll-up goes on from the minutes' mark.
     stats.roll_up(now=NOW + timedelta(minutes=3))
     assert RollupMark.objects.get(period=60).until == datetime(2026, 3, 2, 10, 32, tzinfo=UTC)
+
+
+def test_the_camera_beats_at_most_once_a_second_while_it_writes(app, monkeypatch):
+    from django_celery_monitor import camera as camera_module
+
+    state = State()
+    camera = Camera(state, app=app, freq=1.0)
+    monkeypatch.setattr(camera_module, "HEARTBEAT_EVERY", 3600)
+    state.event(events.received(str(uuidlib.uuid4())))
+    camera.capture()  # the first shot beats
+    assert CameraState.objects.get().tasks_written == 1
+    state.event(events.received(str(uuidlib.uuid4())))
+    camera.capture()  # too soon after the first
+    assert CameraState.objects.get().tasks_written == 1
+    monkeypatch.setattr(camera_module, "HEARTBEAT_EVERY", 0)
+    state.event(events.received(str(uuidlib.uuid4())))
+    camera.capture()
+    assert CameraState.objects.get().tasks_written == 3

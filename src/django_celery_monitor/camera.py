@@ -44,6 +44,8 @@ logger = get_logger(__name__)
 RECONCILE_AFTER = 0.5
 #: The longest a timer sleeps before it looks again: how fast it stops when asked.
 TIMER_TICK = 0.25
+#: The least seconds between two heartbeats of the camera (``CameraState``).
+HEARTBEAT_EVERY = 1.0
 #: Seconds between two roll-ups of the finished minutes for the dashboard.
 ROLLUP_EVERY = 30.0
 #: Down, unreachable, or not migrated yet: worth trying again with the next shot.
@@ -660,25 +662,30 @@ class Camera(Polaroid):
             self.write_seconds = time.perf_counter() - began
             self.tasks_written += written
         self.mark_lost_tasks()
-        if due and (wrote or self._heartbeat_due()):
+        if due and self._heartbeat_due(wrote):
             self.record_heartbeat()
         if written:
             logger.debug("Shot: wrote %d tasks.", written)
         return written
 
-    def _heartbeat_due(self) -> bool:
+    def _heartbeat_due(self, wrote: bool) -> bool:
+        """Whether this shot writes the heartbeat: at most one a second (shots can follow
+        each other faster under load), and every ``idle_heartbeat_every`` seconds while
+        the shots write nothing."""
         from .models import CameraState
 
-        return self._beat_at is None or (
-            time.monotonic() - self._beat_at[0] >= CameraState.idle_heartbeat_every
-        )
+        if self._beat_at is None:
+            return True
+        every = HEARTBEAT_EVERY if wrote else CameraState.idle_heartbeat_every
+        return time.monotonic() - self._beat_at[0] >= every
 
     def record_heartbeat(self, stopped: bool = False) -> None:
         """Write the camera's own heartbeat (``CameraState``): its last shot and counters.
 
-        Written with each shot that wrote rows, and every ``idle_heartbeat_every`` seconds
-        by an idle camera. The health check, the dashboard and the metrics read it. A
-        database that cannot be written only costs the heartbeat of this shot.
+        Written with the shots that wrote rows (at most once a second), and every
+        ``idle_heartbeat_every`` seconds by an idle camera. The health check, the
+        dashboard and the metrics read it. A database that cannot be written only costs
+        the heartbeat of this shot.
         """
         from django.utils import timezone
 
