@@ -372,6 +372,23 @@ def test_a_refusal_says_what_the_worker_needs(admin_client, inspected, monkeypat
     ]
 
 
+@pytest.mark.parametrize("payload", XSS)
+def test_what_the_worker_replies_to_a_control_is_escaped(
+    admin_client, inspected, monkeypatch, payload
+):
+    worker = make_worker("w1@test")
+    refusal = {"w1@test": {"error": payload}}
+    monkeypatch.setattr(
+        control, "pool_restart", lambda host, app=None: control.Answer(refusal, {host: 1.0})
+    )
+
+    html = post_control(admin_client, worker, "pool_restart").content.decode()
+
+    assert "<script>alert(1)" not in html and "<img src=x" not in html
+    assert "refused in 1.0 ms: " in html
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html or "&lt;img src=x" in html
+
+
 def test_a_control_nobody_answered(admin_client, redis_url, celery):
     worker = make_worker("nobody@test")
 

@@ -99,6 +99,8 @@ MAX_LIVE_TASKS = 100
 MAX_REVOKED_SHOWN = 100
 #: How many characters of a task's arguments, or of a setting's value, the page shows.
 LIVE_TEXT_LENGTH = 160
+#: How many characters of a worker's reply to a control the message and the history keep.
+REPLY_TEXT_LENGTH = 500
 #: The states of a task that no worker has started yet, which "revoke by name" revokes.
 WAITING_STATES = ("RECEIVED", "PENDING")
 
@@ -174,6 +176,11 @@ class WorkerControlForm(forms.Form):
     def words(self) -> dict[str, Any]:
         """The values the messages and the history are formatted with."""
         return dict(self.cleaned_data)
+
+
+def _timeout() -> str:
+    """How long an answer is awaited, in seconds: ``1``."""
+    return f"{control.TIMEOUT:g}"
 
 
 def _seconds_words(value: float | None) -> str:
@@ -811,7 +818,7 @@ class WorkerMonitor(ModelMonitor):
     ) -> dict[str, Any]:
         live: dict[str, Any] = {
             "asked_at": timezone.now(),
-            "timeout": f"{control.TIMEOUT:g}",
+            "timeout": _timeout(),
         }
         registered: list[str] | None = None
         try:
@@ -900,17 +907,17 @@ class WorkerMonitor(ModelMonitor):
                 request,
                 [worker],
                 gettext("%(asked)s (no answer in %(timeout)s s)")
-                % {"asked": asked, "timeout": f"{control.TIMEOUT:g}"},
+                % {"asked": asked, "timeout": _timeout()},
             )
             self.message_user(
                 request,
                 gettext("%(asked)s: %(host)s did not answer in %(timeout)s s.")
-                % {"asked": asked, "host": host, "timeout": f"{control.TIMEOUT:g}"},
+                % {"asked": asked, "host": host, "timeout": _timeout()},
                 messages.WARNING,
             )
             return
         ok, text = control.reply_text(answer.replies[host])
-        ms = answer.ms[host]
+        text, ms = _text(text, REPLY_TEXT_LENGTH), answer.ms[host]
         if ok:
             done = str(form.done) % words
             _log(
@@ -981,7 +988,7 @@ class WorkerMonitor(ModelMonitor):
         else:
             log = gettext("%(done)s (no answer in %(timeout)s s)") % {
                 "done": done,
-                "timeout": f"{control.TIMEOUT:g}",
+                "timeout": _timeout(),
             }
         _log(request, [worker], log)
         _log(request, tasks, gettext("Revoked"))
@@ -1000,6 +1007,6 @@ class WorkerMonitor(ModelMonitor):
             self.message_user(
                 request,
                 gettext("%(done)s: no worker answered in %(timeout)s s.")
-                % {"done": done, "timeout": f"{control.TIMEOUT:g}"},
+                % {"done": done, "timeout": _timeout()},
                 messages.WARNING,
             )
