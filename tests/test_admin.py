@@ -901,6 +901,7 @@ def test_worker_actions_with_the_broker_down(admin_client, broker_down, action):
 
 
 @pytest.mark.e2e
+@pytest.mark.broker
 @pytest.mark.django_db(transaction=True)
 def test_actions_reach_a_real_worker(admin_client, celery, celery_worker):
     node = celery_worker("admin-1@test")

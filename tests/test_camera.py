@@ -230,6 +230,16 @@ def test_the_last_shot_writes_what_just_happened(state, app):
         camera.close()
 
 
+def capture_and_close(camera):
+    """A shot on a thread of its own, which closes the connections it opened."""
+    from django.db import connections
+
+    try:
+        camera.capture()
+    finally:
+        connections.close_all()
+
+
 @pytest.mark.django_db(transaction=True)  # the shot's thread writes on its own connection
 def test_the_receiver_is_not_blocked_while_a_shot_is_written(state, camera):
     writing, release = threading.Event(), threading.Event()
@@ -241,7 +251,7 @@ def test_the_receiver_is_not_blocked_while_a_shot_is_written(state, camera):
 
     feed(state, events.received(new_id()))
     with mock.patch("django_celery_monitor.writer.write_snapshot", side_effect=slow_write):
-        shot = threading.Thread(target=camera.capture)
+        shot = threading.Thread(target=capture_and_close, args=(camera,))
         shot.start()
         assert writing.wait(10)
         handled = threading.Thread(target=state.event, args=(events.received(new_id()),))

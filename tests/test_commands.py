@@ -132,6 +132,7 @@ def start_celery_events_camera(tmp_path) -> Process:
 
 
 @pytest.mark.e2e
+@pytest.mark.broker
 @pytest.mark.django_db(transaction=True)
 def test_monitor_command_writes_a_last_snapshot_on_sigterm(redis_url, tmp_path):
     process = Process(
@@ -154,6 +155,7 @@ def test_monitor_command_writes_a_last_snapshot_on_sigterm(redis_url, tmp_path):
 
 
 @pytest.mark.e2e
+@pytest.mark.broker
 @pytest.mark.django_db(transaction=True)
 def test_celery_events_with_the_camera_as_the_manual_says(redis_url, tmp_path):
     process = start_celery_events_camera(tmp_path)
@@ -185,6 +187,7 @@ def publish_raw_events(*bodies: dict) -> None:
 
 
 @pytest.mark.e2e
+@pytest.mark.broker
 @pytest.mark.django_db(transaction=True)
 def test_celery_events_with_the_camera_survives_bad_events(redis_url, tmp_path):
     process = start_celery_events_camera(tmp_path)

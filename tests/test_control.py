@@ -10,6 +10,8 @@ from django_celery_monitor import control
 from django_celery_monitor.models import TaskState
 from tests.conftest import wait_for
 
+pytestmark = pytest.mark.broker
+
 UNREACHABLE = "redis://127.0.0.1:1/0"
 
 

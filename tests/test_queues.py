@@ -142,6 +142,7 @@ def test_a_broker_that_is_down_leaves_a_gap():
 
 
 @pytest.mark.e2e
+@pytest.mark.broker
 @pytest.mark.django_db
 def test_the_workers_queues_are_measured_with_their_consumers(app, celery_worker):
     worker = celery_worker("queues-1@test")

@@ -98,6 +98,7 @@ def run_camera():
 
 
 @pytest.mark.e2e
+@pytest.mark.broker
 @pytest.mark.django_db(transaction=True)
 def test_the_runner_waits_for_the_broker_and_reconnects(redis_server, run_camera):
     app = Celery("reconnect", broker=f"redis://127.0.0.1:{redis_server.port}/0")
@@ -130,6 +131,7 @@ def test_the_runner_waits_for_the_broker_and_reconnects(redis_server, run_camera
 
 
 @pytest.mark.e2e
+@pytest.mark.broker
 @pytest.mark.django_db(transaction=True)
 def test_a_broker_restart_while_a_real_worker_runs_tasks(redis_server, tmp_path, run_camera):
     from tests.conftest import WorkerProcess
@@ -168,6 +170,7 @@ def test_a_broker_restart_while_a_real_worker_runs_tasks(redis_server, tmp_path,
 
 
 @pytest.mark.e2e
+@pytest.mark.broker
 @pytest.mark.django_db(transaction=True)
 def test_on_rabbitmq_nothing_is_lost_while_the_camera_restarts(rabbitmq_url, tmp_path, run_camera):
     from tests.conftest import WorkerProcess
@@ -215,6 +218,7 @@ def test_on_rabbitmq_nothing_is_lost_while_the_camera_restarts(rabbitmq_url, tmp
 
 
 @pytest.mark.e2e
+@pytest.mark.broker
 @pytest.mark.django_db(transaction=True)
 def test_a_task_that_ends_while_the_camera_is_away_is_settled_from_the_result_backend(
     redis_url, tmp_path, run_camera

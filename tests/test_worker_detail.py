@@ -29,7 +29,7 @@ from tests.test_admin import (
     worker_url,
 )
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.broker]
 
 # The admin's fixtures: the admin uses the test app (celery), whose broker may be down.
 celery = test_admin.celery
