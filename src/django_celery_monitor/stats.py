@@ -755,12 +755,15 @@ def _records(using: str, ranges) -> Iterator[Record]:
         for name in (
             "bucket", "name", "state", "exception_type", "count", "retried",
             "runtime_count", "runtime_sum", "runtime_max", "runtime_hist",
-            "wait_count", "wait_sum", "wait_max", "wait_hist", "latest_task_id", "latest_tstamp",
+            "wait_count", "wait_sum", "wait_max", "wait_hist", "latest_task_id",
         )
     )  # fmt: skip
+    quote = connection.ops.quote_name
     bucket_field = TaskRollup._meta.get_field("bucket")
+    # The latest task's time is read for failures only (the examples the page links to).
     sql = (
-        f"SELECT {columns} FROM {table} WHERE {connection.ops.quote_name('period')} = %s"
+        f"SELECT {columns}, CASE WHEN {quote('state')} = %s THEN {quote('latest_tstamp')} END"
+        f" FROM {table} WHERE {connection.ops.quote_name('period')} = %s"
         f" AND {connection.ops.quote_name('bucket')} >= %s"
         f" AND {connection.ops.quote_name('bucket')} < %s"
     )
@@ -777,6 +780,7 @@ def _records(using: str, ranges) -> Iterator[Record]:
                 )  # fmt: skip
             continue
         params = [
+            states.FAILURE,
             source,
             bucket_field.get_db_prep_value(low, connection),
             bucket_field.get_db_prep_value(high, connection),
@@ -916,39 +920,44 @@ def workers(using: str = "default") -> list[dict[str, Any]]:
 def stuck_tasks(now: datetime | None = None, using: str = "default") -> dict[str, Any]:
     """Tasks that will not finish by themselves, or take too long.
 
-    Received or started on a worker that is offline (or marked lost), and started longer
-    than ``monitor_stuck_after`` seconds ago. Each read from an index; at most
-    :data:`MAX_STUCK` of each, the oldest first.
+    Received or started on a worker that is offline, and started longer than
+    ``monitor_stuck_after`` seconds ago on a worker that is online. At most :data:`MAX_STUCK`
+    of each, the oldest first; each read from an index, one worker and state at a time (of
+    the :data:`MAX_STUCK` offline workers heard last), so no query sorts more rows than it
+    returns.
     """
     now = now or _now()
     after = monitor_settings.stuck_after
-    offline = [
-        worker.pk
-        for worker in WorkerState.objects.using(using).order_by()[: MAX_WORKERS * 5]
-        if not worker.is_alive()
+    workers = WorkerState.objects.using(using).order_by(F("last_heartbeat").desc(nulls_last=True))[
+        : MAX_WORKERS * 5
     ]
-    base = TaskState.objects.using(using).filter(hidden=False).select_related("worker")
-    on_offline = list(
-        base.filter(state__in=("RECEIVED", states.STARTED), worker_id__in=offline).order_by(
-            "tstamp"
-        )[:MAX_STUCK]
-    )
-    running_long = []
-    if after is not None:
+    hostnames = {worker.pk: worker.hostname for worker in workers}
+    offline = [worker.pk for worker in workers if not worker.is_alive()]
+    set_offline = set(offline)
+    fields = ("pk", "task_id", "name", "state", "worker_id", "started", "received", "tstamp")
+    tasks = TaskState.objects.using(using).filter(hidden=False).order_by("tstamp")
+    on_offline: list[dict] = []
+    for pk in offline[:MAX_STUCK]:
+        for state in ("RECEIVED", states.STARTED):
+            on_offline += tasks.filter(worker_id=pk, state=state).values(*fields)[:MAX_STUCK]
+    on_offline = sorted(on_offline, key=lambda task: task["tstamp"])[:MAX_STUCK]
+    online = [worker.pk for worker in workers if worker.pk not in set_offline]
+    running_long: list[dict] = []
+    if after is not None and online:
         running_long = list(
-            base.filter(state=states.STARTED, tstamp__lt=now - after)
-            .exclude(worker_id__in=offline)
-            .order_by("tstamp")[:MAX_STUCK]
+            tasks.filter(
+                state=states.STARTED, tstamp__lt=now - after, worker_id__in=online
+            ).values(*fields)[:MAX_STUCK]
         )
 
-    def describe(task: TaskState, reason: str) -> dict[str, Any]:
+    def describe(task: dict, reason: str) -> dict[str, Any]:
         return {
-            "id": task.pk,
-            "task_id": task.task_id,
-            "name": task.name,
-            "state": task.state,
-            "worker": task.worker.hostname if task.worker else None,
-            "since": task.started or task.received or task.tstamp,
+            "id": task["pk"],
+            "task_id": task["task_id"],
+            "name": task["name"],
+            "state": task["state"],
+            "worker": hostnames.get(task["worker_id"]),
+            "since": task["started"] or task["received"] or task["tstamp"],
             "reason": reason,
         }
 
