@@ -92,6 +92,9 @@ MAX_NAMES = 50
 MAX_FAILURE_TYPES = 20
 #: The most stuck tasks and workers listed.
 MAX_STUCK = 20
+#: The offline workers (the latest heard first) whose unfinished tasks are looked for even
+#: before the camera marks them lost.
+RECENTLY_OFFLINE = 3
 MAX_WORKERS = 200
 
 
@@ -544,8 +547,13 @@ def unfinished_counts(using: str = "default") -> dict[str, int]:
 # -- reading ------------------------------------------------------------------------------
 
 
+def _marks(using: str) -> dict[int, datetime]:
+    """How far the rollups of each period are written (one statement for all)."""
+    return dict(RollupMark.objects.using(using).values_list("period", "until"))
+
+
 def _sources(
-    using: str, start: datetime, end: datetime, period: int
+    using: str, start: datetime, end: datetime, period: int, marks: dict | None = None
 ) -> list[tuple[int | None, datetime, datetime]]:
     """Where the finished tasks of ``[start, end)`` are read: ``(period, from, to)`` ranges.
 
@@ -558,7 +566,7 @@ def _sources(
     for level in reversed(LEVELS):
         if level > period or cursor >= end or cursor != floor_time(cursor, level):
             continue
-        until = _mark(using, level)
+        until = marks.get(level) if marks is not None else _mark(using, level)
         if until is not None and until > cursor:
             upto = min(floor_time(until, level), end)
             if upto > cursor:
@@ -591,7 +599,7 @@ def _finished_groups(using: str, start: datetime, end: datetime, period: int) ->
 
 
 def _finished_counts(
-    using: str, start: datetime, end: datetime, period: int
+    using: str, start: datetime, end: datetime, period: int, marks: dict | None = None
 ) -> tuple[dict[str, int], int]:
     """How many tasks finished in ``[start, end)`` by state, and how many were retried.
 
@@ -601,7 +609,7 @@ def _finished_counts(
 
     by_state: dict[str, int] = {}
     retried = 0
-    for source, low, high in _sources(using, start, end, period):
+    for source, low, high in _sources(using, start, end, period, marks):
         if source is None:
             rows = (
                 TaskState.objects.using(using)
@@ -627,22 +635,32 @@ def _finished_counts(
     return by_state, retried
 
 
-def _unfinished_counts(using: str, start: datetime, end: datetime) -> dict[str, int]:
-    """How many tasks of each unfinished state had their latest event in ``[start, end)``.
+def _unfinished_windows(
+    using: str, start: datetime, length: timedelta
+) -> tuple[dict[str, int], dict[str, int]]:
+    """How many tasks of each unfinished state had their latest event in the window that
+    starts at ``start``, and in the one before: a statement a state, from the (state,
+    tstamp) index (see :func:`unfinished_counts`)."""
+    from django.db.models import Count
 
-    From the (state, tstamp) index alone (see :func:`unfinished_counts`).
-    """
-    counts = {}
+    current: dict[str, int] = {}
+    previous: dict[str, int] = {}
     for state in UNFINISHED:
-        count = (
+        # One state at a time: each an index-only range of (state, tstamp).
+        row = (
             TaskState.objects.using(using)
-            .filter(state=state, tstamp__gte=start, tstamp__lt=end)
+            .filter(state=state, tstamp__gte=start - length, tstamp__lt=start + length)
             .order_by()
-            .count()
+            .aggregate(
+                current=Count("tstamp", filter=Q(tstamp__gte=start)),
+                previous=Count("tstamp", filter=Q(tstamp__lt=start)),
+            )
         )
-        if count:
-            counts[state] = count
-    return counts
+        if row["current"]:
+            current[state] = row["current"]
+        if row["previous"]:
+            previous[state] = row["previous"]
+    return current, previous
 
 
 def window_bounds(window: str, now: datetime | None = None) -> tuple[datetime, datetime, int]:
@@ -659,10 +677,12 @@ def window_totals(
     """Totals by state, throughput and failure rate of ``window`` and the one before."""
     start, end, _interval = window_bounds(window, now)
     length, period, _ = WINDOWS[window]
-    current = _totals(*_finished_counts(using, start, end, period), length)
-    current["states"].update(_unfinished_counts(using, start, end))
-    previous = _totals(*_finished_counts(using, start - length, start, period), length)
-    previous["states"].update(_unfinished_counts(using, start - length, start))
+    marks = _marks(using)
+    current = _totals(*_finished_counts(using, start, end, period, marks), length)
+    previous = _totals(*_finished_counts(using, start - length, start, period, marks), length)
+    unfinished_now, unfinished_before = _unfinished_windows(using, start, length)
+    current["states"].update(unfinished_now)
+    previous["states"].update(unfinished_before)
     return {"window": window, "start": start, "end": end, "current": current, "previous": previous}
 
 
@@ -824,7 +844,8 @@ def dashboard(
     by_state: dict[str, int] = {}
     retried_total = 0
     bin_of: dict[datetime, int] = {}
-    for record in _records(using, _sources(using, start, end, period)):
+    marks = _marks(using)
+    for record in _records(using, _sources(using, start, end, period, marks)):
         bucket, name, state, exc, count, retried = record[:6]
         rc, rs, rm, rh, wc, ws, wm, wh, latest_id, latest_ts = record[6:]
         by_state[state] = by_state.get(state, 0) + count
@@ -863,9 +884,10 @@ def dashboard(
                 failure.update(latest_task_id=latest_id, latest_tstamp=latest, latest_name=name)
 
     current = _totals(by_state, retried_total, length)
-    current["states"].update(_unfinished_counts(using, start, end))
-    previous = _totals(*_finished_counts(using, start - length, start, period), length)
-    previous["states"].update(_unfinished_counts(using, start - length, start))
+    previous = _totals(*_finished_counts(using, start - length, start, period, marks), length)
+    unfinished_now, unfinished_before = _unfinished_windows(using, start, length)
+    current["states"].update(unfinished_now)
+    previous["states"].update(unfinished_before)
     totals = {"window": window, "start": start, "end": end}
     totals.update(current=current, previous=previous)
 
@@ -920,7 +942,8 @@ def workers(using: str = "default") -> list[dict[str, Any]]:
 def stuck_tasks(now: datetime | None = None, using: str = "default") -> dict[str, Any]:
     """Tasks that will not finish by themselves, or take too long.
 
-    Received or started on a worker that is offline, and started longer than
+    Received or started on a worker that is offline (the tasks the camera marked lost, and
+    those of the :data:`RECENTLY_OFFLINE` workers heard last), and started longer than
     ``monitor_stuck_after`` seconds ago on a worker that is online. At most :data:`MAX_STUCK`
     of each, the oldest first; each read from an index, one worker and state at a time (of
     the :data:`MAX_STUCK` offline workers heard last), so no query sorts more rows than it
@@ -936,11 +959,18 @@ def stuck_tasks(now: datetime | None = None, using: str = "default") -> dict[str
     set_offline = set(offline)
     fields = ("pk", "task_id", "name", "state", "worker_id", "started", "received", "tstamp")
     tasks = TaskState.objects.using(using).filter(hidden=False).order_by("tstamp")
-    on_offline: list[dict] = []
-    for pk in offline[:MAX_STUCK]:
-        for state in ("RECEIVED", states.STARTED):
-            on_offline += tasks.filter(worker_id=pk, state=state).values(*fields)[:MAX_STUCK]
-    on_offline = sorted(on_offline, key=lambda task: task["tstamp"])[:MAX_STUCK]
+    # The camera marks lost the unfinished tasks of the workers that stopped (the lost
+    # index); those of the workers that stopped last may not be marked yet.
+    waiting = ("RECEIVED", states.STARTED)
+    found = {
+        task["pk"]: task
+        for task in tasks.filter(lost=True, state__in=waiting).values(*fields)[:MAX_STUCK]
+    }
+    for pk in offline[:RECENTLY_OFFLINE]:
+        for state in waiting:
+            for task in tasks.filter(worker_id=pk, state=state).values(*fields)[:MAX_STUCK]:
+                found[task["pk"]] = task
+    on_offline = sorted(found.values(), key=lambda task: task["tstamp"])[:MAX_STUCK]
     online = [worker.pk for worker in workers if worker.pk not in set_offline]
     running_long: list[dict] = []
     if after is not None and online:
