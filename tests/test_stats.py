@@ -181,7 +181,9 @@ def test_rollups_give_the_same_aggregates(fixture_rows):
     assert written > 0
     minutes = RollupMark.objects.get(period=60).until
     assert minutes == datetime(2026, 3, 2, 10, 29, tzinfo=UTC)  # 10:30:20 less a minute
-    assert RollupMark.objects.get(period=3600).until == datetime(2026, 3, 2, 10, tzinfo=UTC)
+    # Longer periods are written up to the minutes' mark, their last bucket in progress.
+    assert RollupMark.objects.get(period=3600).until == minutes
+    assert RollupMark.objects.get(period=6 * 3600).until == minutes
     # The rows are gone from the table: what the rollups hold is what is counted.
     assert TaskRollup.objects.filter(period=60).count() > 0
     # Rolling up again changes nothing.
@@ -344,7 +346,9 @@ def test_the_first_roll_up_writes_minutes_for_the_last_hours_only():
     assert sum(minutes.values_list("count", flat=True)) == 3
     assert minutes.earliest("bucket").bucket >= NOW - stats.MINUTE_BACKFILL - timedelta(hours=1)
     hours = TaskRollup.objects.filter(period=3600)
-    assert sum(hours.values_list("count", flat=True)) == 2  # straight from the rows
+    # Two straight from the rows, and the last hours' three made from their minutes.
+    assert sum(hours.values_list("count", flat=True)) == 5
+    assert hours.filter(bucket__lt=NOW - stats.MINUTE_BACKFILL - timedelta(hours=1)).count() == 2
     day = stats.dashboard("24h", now=NOW)["totals"]["current"]
     assert day["states"] == {"SUCCESS": 4}
     week = stats.dashboard("7d", now=NOW)["totals"]["current"]

@@ -440,7 +440,9 @@ def roll_up(using: str = "default", now: datetime | None = None) -> int:
             lower_until = _mark(using, lower)
             if lower_until is None:
                 break
-            level_end = floor_time(lower_until, period)
+            # Up to the shorter period's mark, the bucket in progress too (it is written
+            # again by the next roll-up): a long window then reads its own period only.
+            level_end = lower_until
             level_mark = _mark(using, period)
             since = (
                 lower_until - BACKFILL
@@ -568,7 +570,8 @@ def _sources(
             continue
         until = marks.get(level) if marks is not None else _mark(using, level)
         if until is not None and until > cursor:
-            upto = min(floor_time(until, level), end)
+            # A level's buckets are whole up to its mark (the last one up to the mark).
+            upto = min(until, end)
             if upto > cursor:
                 ranges.append((level, cursor, upto))
                 cursor = upto
