@@ -16,6 +16,7 @@ from urllib.parse import urlencode
 from celery import states
 from django.contrib import admin
 from django.contrib.admin.templatetags.admin_urls import admin_urlname
+from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.template.loader import render_to_string
 from django.template.response import TemplateResponse
@@ -58,21 +59,27 @@ def _percent(value: float | None) -> str:
     return "-" if value is None else f"{value:.1%}"
 
 
-@admin.register(Dashboard)
-class DashboardMonitor(ReadOnly, admin.ModelAdmin):
-    """The dashboard page, and its JSON for the live refresh."""
+class WindowPage(ReadOnly, admin.ModelAdmin):
+    """A page of the monitor for a chosen window, with its JSON for the live refresh.
+
+    The entry of a proxy model: its changelist is the page (``template`` around
+    ``body_template``), and ``data/`` answers ``{"window", "html", ...}`` with the body
+    alone. Subclasses give the title, the permissions that let a user see it, and
+    :meth:`body_context`.
+    """
+
+    page_title = ""
+    body_template = ""
+    #: Any of these permissions lets a user see the page.
+    view_permissions: tuple[str, ...] = ()
 
     class Media:
         css = {"all": ("django_celery_monitor/style.css",)}
         js = ("django_celery_monitor/live.js",)
 
     def has_view_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        """Whoever may view the tasks may view their dashboard."""
         user = request.user
-        return user.is_active and (
-            user.has_perm("celery_monitor.view_dashboard")
-            or user.has_perm("celery_monitor.view_taskstate")
-        )
+        return user.is_active and any(user.has_perm(perm) for perm in self.view_permissions)
 
     def has_module_permission(self, request: HttpRequest) -> bool:
         return self.has_view_permission(request)
@@ -96,19 +103,25 @@ class DashboardMonitor(ReadOnly, admin.ModelAdmin):
         window = request.GET.get("window", stats.DEFAULT_WINDOW)
         return window if window in stats.WINDOWS else stats.DEFAULT_WINDOW
 
+    def body_context(self, request: HttpRequest, window: str) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def data_extra(self, body: dict[str, Any]) -> dict[str, Any]:
+        """What the live refresh's JSON carries besides the body."""
+        return {}
+
     def changelist_view(self, request: HttpRequest, extra_context=None) -> HttpResponse:
         if not self.has_view_permission(request):
-            from django.core.exceptions import PermissionDenied
-
             raise PermissionDenied
         window = self._window(request)
-        body = self.body_context(request, window)
         context = {
             **self.admin_site.each_context(request),
-            **body,
-            "title": gettext("Dashboard"),
+            **self.body_context(request, window),
+            "title": self.page_title,
             "opts": self.opts,
             "media": self.media,
+            "body_template": self.body_template,
+            "body_id": f"cm-{self.opts.model_name}-body",
             "windows": [
                 {"key": key, "label": label, "selected": key == window}
                 for key, label in WINDOW_LABELS.items()
@@ -120,22 +133,30 @@ class DashboardMonitor(ReadOnly, admin.ModelAdmin):
             **(extra_context or {}),
         }
         request.current_app = self.admin_site.name
-        return TemplateResponse(request, "admin/django_celery_monitor/dashboard.html", context)
+        return TemplateResponse(request, "admin/django_celery_monitor/window_page.html", context)
 
     def data_view(self, request: HttpRequest) -> HttpResponse:
-        """The dashboard's body for the live refresh, as JSON: ``{"html": ..., "ok": ...}``."""
+        """The page's body for the live refresh, as JSON."""
         if not self.has_view_permission(request):
             return JsonResponse({"error": "permission denied"}, status=403)
         window = self._window(request)
         body = self.body_context(request, window)
-        html = render_to_string(
-            "admin/django_celery_monitor/dashboard_body.html", body, request=request
-        )
-        response = JsonResponse(
-            {"window": window, "html": html, "monitor_ok": body["health"]["ok"]}
-        )
+        html = render_to_string(self.body_template, body, request=request)
+        response = JsonResponse({"window": window, "html": html, **self.data_extra(body)})
         response["Cache-Control"] = "no-store"
         return response
+
+
+@admin.register(Dashboard)
+class DashboardMonitor(WindowPage):
+    """The dashboard page: whoever may view the tasks may view it."""
+
+    page_title = gettext_lazy("Dashboard")
+    body_template = "admin/django_celery_monitor/dashboard_body.html"
+    view_permissions = ("celery_monitor.view_dashboard", "celery_monitor.view_taskstate")
+
+    def data_extra(self, body: dict[str, Any]) -> dict[str, Any]:
+        return {"monitor_ok": body["health"]["ok"]}
 
     # -- the page's content ----------------------------------------------------------------
 
