@@ -147,41 +147,72 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 60:.3g} min"
 
 
+def _moment(when: datetime) -> str:
+    return formats.date_format(_local(when), "DATETIME_FORMAT")
+
+
+def _line(
+    points: Sequence[tuple[datetime, float | None]],
+    top: float,
+    css: str,
+    radius: float,
+    title: Callable[[datetime, float], str],
+    area: bool = False,
+) -> list[SafeString]:
+    """A line through the points that have a value, broken where one has none: a dot with
+    ``title(time, value)`` on hover at each point, and the area under it if asked."""
+    plot_w, plot_h = WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM
+    width = plot_w / max(len(points), 1)
+    parts = []
+    runs: list[list[tuple[float, float]]] = [[]]
+    for index, (when, value) in enumerate(points):
+        if value is None:
+            if runs[-1]:
+                runs.append([])
+            continue
+        x = LEFT + width * (index + 0.5)
+        y = TOP + plot_h * (1 - min(value / top, 1))
+        runs[-1].append((x, y))
+        parts.append(
+            format_html(
+                '<circle class="{}" cx="{}" cy="{}" r="{}"><title>{}</title></circle>',
+                css,
+                f"{x:.1f}",
+                f"{y:.1f}",
+                radius,
+                title(when, value),
+            )
+        )
+    base = TOP + plot_h
+    for run in runs:
+        if len(run) > 1:
+            line = " ".join(f"{x:.1f},{y:.1f}" for x, y in run)
+            if area:
+                under = f"{run[0][0]:.1f},{base:.1f} {line} {run[-1][0]:.1f},{base:.1f}"
+                parts.append(format_html('<polygon class="cm-area-queue" points="{}"/>', under))
+            parts.append(format_html('<polyline class="{}" points="{}"/>', css, line))
+    return parts
+
+
 def runtime_chart(series: Sequence[dict], interval: int) -> SafeString:
     """Lines of the runtime's p50 and p95 per interval (a gap where no task finished)."""
     values = [
         point[key] for point in series for key in ("runtime_p50", "runtime_p95") if point[key]
     ]
     top = nice_ceiling(max(values, default=0.0) or 1.0)
-    plot_w, plot_h = WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM
-    width = plot_w / max(len(series), 1)
     parts = _frame(top, series, interval, _duration)
-    for key, css in (("runtime_p95", "cm-line-p95"), ("runtime_p50", "cm-line-p50")):
-        runs: list[list[tuple[float, float]]] = [[]]
-        for index, point in enumerate(series):
-            value = point[key]
-            if value is None:
-                if runs[-1]:
-                    runs.append([])
-                continue
-            x = LEFT + width * (index + 0.5)
-            y = TOP + plot_h * (1 - min(value / top, 1))
-            runs[-1].append((x, y))
-            parts.append(
-                format_html(
-                    '<circle class="{}" cx="{}" cy="{}" r="2.5"><title>{} {}: {}</title></circle>',
-                    css,
-                    f"{x:.1f}",
-                    f"{y:.1f}",
-                    formats.date_format(_local(point["start"]), "DATETIME_FORMAT"),
-                    "p95" if key == "runtime_p95" else "p50",
-                    _duration(value),
-                )
-            )
-        for run in runs:
-            if len(run) > 1:
-                points = " ".join(f"{x:.1f},{y:.1f}" for x, y in run)
-                parts.append(format_html('<polyline class="{}" points="{}"/>', css, points))
+    for key, css, name in (
+        ("runtime_p95", "cm-line-p95", "p95"),
+        ("runtime_p50", "cm-line-p50", "p50"),
+    ):
+        points = [(point["start"], point[key]) for point in series]
+        parts += _line(
+            points,
+            top,
+            css,
+            2.5,
+            lambda when, value, name=name: f"{_moment(when)} {name}: {_duration(value)}",
+        )
     return _svg(gettext("Runtime p50 and p95 per interval"), parts)
 
 
@@ -202,36 +233,17 @@ def backlog_chart(points: Sequence[tuple[datetime, int | None]], label: str) -> 
     area under it."""
     values = [value for _when, value in points if value is not None]
     top = nice_ceiling(max(values, default=0))
-    plot_w, plot_h = WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM
-    count = max(len(points), 1)
-    width = plot_w / count
     seconds = int((points[1][0] - points[0][0]).total_seconds()) if len(points) > 1 else 60
     bins = [{"start": when} for when, _value in points]
     parts = _frame(top, bins, seconds, lambda v: formats.number_format(round(v)))
-    runs: list[list[tuple[float, float]]] = [[]]
-    for index, (when, value) in enumerate(points):
-        if value is None:
-            if runs[-1]:
-                runs.append([])
-            continue
-        x = LEFT + width * (index + 0.5)
-        y = TOP + plot_h * (1 - min(value / top, 1))
-        runs[-1].append((x, y))
-        parts.append(
-            format_html(
-                '<circle class="cm-line-queue" cx="{}" cy="{}" r="2">'
-                "<title>{}: {}</title></circle>",
-                f"{x:.1f}",
-                f"{y:.1f}",
-                formats.date_format(_local(when), "DATETIME_FORMAT"),
-                formats.number_format(value, force_grouping=True),
-            )
-        )
-    base = TOP + plot_h
-    for run in runs:
-        if len(run) > 1:
-            line = " ".join(f"{x:.1f},{y:.1f}" for x, y in run)
-            area = f"{run[0][0]:.1f},{base:.1f} {line} {run[-1][0]:.1f},{base:.1f}"
-            parts.append(format_html('<polygon class="cm-area-queue" points="{}"/>', area))
-            parts.append(format_html('<polyline class="cm-line-queue" points="{}"/>', line))
+    parts += _line(
+        points,
+        top,
+        "cm-line-queue",
+        2,
+        lambda when, value: (
+            f"{_moment(when)}: {formats.number_format(value, force_grouping=True)}"
+        ),
+        area=True,
+    )
     return _svg(label, parts)
