@@ -58,6 +58,10 @@ def test_events_that_cannot_be_celery_events_are_refused(event, problem):
         ({"parent_id": ["x"]}, {"parent_id": None}),
         ({"utcoffset": "+2"}, {"utcoffset": None}),
         ({"worker": "w9", "event": 1, "_secret": 2}, {"worker": None, "event": None}),
+        # Lone surrogates (JSON can carry them): no encoding or log file takes them.
+        ({"hostname": "w\ud800"}, {"hostname": "w\\ud800"}),
+        ({"uuid": "a\udc80"}, {"uuid": "a\\udc80"}),
+        ({"root_id": "\udfff"}, {"root_id": "\\udfff"}),
     ],
 )
 def test_what_can_be_repaired_is(fields, expected):

@@ -72,12 +72,13 @@ def _id(value: Any) -> str | None:
     return None
 
 
-#: The sets of field names already seen to need no change, by event group (most events
-#: of a cluster come with a handful of them); at most ``MAX_KNOWN_FIELDS`` are kept.
-_KNOWN_FIELDS: dict[tuple[str, frozenset], bool] = {}
+#: The field names (in their order) of events already seen to need no change in their
+#: names, by event group: most events of a cluster come in a handful of such shapes. At
+#: most ``MAX_KNOWN_FIELDS`` are kept.
+_KNOWN_FIELDS: dict[tuple[str, tuple], bool] = {}
 MAX_KNOWN_FIELDS = 4096
-#: Event types already seen to be well formed.
-_KNOWN_TYPES: set[str] = set()
+#: Event types already seen to be well formed, and their group (``task`` or ``worker``).
+_KNOWN_TYPES: dict[str, str] = {}
 
 
 def _is_number(value: Any) -> bool:
@@ -92,52 +93,71 @@ def clean_event(event: Any) -> tuple[dict | None, str | None]:
     is the event as Celery may take it (itself when it is fine, or a repaired copy), and
     ``problem`` says what was repaired (None when nothing was).
     """
-    if not isinstance(event, Mapping):
+    if event.__class__ is not dict and not isinstance(event, Mapping):
         return None, f"not a mapping ({type(event).__name__})"
     kind = event.get("type")
-    if kind.__class__ is not str or kind not in _KNOWN_TYPES:
+    group = _KNOWN_TYPES.get(kind) if kind.__class__ is str else None
+    if group is None:
         if not isinstance(kind, str) or not TYPE_RE.match(kind):
             return None, f"unknown event type {str(kind)[:80]!r}"
+        group = kind.partition("-")[0]
         if len(_KNOWN_TYPES) < MAX_KNOWN_FIELDS:
-            _KNOWN_TYPES.add(kind)
-    group = kind.partition("-")[0]
+            _KNOWN_TYPES[kind] = group
     hostname = event.get("hostname")
     if hostname.__class__ is not str or not hostname or len(hostname) > MAX_ID_LENGTH:
         return None, "no usable hostname"
+    encodable = hostname.isascii() or _encodable(hostname)
     if group == "task":
         uuid = event.get("uuid")
         if uuid.__class__ is not str or not uuid or len(uuid) > MAX_ID_LENGTH:
             return None, "no usable task id"
-    if type(event) is dict and _is_well_formed(group, event):
+        encodable = encodable and (uuid.isascii() or _encodable(uuid))
+    if encodable and event.__class__ is dict and _is_well_formed(group, event):
         return event, None
     return _repaired(group, event)
 
 
+def _encodable(text: str) -> bool:
+    """Whether ``text`` has no lone surrogate (no encoding, and no log file, takes one)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _encoded(text: str) -> str:
+    """``text`` with each lone surrogate written as its escape (distinct ids stay distinct)."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def _is_well_formed(group: str, event: dict) -> bool:
     """Whether an event needs no change: the common case, checked quickly."""
-    fields = (group, frozenset(event))
-    known = _KNOWN_FIELDS.get(fields)
+    shape = (group, tuple(event))
+    known = _KNOWN_FIELDS.get(shape)
     if known is None:
         reserved = TASK_RESERVED if group == "task" else WORKER_RESERVED
-        known = not (fields[1] & reserved) and all(
+        known = not (event.keys() & reserved) and all(
             key.__class__ is str and not key.startswith("_") for key in event
         )
         if len(_KNOWN_FIELDS) < MAX_KNOWN_FIELDS:
-            _KNOWN_FIELDS[fields] = known
+            _KNOWN_FIELDS[shape] = known
     if not known:
         return False
-    if not (_is_number(event.get("timestamp")) and _is_number(event.get("local_received"))):
-        return False
-    clock = event.get("clock")
+    get = event.get
+    timestamp, received, clock = get("timestamp"), get("local_received"), get("clock")
     if clock.__class__ is not int:
         return False
-    offset = event.get("utcoffset", 0)
-    if not (_is_number(offset) and abs(offset) <= 24):
+    if not (_is_number(timestamp) and _is_number(received)):
+        return False
+    offset = get("utcoffset", 0)
+    if not ((offset.__class__ is int or _is_number(offset)) and -24 <= offset <= 24):
         return False
     if group == "task":
-        for key in ID_FIELDS:
-            value = event.get(key)
-            if value is not None and value.__class__ is not str:
+        for value in (get("name"), get("parent_id"), get("root_id")):  # ID_FIELDS
+            if value is not None and (
+                value.__class__ is not str or not (value.isascii() or _encodable(value))
+            ):
                 return False
     return True
 
@@ -169,6 +189,11 @@ def _repaired(group: str, event: Mapping) -> tuple[dict, str | None]:
     ):
         dropped.append("utcoffset")
         fixes.append("utcoffset")
+    for key in ("hostname", "uuid"):  # checked by clean_event: strings
+        value = event.get(key)
+        if isinstance(value, str) and not _encodable(value):
+            fixed[key] = _encoded(value)
+            fixes.append(key)
     if group == "task":
         for key in ID_FIELDS:
             if key in event and not (event[key] is None or isinstance(event[key], str)):
@@ -177,6 +202,9 @@ def _repaired(group: str, event: Mapping) -> tuple[dict, str | None]:
                     dropped.append(key)
                 else:
                     fixed[key] = value
+                fixes.append(key)
+            elif isinstance(event.get(key), str) and not _encodable(event[key]):
+                fixed[key] = _encoded(event[key])
                 fixes.append(key)
     clean = {key: value for key, value in event.items() if key not in dropped}
     clean.update(fixed)
