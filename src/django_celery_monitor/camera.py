@@ -111,23 +111,30 @@ OUTCOME_FIELDS = {
 }
 #: The finished states, by Celery's precedence: the first whose event arrived decides.
 FINISHED = (("succeeded", states.SUCCESS), ("failed", states.FAILURE), ("revoked", states.REVOKED))
+#: The outcome of an event that carries none (shared: it is only read).
+_NO_OUTCOME: dict[str, Any] = {}
 
 
 def note_event(task: Any, subject: str, event: dict) -> None:
     """Note on ``task`` the time, worker and outcome of the latest event of each kind."""
-    notes = task.__dict__.setdefault(NOTES, {})
+    attributes = task.__dict__
+    notes = attributes.get(NOTES)
+    if notes is None:
+        notes = attributes[NOTES] = {}
     timestamp = event["timestamp"]
     previous = notes.get(subject)
     if previous is None or previous[0] <= timestamp:
         hostname = None if subject == "sent" else event.get("hostname")  # a client's
         fields = OUTCOME_FIELDS.get(subject)
-        outcome = {key: event[key] for key in fields if key in event} if fields else {}
+        outcome = {key: event[key] for key in fields if key in event} if fields else _NO_OUTCOME
         notes[subject] = (timestamp, hostname, outcome)
     retries = event.get("retries")
+    if retries is None:
+        return
     if retries.__class__ is not int or not 0 <= retries <= MAX_INT:
         retries = clean_int(retries)
-    if retries is not None and retries > task.__dict__.get(RETRIES, -1):
-        task.__dict__[RETRIES] = retries
+    if retries is not None and retries > attributes.get(RETRIES, -1):
+        attributes[RETRIES] = retries
 
 
 def decide(task: Any) -> tuple[str, str, float, str | None, dict] | None:
@@ -274,6 +281,7 @@ class Camera(Polaroid):
         )
         count_missed = self.shard is None
         started_seen = self._started_seen
+        task_class = state.Task
 
         def handle_and_note(event: dict) -> Any:
             result = handle(event)
@@ -281,10 +289,10 @@ class Camera(Polaroid):
                 (obj, _created), subject = result
                 with lock:
                     self.events_seen += 1
-                    if isinstance(obj, state.Task):
+                    if obj.__class__ is task_class or isinstance(obj, task_class):
                         dirty[obj.uuid] = obj
                         note_event(obj, subject, event)
-                        if subject == "started" and count_missed:
+                        if count_missed and subject == "started":
                             hostname = event.get("hostname")
                             started_seen[hostname] = started_seen.get(hostname, 0) + 1
                     else:
