@@ -14,6 +14,7 @@ import shutil
 import statistics
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections import deque
@@ -637,19 +638,71 @@ def camera_process() -> Iterator[None]:
         gc.set_threshold(*previous)
 
 
-def feed_camera(camera: Any, events: list[dict], shot: int) -> None:
-    """Feed ``events`` to the camera's state, with a forced shot every ``shot`` events, in
-    a process set up as the camera's command sets its own (:func:`camera_process`)."""
-    handle, capture = camera.state.event, camera.capture
-    with camera_process():
+def feed_with_shots(
+    handle: Callable[[dict], Any],
+    capture: Callable[[], Any],
+    events: list[dict],
+    shot: int,
+    inline: bool = False,
+) -> None:
+    """Feed ``events`` to ``handle`` with a shot (``capture``) every ``shot`` events and one
+    at the end; return when the last shot is written.
+
+    The shots run on a thread of their own, as a camera's timer takes them while its
+    receiver goes on handling events: a shot that comes due while the previous one is still
+    running is taken when that one ends, as the timer would take it. A camera that holds the
+    state's lock while it writes (1.1.2's) makes the events wait for its shots; one that
+    writes after releasing it does not. ``inline`` takes every shot on the feeding thread
+    instead, with the events waiting for each.
+    """
+    if inline:
         for count, event in enumerate(events, 1):
             handle(event)
             if count % shot == 0:
-                capture(force=True)
-        capture(force=True)
+                capture()
+        capture()
+        return
+    due, last = threading.Event(), threading.Event()
+    failed: list[BaseException] = []
+
+    def shooter() -> None:
+        try:
+            while True:
+                due.wait()
+                due.clear()
+                ending = last.is_set()
+                capture()
+                if ending:
+                    return
+        except BaseException as exc:  # reported by the feeding thread
+            failed.append(exc)
+
+    thread = threading.Thread(target=shooter, name="shots", daemon=True)
+    thread.start()
+    for count, event in enumerate(events, 1):
+        handle(event)
+        if count % shot == 0:
+            due.set()
+            if failed:
+                break
+    last.set()
+    due.set()
+    thread.join()
+    if failed:
+        raise failed[0]
 
 
-def shard_process(database, stream_params, shard, shot, ready, go, results) -> None:
+def feed_camera(camera: Any, events: list[dict], shot: int, inline: bool = False) -> None:
+    """Feed ``events`` to the camera's state with a forced shot every ``shot`` events
+    (:func:`feed_with_shots`), in a process set up as the camera's command sets its own
+    (:func:`camera_process`)."""
+    with camera_process():
+        feed_with_shots(
+            camera.state.event, lambda: camera.capture(force=True), events, shot, inline
+        )
+
+
+def shard_process(database, stream_params, shard, shot, ready, go, results, inline=False) -> None:
     """One camera process: build the stream, wait for ``go``, feed it, report the time."""
     try:
         from celery.events.state import State
@@ -666,7 +719,7 @@ def shard_process(database, stream_params, shard, shot, ready, go, results) -> N
         ready.put(os.getpid())
         go.wait()
         start = time.perf_counter()
-        feed_camera(camera, events, shot)
+        feed_camera(camera, events, shot, inline)
         results.put(("ok", time.perf_counter() - start, None))
         close_connections()
     except BaseException as exc:  # reported to the parent, which prints it

@@ -13,6 +13,11 @@ in flight at once, heartbeats) is built before timing, then fed, event by event,
   get-or-create and a save. It is slow, so it runs on ``--legacy-tasks`` tasks; all
   figures are events a second, so the rates compare.
 
+The shots of ours and of 1.1.2 run on a thread of their own, as their timer takes them
+in a running camera, while the events keep coming; the time ends when the last shot is
+written. 1.1.2 holds the state's lock while it writes, so the events wait for its shots;
+ours writes after releasing it. ``--inline-shots`` takes the shots on the feeding thread.
+
 Runs are interleaved (one of each per round, in a rotating order) and the medians of
 ``--rounds`` rounds are printed, with the median of the per-round ratios. Each run of
 ours and 1.1.2 starts from an empty, migrated database.
@@ -168,13 +173,9 @@ def legacy_camera_class() -> type:
 # -- the runs ----------------------------------------------------------------------------------
 
 
-def feed(handle, events: list[dict], shot: int | None = None, capture=None) -> None:
-    for count, event in enumerate(events, 1):
+def feed(handle, events: list[dict]) -> None:
+    for event in events:
         handle(event)
-        if shot and count % shot == 0:
-            capture()
-    if capture is not None:
-        capture()
 
 
 def run_state(events: list[dict]) -> float:
@@ -193,12 +194,14 @@ def run_flower(events: list[dict]) -> float:
     return common.timed(lambda: feed(state.event, events))
 
 
-def run_ours(db: common.Database, stream: common.Stream, events: list[dict], shot: int) -> float:
+def run_ours(
+    db: common.Database, stream: common.Stream, events: list[dict], shot: int, inline: bool
+) -> float:
     from celery.events.state import State
 
     db.fresh()
     camera = common.make_camera(State(), APP)
-    seconds = common.timed(lambda: common.feed_camera(camera, events, shot))
+    seconds = common.timed(lambda: common.feed_camera(camera, events, shot, inline))
     camera.close()
     problems = common.check_rows(stream.outcomes, stream.hostnames())
     if problems:
@@ -207,12 +210,16 @@ def run_ours(db: common.Database, stream: common.Stream, events: list[dict], sho
     return seconds
 
 
-def run_legacy(db: common.Database, stream: common.Stream, events: list[dict], shot: int) -> float:
+def run_legacy(
+    db: common.Database, stream: common.Stream, events: list[dict], shot: int, inline: bool
+) -> float:
     from celery.events.state import State
 
     db.fresh()
     camera = LEGACY(State(), app=APP)
-    seconds = common.timed(lambda: feed(camera.state.event, events, shot, camera.capture))
+    seconds = common.timed(
+        lambda: common.feed_with_shots(camera.state.event, camera.capture, events, shot, inline)
+    )
     problems = common.check_rows(stream.outcomes, stream.hostnames())
     if problems:
         print(f"  (1.1.2 left the database incomplete: {'; '.join(problems)})", flush=True)
@@ -258,7 +265,9 @@ def measure(options: argparse.Namespace, db: common.Database) -> dict[str, Any]:
     )
     print(
         f"{backend}: {options.tasks:,} tasks, {len(events):,} events over {options.workers} "
-        f"workers{legacy}; a shot every {options.shot:,} events; {options.rounds} rounds",
+        f"workers{legacy}; a shot every {options.shot:,} events "
+        f"({'inline' if options.inline_shots else 'on a thread of its own'}); "
+        f"{options.rounds} rounds",
         flush=True,
     )
     if options.profile:
@@ -272,9 +281,14 @@ def measure(options: argparse.Namespace, db: common.Database) -> dict[str, Any]:
     runs = {
         "state": lambda: len(events) / run_state(copies(events)),
         "flower": lambda: len(events) / run_flower(copies(events)),
-        "ours": lambda: len(events) / run_ours(db, stream, copies(events), options.shot),
+        "ours": lambda: (
+            len(events) / run_ours(db, stream, copies(events), options.shot, options.inline_shots)
+        ),
         "1.1.2": lambda: (
-            len(legacy_events) / run_legacy(db, legacy_stream, copies(legacy_events), options.shot)
+            len(legacy_events)
+            / run_legacy(
+                db, legacy_stream, copies(legacy_events), options.shot, options.inline_shots
+            )
         ),
     }
     rates: dict[str, list[float]] = {m: [] for m in measures}
@@ -311,7 +325,7 @@ def measure_shards(db: common.Database, stream: common.Stream, options) -> dict 
     times: dict[int, list[float]] = {1: [], n: []}
     for round_ in range(options.rounds):
         for count in (1, n) if round_ % 2 == 0 else (n, 1):
-            times[count].append(shard_run(db, stream, count, options.shot))
+            times[count].append(shard_run(db, stream, count, options.shot, options.inline_shots))
         print(
             f"  shards round {round_ + 1}: 1 camera {times[1][-1]:.2f} s, "
             f"{n} cameras {times[n][-1]:.2f} s",
@@ -327,7 +341,9 @@ def measure_shards(db: common.Database, stream: common.Stream, options) -> dict 
     return {"one": one, "many": many, "speedup": speedup}
 
 
-def shard_run(db: common.Database, stream: common.Stream, count: int, shot: int) -> float:
+def shard_run(
+    db: common.Database, stream: common.Stream, count: int, shot: int, inline: bool
+) -> float:
     database = db.fresh()
     common.close_connections()
     context = multiprocessing.get_context("spawn")
@@ -343,6 +359,7 @@ def shard_run(db: common.Database, stream: common.Stream, count: int, shot: int)
                 ready,
                 go,
                 results,
+                inline,
             ),
         )
         for k in range(1, count + 1)
@@ -392,7 +409,8 @@ def profile(db: common.Database, stream: common.Stream, events: list[dict], opti
     events = copies(events)
     profiler = Profiler(interval=0.0005)
     profiler.start()
-    common.feed_camera(camera, events, options.shot)
+    # pyinstrument samples the thread it started on: the shots are taken there too.
+    common.feed_camera(camera, events, options.shot, inline=True)
     profiler.stop()
     problems = common.check_rows(stream.outcomes, stream.hostnames())
     if problems:
@@ -462,6 +480,12 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument("--shot", type=int, default=2_000, help="events between two shots")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--inline-shots",
+        action="store_true",
+        help="take each shot on the feeding thread, the events waiting for it (by default "
+        "the shots run on a thread of their own, as the camera's timer takes them)",
+    )
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument(
         "--shards", type=int, default=1, help="also time this many camera processes against one"
