@@ -99,5 +99,14 @@ STATIC_URL = "/static/"
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 CELERY_BROKER_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6390/15")
+# Under pytest-xdist each test process takes a Redis database of its own (gw0: the given
+# one, gw1: the one below it...), so that their workers never take each other's tasks. The
+# processes the tests start inherit it, already moved.
+_XDIST_WORKER = os.environ.get("PYTEST_XDIST_WORKER", "")
+if _XDIST_WORKER.startswith("gw") and not os.environ.get("CM_TEST_REDIS_OWN"):
+    _base, _, _db = CELERY_BROKER_URL.rpartition("/")
+    CELERY_BROKER_URL = f"{_base}/{int(_db or 0) - int(_XDIST_WORKER[2:])}"
+    os.environ["REDIS_URL"] = CELERY_BROKER_URL
+    os.environ["CM_TEST_REDIS_OWN"] = "1"
 # No result backend, unless a test's worker is given one.
 CELERY_RESULT_BACKEND = os.environ.get("RESULT_BACKEND") or None

@@ -79,8 +79,11 @@ def test_monitor_command_refuses_bad_options():
 
 def subprocess_env() -> dict:
     env = {**os.environ, "DJANGO_SETTINGS_MODULE": "tests.settings", "PYTHONUNBUFFERED": "1"}
-    if connection.vendor == "postgresql":
-        env["PGDATABASE"] = connection.settings_dict["NAME"]  # the test database
+    # The test database (a test process of its own under pytest-xdist has its own name).
+    variable = {"postgresql": "PGDATABASE", "mysql": "MARIADB_DATABASE"}.get(
+        connection.vendor, "SQLITE_NAME"
+    )
+    env[variable] = connection.settings_dict["NAME"]
     return env
 
 
