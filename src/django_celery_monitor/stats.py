@@ -555,20 +555,20 @@ def _marks(using: str) -> dict[int, datetime]:
 
 
 def _sources(
-    using: str, start: datetime, end: datetime, period: int, marks: dict | None = None
+    start: datetime, end: datetime, period: int, marks: dict[int, datetime]
 ) -> list[tuple[int | None, datetime, datetime]]:
     """Where the finished tasks of ``[start, end)`` are read: ``(period, from, to)`` ranges.
 
     The rollups of ``period`` (from its bucket on) up to that period's mark, then those of
     each shorter period up to theirs, then the task rows themselves (period None): what is
-    not rolled up yet.
+    not rolled up yet. ``marks`` are the rollups' marks (:func:`_marks`).
     """
     ranges: list[tuple[int | None, datetime, datetime]] = []
     cursor = start
     for level in reversed(LEVELS):
         if level > period or cursor >= end or cursor != floor_time(cursor, level):
             continue
-        until = marks.get(level) if marks is not None else _mark(using, level)
+        until = marks.get(level)
         if until is not None and until > cursor:
             # A level's buckets are whole up to its mark (the last one up to the mark).
             upto = min(until, end)
@@ -580,29 +580,8 @@ def _sources(
     return ranges
 
 
-def _finished_groups(using: str, start: datetime, end: datetime, period: int) -> dict[Key, Group]:
-    """The finished tasks of ``[start, end)`` in groups: rollups where written, then rows.
-
-    ``period`` is the coarsest rollup to read (3600 reads hours, then minutes). The groups'
-    bucket times are those of their source (hours, minutes).
-    """
-    groups: dict[Key, Group] = {}
-    for source, low, high in _sources(using, start, end, period):
-        if source is None:
-            more = aggregate_rows(_finished_rows(using, low, high), 60)
-        else:
-            more = _rollup_rows(using, source, low, high)
-        for key, group in more.items():
-            found = groups.get(key)
-            if found is None:
-                groups[key] = group
-            else:
-                found.merge(group)
-    return groups
-
-
 def _finished_counts(
-    using: str, start: datetime, end: datetime, period: int, marks: dict | None = None
+    using: str, start: datetime, end: datetime, period: int, marks: dict[int, datetime]
 ) -> tuple[dict[str, int], int]:
     """How many tasks finished in ``[start, end)`` by state, and how many were retried.
 
@@ -612,7 +591,7 @@ def _finished_counts(
 
     by_state: dict[str, int] = {}
     retried = 0
-    for source, low, high in _sources(using, start, end, period, marks):
+    for source, low, high in _sources(start, end, period, marks):
         if source is None:
             rows = (
                 TaskState.objects.using(using)
@@ -772,23 +751,22 @@ def _records(using: str, ranges) -> Iterator[Record]:
     conversions: a 7-day window reads about ten thousand of them.
     """
     connection = connections[using]
-    table = connection.ops.quote_name(TaskRollup._meta.db_table)
+    quote = connection.ops.quote_name
+    table = quote(TaskRollup._meta.db_table)
     columns = ", ".join(
-        connection.ops.quote_name(TaskRollup._meta.get_field(name).column)
+        quote(TaskRollup._meta.get_field(name).column)
         for name in (
             "bucket", "name", "state", "exception_type", "count", "retried",
             "runtime_count", "runtime_sum", "runtime_max", "runtime_hist",
             "wait_count", "wait_sum", "wait_max", "wait_hist", "latest_task_id",
         )
     )  # fmt: skip
-    quote = connection.ops.quote_name
     bucket_field = TaskRollup._meta.get_field("bucket")
     # The latest task's time is read for failures only (the examples the page links to).
     sql = (
         f"SELECT {columns}, CASE WHEN {quote('state')} = %s THEN {quote('latest_tstamp')} END"
-        f" FROM {table} WHERE {connection.ops.quote_name('period')} = %s"
-        f" AND {connection.ops.quote_name('bucket')} >= %s"
-        f" AND {connection.ops.quote_name('bucket')} < %s"
+        f" FROM {table} WHERE {quote('period')} = %s"
+        f" AND {quote('bucket')} >= %s AND {quote('bucket')} < %s"
     )
     for source, low, high in ranges:
         if source is None:
@@ -848,7 +826,7 @@ def dashboard(
     retried_total = 0
     bin_of: dict[datetime, int] = {}
     marks = _marks(using)
-    for record in _records(using, _sources(using, start, end, period, marks)):
+    for record in _records(using, _sources(start, end, period, marks)):
         bucket, name, state, exc, count, retried = record[:6]
         rc, rs, rm, rh, wc, ws, wm, wh, latest_id, latest_ts = record[6:]
         by_state[state] = by_state.get(state, 0) + count
@@ -949,8 +927,7 @@ def stuck_tasks(now: datetime | None = None, using: str = "default") -> dict[str
     those of the :data:`RECENTLY_OFFLINE` workers heard last), and started longer than
     ``monitor_stuck_after`` seconds ago on a worker that is online. At most :data:`MAX_STUCK`
     of each, the oldest first; each read from an index, one worker and state at a time (of
-    the :data:`MAX_STUCK` offline workers heard last), so no query sorts more rows than it
-    returns.
+    the :data:`RECENTLY_OFFLINE` workers), so no query sorts more rows than it returns.
     """
     now = now or _now()
     after = monitor_settings.stuck_after
