@@ -289,7 +289,7 @@ class Camera(Polaroid):
                 (obj, _created), subject = result
                 with lock:
                     self.events_seen += 1
-                    if obj.__class__ is task_class or isinstance(obj, task_class):
+                    if isinstance(obj, task_class):
                         dirty[obj.uuid] = obj
                         note_event(obj, subject, event)
                         if count_missed and subject == "started":
