@@ -151,7 +151,7 @@ def _is_well_formed(group: str, event: dict) -> bool:
     if not (_is_number(timestamp) and _is_number(received)):
         return False
     offset = get("utcoffset", 0)
-    if not ((offset.__class__ is int or _is_number(offset)) and -24 <= offset <= 24):
+    if not (_is_number(offset) and -24 <= offset <= 24):
         return False
     if group == "task":
         for value in (get("name"), get("parent_id"), get("root_id")):  # ID_FIELDS
