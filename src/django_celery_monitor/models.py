@@ -11,6 +11,7 @@ from django.utils.translation import gettext_lazy as _
 
 from . import managers
 from .conf import monitor_settings
+from .indexes import PartialIndex
 from .utils import posix_timestamp
 
 ALL_STATES = sorted(states.ALL_STATES | {states.REJECTED})
@@ -136,7 +137,8 @@ class TaskState(models.Model):
         db_index=False,
     )
     #: Whether the task has been expired and will be purged by the event framework.
-    hidden = models.BooleanField(editable=False, default=False, db_index=True)
+    #: Indexed by the partial hidden index: only the rows the purge looks for.
+    hidden = models.BooleanField(editable=False, default=False)
     #: When a worker received the task, and when it started running it.
     received = models.DateTimeField(_("received"), null=True, blank=True)
     started = models.DateTimeField(_("started"), null=True, blank=True)
@@ -173,9 +175,22 @@ class TaskState(models.Model):
             # those of one state, from these.
             models.Index(fields=["name", "state", "-tstamp"], name="cm_task_name_state_idx"),
             models.Index(fields=["worker", "state", "-tstamp"], name="cm_task_worker_state_idx"),
-            models.Index(fields=["parent_id"], name="cm_task_parent_id_idx"),
-            models.Index(fields=["root_id"], name="cm_task_root_id_idx"),
-            models.Index(fields=["lost", "-tstamp"], name="cm_task_lost_tstamp_idx"),
+            # Every index costs each write of a task row. These three index the few rows
+            # their lookups look for (hidden, lost, children): the others skip them.
+            PartialIndex(
+                fields=["hidden"], name="cm_task_hidden_idx", where=models.Q(hidden=True)
+            ),
+            PartialIndex(
+                fields=["-tstamp"],
+                name="cm_task_lost_idx",
+                where=models.Q(lost=True),
+                whole_fields=["lost", "-tstamp"],
+            ),
+            PartialIndex(
+                fields=["parent_id"],
+                name="cm_task_parent_idx",
+                where=models.Q(parent_id__isnull=False),
+            ),
         ]
         permissions = [
             ("revoke_taskstate", _("Can revoke, terminate and kill tasks")),

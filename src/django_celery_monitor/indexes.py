@@ -1,0 +1,47 @@
+"""Indexes the models declare beyond Django's own (migrations refer to them by this path)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.db import models
+
+
+class PartialIndex(models.Index):
+    """An index of the rows that match ``where`` only, where the database can make one.
+
+    PostgreSQL and SQLite index those rows alone, on ``fields``, so the writes of every
+    other row skip it. MySQL and MariaDB cannot: there it indexes every row, on
+    ``whole_fields`` when given (the columns of ``where`` first, so that it finds the rows
+    of the condition), else on ``fields``. A Django index with a ``condition`` would be made
+    whole there too, on the same fields, with a warning on every check.
+    """
+
+    def __init__(
+        self,
+        *args: Any,
+        where: models.Q,
+        whole_fields: list[str] | tuple[str, ...] = (),
+        **kwargs: Any,
+    ) -> None:
+        if not isinstance(where, models.Q):
+            raise TypeError("PartialIndex.where must be a Q instance.")
+        super().__init__(*args, **kwargs)
+        self.where = where
+        self.whole_fields = list(whole_fields)
+
+    def deconstruct(self) -> tuple[str, tuple, dict[str, Any]]:
+        path, args, kwargs = super().deconstruct()
+        kwargs["where"] = self.where
+        if self.whole_fields:
+            kwargs["whole_fields"] = self.whole_fields
+        return path, args, kwargs
+
+    def create_sql(self, model: Any, schema_editor: Any, using: str = "", **kwargs: Any) -> Any:
+        _path, args, options = super().deconstruct()
+        if schema_editor.connection.features.supports_partial_indexes:
+            options["condition"] = self.where
+        elif self.whole_fields:
+            options["fields"] = self.whole_fields
+        index = models.Index(*args, **options)
+        return index.create_sql(model, schema_editor, using=using, **kwargs)
