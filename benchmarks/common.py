@@ -702,7 +702,7 @@ def feed_camera(camera: Any, events: list[dict], shot: int, inline: bool = False
         )
 
 
-def shard_process(database, stream_params, shard, shot, ready, go, results, inline=False) -> None:
+def shard_process(database, stream_params, shard, shot, inline, ready, go, results) -> None:
     """One camera process: build the stream, wait for ``go``, feed it, report the time."""
     try:
         from celery.events.state import State
@@ -722,6 +722,28 @@ def shard_process(database, stream_params, shard, shot, ready, go, results, inli
         feed_camera(camera, events, shot, inline)
         results.put(("ok", time.perf_counter() - start, None))
         close_connections()
+    except BaseException as exc:  # reported to the parent, which prints it
+        ready.put(os.getpid())
+        results.put(("error", 0.0, f"{type(exc).__name__}: {exc}"))
+
+
+def state_process(stream_params, ready, go, results, passes: int = 3) -> None:
+    """One process of independent CPU-bound work: the whole stream into a bare State,
+    ``passes`` times (a new State each time), about as long as a camera takes over it."""
+    try:
+        from celery.events.state import State
+
+        events = list(Stream(**stream_params, record=False))
+        gc.collect()
+        gc.freeze()
+        ready.put(os.getpid())
+        go.wait()
+        start = time.perf_counter()
+        for _ in range(passes):
+            state = State()
+            for event in events:
+                state.event(event)
+        results.put(("ok", time.perf_counter() - start, None))
     except BaseException as exc:  # reported to the parent, which prints it
         ready.put(os.getpid())
         results.put(("error", 0.0, f"{type(exc).__name__}: {exc}"))

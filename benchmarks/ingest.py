@@ -18,6 +18,12 @@ in a running camera, while the events keep coming; the time ends when the last s
 written. 1.1.2 holds the state's lock while it writes, so the events wait for its shots;
 ours writes after releasing it. ``--inline-shots`` takes the shots on the feeding thread.
 
+``--shards N`` also times N camera processes (``--shard 1/N`` to ``N/N``, one database)
+against one camera, each fed the whole stream. In the same rounds it measures the
+machine's own ceiling: N processes of independent CPU-bound work (the stream into a bare
+State) against one. Virtual cores shared with other machines often give much less than N
+times the work of one; no split of the camera can gain more than that.
+
 Runs are interleaved (one of each per round, in a rotating order) and the medians of
 ``--rounds`` rounds are printed, with the median of the per-round ratios. Each run of
 ours and 1.1.2 starts from an empty, migrated database.
@@ -317,28 +323,50 @@ def measure(options: argparse.Namespace, db: common.Database) -> dict[str, Any]:
 
 
 def measure_shards(db: common.Database, stream: common.Stream, options) -> dict | None:
-    """``--shards`` camera processes against one, each fed the whole stream."""
+    """``--shards`` camera processes against one, each fed the whole stream.
+
+    In the same rounds, the machine's own ceiling: ``--shards`` processes that each feed the
+    whole stream to a bare Celery State (independent CPU-bound work, nothing shared) against
+    one. Its gain is the most any split of the work into processes can get here and now:
+    virtual cores shared with other machines often give much less than one core each.
+    """
     n = options.shards
     if not common.shards_supported():
         print("  shards: not supported by this version", flush=True)
         return None
     times: dict[int, list[float]] = {1: [], n: []}
+    alone: dict[int, list[float]] = {1: [], n: []}
     for round_ in range(options.rounds):
         for count in (1, n) if round_ % 2 == 0 else (n, 1):
             times[count].append(shard_run(db, stream, count, options.shot, options.inline_shots))
+            alone[count].append(parallel_run(stream, count))
         print(
             f"  shards round {round_ + 1}: 1 camera {times[1][-1]:.2f} s, "
-            f"{n} cameras {times[n][-1]:.2f} s",
+            f"{n} cameras {times[n][-1]:.2f} s; bare State: 1 process {alone[1][-1]:.2f} s, "
+            f"{n} processes {alone[n][-1]:.2f} s",
             flush=True,
         )
     one, many = common.median(times[1]), common.median(times[n])
     speedup = common.median([a / b for a, b in zip(times[1], times[n], strict=True)])
+    # n processes did n times the work of one: their gain in throughput.
+    ceiling = common.median([n * a / b for a, b in zip(alone[1], alone[n], strict=True)])
     print(
         f"{options.backend:<11}shards: 1 camera {one:.2f} s, {n} cameras {many:.2f} s "
         f"(wall time, whole stream)  speed-up {common.ratio(speedup)}",
         flush=True,
     )
-    return {"one": one, "many": many, "speedup": speedup}
+    print(
+        f"{options.backend:<11}machine: {n} processes of independent work did "
+        f"{common.ratio(ceiling)} the work of one in the same time (the ceiling of any split)"
+        f"  shards/ceiling {common.ratio(speedup / ceiling)}",
+        flush=True,
+    )
+    return {"one": one, "many": many, "speedup": speedup, "ceiling": ceiling}
+
+
+def parallel_run(stream: common.Stream, count: int) -> float:
+    """``count`` processes, each feeding the whole stream to a bare State: the wall time."""
+    return spawn_and_time(common.state_process, [(stream.params(),)] * count)
 
 
 def shard_run(
@@ -346,23 +374,25 @@ def shard_run(
 ) -> float:
     database = db.fresh()
     common.close_connections()
+    shards = [(k, count) if count > 1 else None for k in range(1, count + 1)]
+    seconds = spawn_and_time(
+        common.shard_process,
+        [(database, stream.params(), shard, shot, inline) for shard in shards],
+    )
+    problems = common.check_rows(stream.outcomes, stream.hostnames())
+    if problems:
+        print(f"ERROR: {count} cameras did not record the stream: {'; '.join(problems)}")
+        sys.exit(1)
+    return seconds
+
+
+def spawn_and_time(target: Any, arguments: list[tuple]) -> float:
+    """Start a process per ``arguments``; once all are ready, let them go at once and return
+    the wall time until the last one is done. ``target(*args, ready, go, results)``."""
     context = multiprocessing.get_context("spawn")
     ready, results, go = context.Queue(), context.Queue(), context.Event()
     processes = [
-        context.Process(
-            target=common.shard_process,
-            args=(
-                database,
-                stream.params(),
-                (k, count) if count > 1 else None,
-                shot,
-                ready,
-                go,
-                results,
-                inline,
-            ),
-        )
-        for k in range(1, count + 1)
+        context.Process(target=target, args=(*args, ready, go, results)) for args in arguments
     ]
     for process in processes:
         process.start()
@@ -373,7 +403,7 @@ def shard_run(
             waiting -= 1
         except queue.Empty:
             if any(p.exitcode not in (None, 0) for p in processes):
-                print("ERROR: a camera process died while starting", flush=True)
+                print("ERROR: a benchmark process died while starting", flush=True)
                 sys.exit(1)
     start = time.perf_counter()
     go.set()
@@ -383,11 +413,7 @@ def shard_run(
         process.join()
     errors = [error for status, _, error in outcomes if status != "ok"]
     if errors:
-        print(f"ERROR: a camera process failed: {errors[0]}", flush=True)
-        sys.exit(1)
-    problems = common.check_rows(stream.outcomes, stream.hostnames())
-    if problems:
-        print(f"ERROR: {count} cameras did not record the stream: {'; '.join(problems)}")
+        print(f"ERROR: a benchmark process failed: {errors[0]}", flush=True)
         sys.exit(1)
     return seconds
 
@@ -465,6 +491,8 @@ def summary(results: list[dict], skipped: dict[str, str]) -> None:
         shards = result.get("shards")
         if shards:
             text += f", shards speed-up {common.ratio(shards['speedup'])}"
+            if "ceiling" in shards:
+                text += f" (the machine's ceiling {common.ratio(shards['ceiling'])})"
         parts.append(text)
     parts += [f"{backend}: skipped" for backend in skipped]
     print("summary: " + "; ".join(parts), flush=True)
