@@ -82,6 +82,46 @@ def test_expire_by_states_hides_old_rows_of_those_states_in_batches(settings):
     assert TaskState.objects.expire_by_states([states.SUCCESS], 86400) == 0  # seconds work too
 
 
+def test_expire_by_states_goes_on_from_where_each_batch_ended(settings):
+    """Several states, rows sharing a time across batches: each hidden once, all of them."""
+    settings.CELERY_MONITOR_PURGE_BATCH_SIZE = 3
+    now = timezone.now()
+    same = now - timedelta(days=3)
+    old = [
+        TaskState.objects.create(task_id=new_id(), state=state, tstamp=tstamp)
+        for state in ("SUCCESS", "FAILURE")
+        for tstamp in [same] * 4 + [now - timedelta(days=2, minutes=n) for n in range(5)]
+    ]
+    young = make_task(age=timedelta(hours=1))
+    other = make_task(state="REVOKED", age=timedelta(days=3))
+    with CaptureQueriesContext(connection) as queries:
+        hidden = TaskState.objects.expire_by_states(
+            [states.SUCCESS, states.FAILURE, states.SUCCESS], timedelta(days=1)
+        )
+    assert hidden == len(old) == 18
+    assert set(TaskState.objects.filter(hidden=True)) == set(old)
+    assert set(TaskState.objects.active()) == {young, other}
+    updates = [q for q in queries if q["sql"].startswith("UPDATE")]
+    assert len(updates) == 6  # 9 rows a state: batches of 3, 3 and 3, twice
+
+
+def test_custom_states_are_found_by_the_state_index_or_by_time(settings, monkeypatch):
+    from django_celery_monitor import managers
+
+    settings.CELERY_MONITOR_PURGE_BATCH_SIZE = 2
+    custom = [make_task(state=s, age=timedelta(days=6)) for s in ("PROGRESS", "UPLOADING") * 3]
+    make_task(state="PROGRESS", age=timedelta(days=1))
+    make_task(state="SUCCESS", age=timedelta(days=6))
+    assert TaskState.objects.expire_custom_states(timedelta(days=5)) == 6
+    assert set(TaskState.objects.filter(hidden=True)) == set(custom)
+
+    # More distinct states than it looks up one by one: by time instead, the same rows.
+    TaskState.objects.update(hidden=False)
+    monkeypatch.setattr(managers, "MAX_CUSTOM_STATES", 1)
+    assert TaskState.objects.expire_custom_states(timedelta(days=5)) == 6
+    assert set(TaskState.objects.filter(hidden=True)) == set(custom)
+
+
 def test_expired_and_active():
     old = make_task(age=timedelta(days=2))
     make_task(age=timedelta(minutes=1))

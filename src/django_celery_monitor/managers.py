@@ -21,6 +21,32 @@ from .utils import posix_timestamp
 
 #: The longest pause between two batches of a cleanup on SQLite (see ``_in_batches``).
 MAX_BATCH_PAUSE = 0.5
+#: The most distinct states the expiry of custom states looks for by the state index.
+MAX_CUSTOM_STATES = 100
+
+
+def values_present(queryset: models.QuerySet, field: str, limit: int) -> list[str]:
+    """The distinct values of ``field`` in the table of ``queryset``, in order, at most ``limit``.
+
+    A loose index scan: each step asks the index on ``field`` for the next value after the
+    one before (``MIN(field) WHERE field > ...``), so the cost is one index descent per value
+    whatever the number of rows, where ``SELECT DISTINCT`` would read every row. NULL is
+    left out.
+    """
+    connection = connections[queryset.db]
+    table = connection.ops.quote_name(queryset.model._meta.db_table)
+    column = connection.ops.quote_name(queryset.model._meta.get_field(field).column)
+    sql = (
+        f"WITH RECURSIVE present (value, n) AS ("
+        f" SELECT MIN({column}), 1 FROM {table}"
+        f" UNION ALL"
+        f" SELECT (SELECT MIN(t.{column}) FROM {table} t WHERE t.{column} > present.value),"
+        f" present.n + 1 FROM present WHERE present.value IS NOT NULL AND present.n < %s"
+        f") SELECT value FROM present WHERE value IS NOT NULL"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [limit])
+        return [value for (value,) in cursor.fetchall()]
 
 
 class ExtendedQuerySet(models.QuerySet):
@@ -63,13 +89,22 @@ class ExtendedQuerySet(models.QuerySet):
         except IntegrityError:
             return self.using(db).select_for_update().get(**lookup), False
 
-    def _in_batches(self, rows: models.QuerySet, act: Any, pause: bool = True) -> int:
+    def _in_batches(
+        self, rows: models.QuerySet, act: Any, pause: bool = True, onwards: str | None = None
+    ) -> int:
         """Apply ``act`` to ``rows``, ``monitor_purge_batch_size`` primary keys at a time.
 
         ``act`` gets a queryset of one batch and returns how many rows it changed; the total
         is returned. Each batch is its own short statement or transaction. ``pause=False``
         for the camera's own work in a shot, which no write of the camera waits for.
+
+        ``onwards`` names a field to read the rows in the order of: each batch starts at the
+        value where the previous one ended, so an index on it is read once in all. ``act``
+        must take the rows it changed out of ``rows`` (those of the last value are read
+        again).
         """
+        if onwards is not None:
+            rows = rows.order_by(onwards)
         batch = monitor_settings.purge_batch_size
         # SQLite has one writer at a time, and its readers hold writers back: batches back
         # to back would keep a camera writing meanwhile from the lock (its busy handler
@@ -77,9 +112,17 @@ class ExtendedQuerySet(models.QuerySet):
         # it in: the cleanup takes up to twice as long, and no write waits for all of it.
         pause = pause and connections[self.db].vendor == "sqlite"
         total = 0
+        start: Any = None
         while True:
             started = time.monotonic()
-            ids = list(rows.values_list("pk", flat=True)[:batch])
+            batch_rows = rows if start is None else rows.filter(**{f"{onwards}__gte": start})
+            if onwards is None:
+                ids = list(batch_rows.values_list("pk", flat=True)[:batch])
+            else:
+                keyed = list(batch_rows.values_list("pk", onwards)[:batch])
+                ids = [pk for pk, _value in keyed]
+                if keyed:
+                    start = keyed[-1][1]
             if not ids:
                 return total
             total += act(self.filter(pk__in=ids))
@@ -115,6 +158,10 @@ class WorkerStateQuerySet(ExtendedQuerySet):
         return obj
 
 
+def _hide(batch: models.QuerySet) -> int:
+    return batch.update(hidden=True)
+
+
 class TaskStateQuerySet(ExtendedQuerySet):
     """A custom model queryset for the TaskState model with some helpers."""
 
@@ -137,8 +184,20 @@ class TaskStateQuerySet(ExtendedQuerySet):
         """
         if expires is None:
             return None
-        expired = self.expired(states, expires).filter(hidden=False).order_by()
-        return self._in_batches(expired, lambda batch: batch.update(hidden=True))
+        return self._hide_states(states, timezone.now() - maybe_timedelta(expires))
+
+    def _hide_states(self, states: Iterable[str], cutoff: Any) -> int:
+        """Hide the rows of ``states`` as old as ``cutoff`` or older; return how many.
+
+        One state at a time, oldest first, each batch going on from the time where the last
+        one ended: the index on (state, tstamp) then reads each row once, where every batch
+        of an unordered read would first pass over all the rows hidden before it.
+        """
+        total = 0
+        for state in sorted(set(states)):
+            expired = self.filter(state=state, tstamp__lte=cutoff, hidden=False)
+            total += self._in_batches(expired, _hide, onwards="tstamp")
+        return total
 
     def expire_custom_states(self, expires: Any) -> int | None:
         """Hide the tasks in a state Celery does not define (PROGRESS) older than ``expires``.
@@ -149,8 +208,14 @@ class TaskStateQuerySet(ExtendedQuerySet):
         """
         if expires is None:
             return None
-        expired = self.expired_custom(expires).filter(hidden=False).order_by()
-        return self._in_batches(expired, lambda batch: batch.update(hidden=True))
+        # The states present, by the state index (one lookup each), then those of them
+        # Celery does not define, each by the (state, tstamp) index.
+        present = values_present(self, "state", MAX_CUSTOM_STATES + 1)
+        if len(present) <= MAX_CUSTOM_STATES:
+            custom = [state for state in present if state not in KNOWN_STATES]
+            return self._hide_states(custom, timezone.now() - maybe_timedelta(expires))
+        expired = self.expired_custom(expires).filter(hidden=False)
+        return self._in_batches(expired, _hide, onwards="tstamp")
 
     def expired_custom(self, expires: Any) -> TaskStateQuerySet:
         """Return the tasks in a state Celery does not define, older than ``expires``."""

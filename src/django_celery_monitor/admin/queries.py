@@ -13,29 +13,7 @@ from django.core.exceptions import EmptyResultSet
 from django.db import connections, models
 from django.utils.text import smart_split, unescape_string_literal
 
-
-def values_present(queryset: models.QuerySet, field: str, limit: int) -> list[str]:
-    """The distinct values of ``field`` in the table of ``queryset``, in order, at most ``limit``.
-
-    A loose index scan: each step asks the index on ``field`` for the next value after the
-    one before (``MIN(field) WHERE field > ...``), so the cost is one index descent per value
-    whatever the number of rows, where ``SELECT DISTINCT`` would read every row. NULL is
-    left out.
-    """
-    connection = connections[queryset.db]
-    table = connection.ops.quote_name(queryset.model._meta.db_table)
-    column = connection.ops.quote_name(queryset.model._meta.get_field(field).column)
-    sql = (
-        f"WITH RECURSIVE present (value, n) AS ("
-        f" SELECT MIN({column}), 1 FROM {table}"
-        f" UNION ALL"
-        f" SELECT (SELECT MIN(t.{column}) FROM {table} t WHERE t.{column} > present.value),"
-        f" present.n + 1 FROM present WHERE present.value IS NOT NULL AND present.n < %s"
-        f") SELECT value FROM present WHERE value IS NOT NULL"
-    )
-    with connection.cursor() as cursor:
-        cursor.execute(sql, [limit])
-        return [value for (value,) in cursor.fetchall()]
+from ..managers import values_present
 
 
 def states_present(queryset: models.QuerySet, limit: int) -> list[str]:
