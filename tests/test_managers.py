@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 import uuid as uuidlib
 from datetime import timedelta
 
@@ -103,6 +104,42 @@ def test_expire_by_states_goes_on_from_where_each_batch_ended(settings):
     assert set(TaskState.objects.active()) == {young, other}
     updates = [q for q in queries if q["sql"].startswith("UPDATE")]
     assert len(updates) == 6  # 9 rows a state: batches of 3, 3 and 3, twice
+
+
+def batch_sizes(monkeypatch, rows: int, delay: float = 0.0) -> list[int]:
+    """Hide ``rows`` rows with ``_in_batches``; return the size of each batch, in order."""
+    for _ in range(rows):
+        make_task(age=timedelta(days=2))
+    sizes = []
+
+    def hide(batch):
+        sizes.append(len(batch))
+        time.sleep(delay)
+        return batch.update(hidden=True)
+
+    queryset = TaskState.objects.all()
+    assert queryset._in_batches(queryset.filter(hidden=False), hide, pause=False) == rows
+    return sizes
+
+
+def test_batches_grow_from_the_first_to_the_setting_while_they_are_quick(settings, monkeypatch):
+    from django_celery_monitor import managers
+
+    settings.CELERY_MONITOR_PURGE_BATCH_SIZE = 8
+    monkeypatch.setattr(managers, "FIRST_BATCH", 2)
+    assert batch_sizes(monkeypatch, 27) == [2, 4, 8, 8, 5]
+
+
+def test_a_slow_batch_makes_the_next_ones_smaller(settings, monkeypatch):
+    from django_celery_monitor import managers
+
+    settings.CELERY_MONITOR_PURGE_BATCH_SIZE = 16
+    monkeypatch.setattr(managers, "FIRST_BATCH", 16)
+    monkeypatch.setattr(managers, "MIN_BATCH", 5)
+    monkeypatch.setattr(managers, "BATCH_SECONDS", 0.05)
+    # Each batch takes over 0.2 s, four times the time allowed: under a quarter, and then
+    # no fewer than the fewest.
+    assert batch_sizes(monkeypatch, 26, delay=0.2) == [16, 5, 5]
 
 
 def test_custom_states_are_found_by_the_state_index_or_by_time(settings, monkeypatch):

@@ -21,6 +21,11 @@ from .utils import posix_timestamp
 
 #: The longest pause between two batches of a cleanup on SQLite (see ``_in_batches``).
 MAX_BATCH_PAUSE = 0.5
+#: The expiry's batches: the first one's rows, the fewest, and the time one statement of
+#: them should take (see ``_in_batches``). ``monitor_purge_batch_size`` is the most.
+FIRST_BATCH = 1000
+MIN_BATCH = 50
+BATCH_SECONDS = 0.25
 #: The most distinct states the expiry of custom states looks for by the state index.
 MAX_CUSTOM_STATES = 100
 
@@ -92,11 +97,16 @@ class ExtendedQuerySet(models.QuerySet):
     def _in_batches(
         self, rows: models.QuerySet, act: Any, pause: bool = True, onwards: str | None = None
     ) -> int:
-        """Apply ``act`` to ``rows``, ``monitor_purge_batch_size`` primary keys at a time.
+        """Apply ``act`` to ``rows``, at most ``monitor_purge_batch_size`` primary keys at a time.
 
         ``act`` gets a queryset of one batch and returns how many rows it changed; the total
         is returned. Each batch is its own short statement or transaction. ``pause=False``
         for the camera's own work in a shot, which no write of the camera waits for.
+
+        The batches start at :data:`FIRST_BATCH` rows and double while ``act`` takes less
+        than half of :data:`BATCH_SECONDS`, up to the setting; one that takes longer makes
+        the next ones smaller in proportion. So a statement stays short on a slow or busy
+        database too, where the setting's size could hold its locks for seconds.
 
         ``onwards`` names a field to read the rows in the order of: each batch starts at the
         value where the previous one ended, so an index on it is read once in all. ``act``
@@ -105,7 +115,8 @@ class ExtendedQuerySet(models.QuerySet):
         """
         if onwards is not None:
             rows = rows.order_by(onwards)
-        batch = monitor_settings.purge_batch_size
+        most = monitor_settings.purge_batch_size
+        batch = min(most, FIRST_BATCH)
         # SQLite has one writer at a time, and its readers hold writers back: batches back
         # to back would keep a camera writing meanwhile from the lock (its busy handler
         # sleeps between tries, and missed every gap). Pausing as long as a batch took lets
@@ -125,9 +136,15 @@ class ExtendedQuerySet(models.QuerySet):
                     start = keyed[-1][1]
             if not ids:
                 return total
+            acting = time.monotonic()
             total += act(self.filter(pk__in=ids))
             if len(ids) < batch:
                 return total
+            took = time.monotonic() - acting
+            if took > BATCH_SECONDS:
+                batch = max(MIN_BATCH, min(batch, int(batch * BATCH_SECONDS / took)))
+            elif took < BATCH_SECONDS / 2:
+                batch = min(most, batch * 2)
             if pause:
                 time.sleep(min(time.monotonic() - started, MAX_BATCH_PAUSE))
 
