@@ -177,8 +177,13 @@ class TaskState(models.Model):
             models.Index(fields=["worker", "state", "-tstamp"], name="cm_task_worker_state_idx"),
             # Every index costs each write of a task row. These three index the few rows
             # their lookups look for (hidden, lost, children): the others skip them.
+            # The purge reads the hidden rows in key order, each batch from where the last
+            # one ended (MySQL's whole index of hidden ends with the key too).
             PartialIndex(
-                fields=["hidden"], name="cm_task_hidden_idx", where=models.Q(hidden=True)
+                fields=["id"],
+                name="cm_task_hidden_idx",
+                where=models.Q(hidden=True),
+                whole_fields=["hidden"],
             ),
             PartialIndex(
                 fields=["-tstamp"],

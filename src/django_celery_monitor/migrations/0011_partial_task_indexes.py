@@ -47,7 +47,7 @@ class Migration(migrations.Migration):
     operations = [
         migrations.AddIndex(
             model_name='taskstate',
-            index=django_celery_monitor.indexes.PartialIndex(fields=['hidden'], name='cm_task_hidden_idx', where=models.Q(('hidden', True))),
+            index=django_celery_monitor.indexes.PartialIndex(fields=['id'], name='cm_task_hidden_idx', where=models.Q(('hidden', True)), whole_fields=['hidden']),
         ),
         migrations.AddIndex(
             model_name='taskstate',
