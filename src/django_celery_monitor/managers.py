@@ -104,9 +104,9 @@ class ExtendedQuerySet(models.QuerySet):
         for the camera's own work in a shot, which no write of the camera waits for.
 
         The batches start at :data:`FIRST_BATCH` rows and double while ``act`` takes less
-        than half of :data:`BATCH_SECONDS`, up to the setting; one that takes longer makes
-        the next ones smaller in proportion. So a statement stays short on a slow or busy
-        database too, where the setting's size could hold its locks for seconds.
+        than a quarter of :data:`BATCH_SECONDS`, up to the setting; one that takes longer
+        than it makes the next ones smaller in proportion. So a statement stays short on a
+        slow or busy database too, where the setting's size could hold its locks for seconds.
 
         ``onwards`` names a field to read the rows in the order of: each batch starts at the
         value where the previous one ended, so an index on it is read once in all. ``act``
@@ -143,7 +143,7 @@ class ExtendedQuerySet(models.QuerySet):
             took = time.monotonic() - acting
             if took > BATCH_SECONDS:
                 batch = max(MIN_BATCH, min(batch, int(batch * BATCH_SECONDS / took)))
-            elif took < BATCH_SECONDS / 2:
+            elif took < BATCH_SECONDS / 4:  # room for a database that slows down
                 batch = min(most, batch * 2)
             if pause:
                 time.sleep(min(time.monotonic() - started, MAX_BATCH_PAUSE))
