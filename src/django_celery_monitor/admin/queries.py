@@ -11,7 +11,6 @@ from collections.abc import Sequence
 
 from django.core.exceptions import EmptyResultSet
 from django.db import connections, models
-from django.db.models.lookups import In
 from django.utils.text import smart_split, unescape_string_literal
 
 from ..managers import values_present
@@ -55,29 +54,6 @@ def prefix_q(field: str, prefix: str, vendor: str) -> models.Q:
             q &= models.Q(**{f"{field}__lt": following})
         return q
     return models.Q(**{f"{field}__istartswith": prefix})
-
-
-#: SQLite: how many rows of several names make their list quicker to read in date order.
-MANY_NAME_ROWS = 5_000
-
-
-def names_q(queryset: models.QuerySet, names: Sequence[str]) -> models.Q:
-    """The rows of ``names``, in the form that lists them quickest on this database.
-
-    SQLite reads the rows of several names by their index and then sorts all of them for
-    the list's date order: tens of thousands of rows for a page of a hundred. When they
-    are that many, ``+name IN (...)`` (SQLite's way to leave a column's index out) lets it
-    read the list by the date index instead, and stop at the page. Few rows keep the index.
-    """
-    by_name = models.Q(name__in=list(names))
-    if len(names) < 2 or connections[queryset.db].vendor != "sqlite":
-        return by_name
-    if queryset.filter(by_name).order_by()[:MANY_NAME_ROWS].count() < MANY_NAME_ROWS:
-        return by_name
-    unindexed = models.Func(
-        models.F("name"), template="+%(expressions)s", output_field=models.CharField()
-    )
-    return models.Q(In(unindexed, list(names)))
 
 
 def hostnames_starting(workers: models.QuerySet, term: str, limit: int) -> list[int] | None:

@@ -41,7 +41,7 @@ from .helpers import (
     _task_name,
     _when,
 )
-from .queries import hostnames_starting, names_q, prefix_q, search_terms, values_present
+from .queries import hostnames_starting, prefix_q, search_terms, values_present
 
 
 class RateLimitForm(forms.Form):
@@ -181,7 +181,7 @@ class TaskMonitor(TaskExportMixin, ModelMonitor):
             folded = term.casefold()
             matched = [name for name in names if name.casefold().startswith(folded)]
             if matched:
-                q |= names_q(TaskState.objects.using(db).filter(hidden=False), matched)
+                q |= models.Q(name__in=matched)
         workers = hostnames_starting(WorkerState.objects.using(db), term, MAX_SEARCH_WORKERS)
         if workers is None:
             q |= models.Q(worker__hostname__istartswith=term)
