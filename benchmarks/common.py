@@ -702,9 +702,37 @@ def feed_camera(camera: Any, events: list[dict], shot: int, inline: bool = False
         )
 
 
+def _timed_process(
+    prepare: Callable[[], Callable[[], Any]],
+    ready,
+    go,
+    results,
+    finish: Callable[[], Any] | None = None,
+) -> None:
+    """The body of a benchmark process: ``prepare()`` returns the work; once it is ready,
+    wait for ``go``, do the work, report its time (or the error) to the parent, then
+    ``finish()`` untimed."""
+    try:
+        work = prepare()
+        # As timed() does: the prebuilt stream stays out of the collector's way.
+        gc.collect()
+        gc.freeze()
+        ready.put(os.getpid())
+        go.wait()
+        start = time.perf_counter()
+        work()
+        results.put(("ok", time.perf_counter() - start, None))
+        if finish is not None:
+            finish()
+    except BaseException as exc:  # reported to the parent, which prints it
+        ready.put(os.getpid())
+        results.put(("error", 0.0, f"{type(exc).__name__}: {exc}"))
+
+
 def shard_process(database, stream_params, shard, shot, inline, ready, go, results) -> None:
     """One camera process: build the stream, wait for ``go``, feed it, report the time."""
-    try:
+
+    def prepare() -> Callable[[], None]:
         from celery.events.state import State
 
         configure_django(database)
@@ -713,37 +741,27 @@ def shard_process(database, stream_params, shard, shot, inline, ready, go, resul
         from django.db import connection
 
         connection.ensure_connection()
-        # As timed() does: the prebuilt stream stays out of the collector's way.
-        gc.collect()
-        gc.freeze()
-        ready.put(os.getpid())
-        go.wait()
-        start = time.perf_counter()
-        feed_camera(camera, events, shot, inline)
-        results.put(("ok", time.perf_counter() - start, None))
-        close_connections()
-    except BaseException as exc:  # reported to the parent, which prints it
-        ready.put(os.getpid())
-        results.put(("error", 0.0, f"{type(exc).__name__}: {exc}"))
+
+        return lambda: feed_camera(camera, events, shot, inline)
+
+    _timed_process(prepare, ready, go, results, finish=close_connections)
 
 
 def state_process(stream_params, ready, go, results, passes: int = 3) -> None:
     """One process of independent CPU-bound work: the whole stream into a bare State,
     ``passes`` times (a new State each time), about as long as a camera takes over it."""
-    try:
+
+    def prepare() -> Callable[[], None]:
         from celery.events.state import State
 
         events = list(Stream(**stream_params, record=False))
-        gc.collect()
-        gc.freeze()
-        ready.put(os.getpid())
-        go.wait()
-        start = time.perf_counter()
-        for _ in range(passes):
-            state = State()
-            for event in events:
-                state.event(event)
-        results.put(("ok", time.perf_counter() - start, None))
-    except BaseException as exc:  # reported to the parent, which prints it
-        ready.put(os.getpid())
-        results.put(("error", 0.0, f"{type(exc).__name__}: {exc}"))
+
+        def work() -> None:
+            for _ in range(passes):
+                state = State()
+                for event in events:
+                    state.event(event)
+
+        return work
+
+    _timed_process(prepare, ready, go, results)
