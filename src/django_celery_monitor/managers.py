@@ -142,7 +142,7 @@ class ExtendedQuerySet(models.QuerySet):
                 return total
             took = time.monotonic() - acting
             if took > BATCH_SECONDS:
-                batch = max(MIN_BATCH, min(batch, int(batch * BATCH_SECONDS / took)))
+                batch = max(MIN_BATCH, int(batch * BATCH_SECONDS / took))
             elif took < BATCH_SECONDS / 4:  # room for a database that slows down
                 batch = min(most, batch * 2)
             if pause:
