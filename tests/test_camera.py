@@ -15,6 +15,7 @@ from django.test.utils import CaptureQueriesContext
 from django_celery_monitor.camera import Camera
 from django_celery_monitor.models import TaskState, WorkerState
 from tests import events
+from tests.sessions import cut_on_the_server
 
 pytestmark = pytest.mark.django_db
 
@@ -263,6 +264,37 @@ def test_the_receiver_is_not_blocked_while_a_shot_is_written(state, camera):
         handled.join(10)
     assert not blocked, "the state's lock was held during the write"
     assert len(camera.pending_tasks) == 1  # kept for the next shot
+
+
+def test_an_unexpected_error_of_the_write_keeps_the_rows(state, camera):
+    tid = new_id()
+    feed(state, events.received(tid), events.succeeded(tid))
+    with (
+        mock.patch(
+            "django_celery_monitor.writer.write_snapshot", side_effect=RuntimeError("a bug")
+        ),
+        pytest.raises(RuntimeError),
+    ):
+        shutter(camera)
+    assert tid in camera.pending_tasks
+    shutter(camera)
+    assert row(tid).state == "SUCCESS"
+
+
+@pytest.mark.django_db(transaction=True)  # the session is cut: no test transaction to keep
+def test_a_connection_cut_by_the_server_between_shots_loses_no_row(state, camera):
+    if connection.vendor == "sqlite":
+        pytest.skip("SQLite has no server to cut a connection")
+    first, second = new_id(), new_id()
+    feed(state, events.received(first), events.succeeded(first))
+    shutter(camera)
+    cut_on_the_server(connection)
+    feed(state, events.received(second), events.succeeded(second))
+    shutter(camera)  # its first statement finds the session gone
+    assert second in camera.pending_tasks
+    shutter(camera)  # on a new connection
+    assert row(second).state == "SUCCESS"
+    assert camera.pending_tasks == {}
 
 
 def test_a_task_evicted_from_celerys_state_is_still_written(app):

@@ -133,3 +133,23 @@ def test_behind_a_transaction_pooler_nothing_is_prepared():
         del connection.settings_dict["DISABLE_SERVER_SIDE_CURSORS"]
     assert not [q for q in queries if q["sql"].startswith(("PREPARE", "EXECUTE"))]
     assert TaskState.objects.get(task_id="tid-pooled").state == "SUCCESS"
+
+
+@pytest.mark.django_db(transaction=True)  # the session is cut: no test transaction to keep
+def test_a_session_cut_on_the_server_is_djangos_operational_error():
+    """The camera keeps the rows of a shot on Django's OperationalError: every statement of
+    a task batch, the driver's own included (COPY on psycopg 3), must raise that one."""
+    from django.db import OperationalError
+
+    from tests.sessions import cut_on_the_server
+
+    if connection.vendor == "sqlite":
+        pytest.skip("SQLite has no server to cut a connection")
+    write_snapshot({}, {str(uuidlib.uuid4()): {"state": "RECEIVED", "tstamp": T0}})
+    cut_on_the_server(connection)
+    tid = str(uuidlib.uuid4())
+    with pytest.raises(OperationalError):
+        write_snapshot({}, {tid: {"state": "SUCCESS", "tstamp": T0}})
+    connection.close()
+    write_snapshot({}, {tid: {"state": "SUCCESS", "tstamp": T0}})
+    assert TaskState.objects.get(task_id=tid).state == "SUCCESS"

@@ -579,6 +579,11 @@ class Camera(Polaroid):
                 )
                 self._close_broken_connection()
                 self._restore(tasks, workers)
+            except BaseException:
+                # Not the database's refusal nor its absence (a bug, a driver's own error):
+                # the rows are kept all the same, and the error goes to the shot's log.
+                self._restore(tasks, workers)
+                raise
             return written
 
     def _write_one_by_one(self, workers: dict[str, dict], tasks: dict[str, dict]) -> int:

@@ -577,14 +577,17 @@ class SnapshotWriter:
         columns = ", ".join(f"{quote(c)} {fields[c].db_type(connection)}" for c in TASK_COLUMNS)
         table = f"pg_temp.{quote(STAGE_TABLE)}"
         raw = cursor.cursor
-        raw.execute(
-            f"CREATE TEMP TABLE IF NOT EXISTS {quote(STAGE_TABLE)} ({columns}) "
-            "ON COMMIT DELETE ROWS"
-        )
-        raw.execute(f"DELETE FROM {table}")
-        with raw.copy(f"COPY {table} ({names}) FROM STDIN") as copy:
-            for row in rows:
-                copy.write_row(row)
+        # psycopg's own errors, as Django's: a connection cut on the server is then an
+        # OperationalError the camera knows, and keeps the rows for the next shot.
+        with connection.wrap_database_errors:
+            raw.execute(
+                f"CREATE TEMP TABLE IF NOT EXISTS {quote(STAGE_TABLE)} ({columns}) "
+                "ON COMMIT DELETE ROWS"
+            )
+            raw.execute(f"DELETE FROM {table}")
+            with raw.copy(f"COPY {table} ({names}) FROM STDIN") as copy:
+                for row in rows:
+                    copy.write_row(row)
 
     # -- workers ---------------------------------------------------------------------------
 
