@@ -431,6 +431,62 @@ def test_search_matches_as_described_whatever_the_number_of_names(
             assert expected(q, names_fold_case=False) <= found(q) <= expected(q), q
 
 
+def test_a_search_of_several_names_and_workers_pages_as_one_ordered_list(
+    admin_client, monkeypatch
+):
+    # A page of a search matching by several indexes is read a branch at a time: each page,
+    # in each order, with a filter or not, must be the page of the whole ordered list.
+    import random
+
+    from django_celery_monitor.admin import queries
+
+    rng = random.Random(8)
+    monkeypatch.setattr(monitor_admin.tasks.TaskMonitor, "list_per_page", 4)
+    workers = [make_worker("mail-1@host"), make_worker("mail-2@host"), make_worker("x@host")]
+    start = timezone.now() - timedelta(hours=1)
+    for number in range(60):
+        make_task(
+            task_id=f"{rng.choice(['ma', 'b', 'c'])}{number:04d}",
+            state=rng.choice(["SUCCESS", "FAILURE", "STARTED"]),
+            name=rng.choice(["mail.send", "mail.batch", "Mail.digest", "other.job"]),
+            worker=rng.choice([*workers, None]),
+            tstamp=start + timedelta(seconds=rng.randrange(20)),  # with ties
+            runtime=rng.choice([None, 0.5, 1.5]),
+        )
+
+    def pages(params):
+        listed, page = [], 0
+        while True:
+            response = admin_client.get(TASKS, {**params, "p": page + 1})
+            assert response.status_code == 200, params
+            changelist = response.context["cl"]
+            listed.append([task.task_id for task in changelist.result_list])
+            page += 1
+            if page >= changelist.paginator.num_pages:
+                return listed
+
+    branched = []
+    real_page = queries.branch_page
+
+    def spy(*args):
+        rows = real_page(*args)
+        branched.append(rows is not None)
+        return rows
+
+    monkeypatch.setattr(monitor_admin.lists, "branch_page", spy)
+    searches = [{"q": "mail"}, {"q": "MA"}, {"q": "mail", "o": "4.-1"},
+                {"q": "mail", "o": "1"}, {"q": "mail", "state": "FAILURE"},
+                {"q": "other mail"}, {"q": "b mail"}]  # fmt: skip
+    for params in searches:
+        branched.clear()
+        found = pages(params)
+        assert any(branched), params  # the pages were read a branch at a time
+        monkeypatch.setattr(queries, "MAX_BRANCHES", 1)  # no branches: one ordered query
+        assert found == pages(params), params
+        monkeypatch.setattr(queries, "MAX_BRANCHES", 16)
+        assert sum(len(page) for page in found) == len({t for page in found for t in page})
+
+
 # -- detail
 
 

@@ -16,6 +16,8 @@ from django.utils.functional import cached_property
 from django.utils.text import capfirst
 from django.utils.translation import gettext
 
+from .queries import branch_page
+
 try:
     from django.contrib.admin.utils import build_q_object_from_lookup_parameters
 except ImportError:  # pragma: no cover  (Django < 5.0)
@@ -38,6 +40,20 @@ class CappedPaginator(Paginator):
         return min(found, self.cap)
 
     capped = False
+
+    def page(self, number: Any) -> Any:
+        """A page; of a search of several branches, read a branch at a time (``branch_page``)."""
+        if not isinstance(self.object_list, models.QuerySet):
+            return super().page(number)
+        number = self.validate_number(number)
+        bottom = (number - 1) * self.per_page
+        top = bottom + self.per_page
+        if top + self.orphans >= self.count:
+            top = self.count
+        rows = branch_page(self.object_list, bottom, top)
+        if rows is None:
+            return super().page(number)
+        return self._get_page(rows, number, self)
 
 
 class MonitorList(ChangeList):

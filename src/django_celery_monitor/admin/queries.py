@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 from django.core.exceptions import EmptyResultSet
 from django.db import connections, models
+from django.db.models.expressions import RawSQL
 from django.utils.text import smart_split, unescape_string_literal
 
 from ..managers import values_present
@@ -109,3 +110,63 @@ def capped_counts(
             cursor.execute("SELECT " + ", ".join(parts), params)
             counts.update(zip(counted, cursor.fetchone(), strict=True))
     return counts
+
+
+#: A search whose word matches rows by several indexes (two task names, a name and a worker)
+#: is read a branch at a time (see :func:`branch_page`), when it has at most this many
+#: branches, and a page reads at most ``MAX_BRANCH_ROWS`` rows of them in all.
+MAX_BRANCHES = 16
+MAX_BRANCH_ROWS = 10_000
+_BRANCHES = "_celery_monitor_branches"
+
+
+def with_branches(
+    searched: models.QuerySet, base: models.QuerySet, branches: Sequence[models.Q]
+) -> models.QuerySet:
+    """Note on ``searched`` (``base`` filtered by the OR of ``branches``) its branches.
+
+    The note is on the query, which Django copies with each clone (the list orders the rows
+    after the search); :func:`branch_page` uses it only while the rows' conditions are still
+    the ones it was made for.
+    """
+    if 1 < len(branches) <= MAX_BRANCHES:
+        setattr(searched.query, _BRANCHES, (searched.query.where, list(branches), base))
+    return searched
+
+
+def branch_page(queryset: models.QuerySet, bottom: int, top: int) -> models.QuerySet | None:
+    """Rows ``bottom`` to ``top`` of a search noted by :func:`with_branches`, or None.
+
+    The first ``top`` rows of the OR of several conditions, each served by an index of its
+    own in the list's order (a name's rows by date), are among the first ``top`` rows of
+    each condition. The page is taken from those, read a branch at a time, each from its
+    index, in the page's own statement: a database given the OR reads and sorts every row
+    it matches (90,000 of two names, for a page of 100).
+    """
+    noted = getattr(queryset.query, _BRANCHES, None)
+    if noted is None:
+        return None
+    where, branches, base = noted
+    ordering = queryset.query.order_by or queryset.model._meta.ordering
+    if (
+        queryset.query.where != where
+        or not ordering
+        or len(branches) * top > MAX_BRANCH_ROWS
+        or queryset.query.distinct
+    ):
+        return None
+    db = queryset.db
+    base = base.using(db).order_by(*ordering).values_list("pk")
+    parts, params = [], []
+    for number, branch in enumerate(branches):
+        try:
+            sql, branch_params = base.filter(branch)[:top].query.get_compiler(using=db).as_sql()
+        except EmptyResultSet:
+            continue
+        parts.append(f"SELECT * FROM ({sql}) cm_branch_{number}")
+        params.extend(branch_params)
+    if not parts:
+        return queryset.none()
+    # One statement: the page of the rows whose key is among the branches' first rows.
+    candidates = RawSQL(" UNION ALL ".join(parts), params)
+    return queryset.filter(pk__in=candidates)[bottom:top]

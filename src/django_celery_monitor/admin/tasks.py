@@ -41,7 +41,7 @@ from .helpers import (
     _task_name,
     _when,
 )
-from .queries import hostnames_starting, prefix_q, search_terms, values_present
+from .queries import hostnames_starting, prefix_q, search_terms, values_present, with_branches
 
 
 class RateLimitForm(forms.Form):
@@ -152,42 +152,52 @@ class TaskMonitor(TaskExportMixin, ModelMonitor):
             return super().get_search_results(request, queryset, search_term)
         # The list and its counts search alike: the words are looked up once a request.
         looked_up = request.__dict__.setdefault("_celery_monitor_search", {})
+        base, branches = queryset, []
         for term in search_terms(search_term):
             key = (queryset.db, term)
             if key not in looked_up:
                 looked_up[key] = self._search_q(queryset.db, term)
-            queryset = queryset.filter(looked_up[key])
-        return queryset, False
+            q, branches = looked_up[key]
+            base, queryset = queryset, queryset.filter(q)
+        # A page of the list then reads the last word's matches a branch at a time.
+        return with_branches(queryset, base, branches), False
 
-    def _search_q(self, db: str, term: str) -> models.Q:
-        """What one word of the search matches: the ways it matches nothing are left out.
+    def _search_q(self, db: str, term: str) -> tuple[models.Q, list[models.Q]]:
+        """What one word of the search matches, and the same as branches an index each.
 
-        A condition on a single index lets the database read the list in date order from
-        a composite index, and count the states with the index on (name or worker, state);
-        an OR of conditions on several indexes makes it collect and sort every match.
+        The ways it matches nothing are left out. A condition on a single index lets the
+        database read the list in date order from a composite index, and count the states
+        with the index on (name or worker, state); an OR of conditions on several indexes
+        makes it collect and sort every match, so the list reads such a search a branch at
+        a time (each id spelling, each name, each worker).
         """
         vendor = connections[db].vendor
         spellings = dict.fromkeys((term, term.lower()))
-        q = models.Q()
+        q, branches = models.Q(), []
         for spelling in spellings:
             by_id = prefix_q("task_id", spelling, vendor)
             if TaskState.objects.using(db).filter(by_id).exists():
                 q |= by_id
+                branches.append(by_id)
         names = values_present(TaskState.objects.using(db), "name", MAX_SEARCH_NAMES + 1)
         if len(names) > MAX_SEARCH_NAMES:
             for spelling in spellings:
                 q |= prefix_q("name", spelling, vendor)
+                branches.append(prefix_q("name", spelling, vendor))
         else:
             folded = term.casefold()
             matched = [name for name in names if name.casefold().startswith(folded)]
             if matched:
                 q |= models.Q(name__in=matched)
+                branches += [models.Q(name=name) for name in matched]
         workers = hostnames_starting(WorkerState.objects.using(db), term, MAX_SEARCH_WORKERS)
         if workers is None:
             q |= models.Q(worker__hostname__istartswith=term)
+            branches.append(models.Q(worker__hostname__istartswith=term))
         elif workers:
             q |= models.Q(worker_id__in=workers)
-        return q if q else models.Q(pk__in=[])
+            branches += [models.Q(worker_id=worker) for worker in workers]
+        return (q, branches) if q else (models.Q(pk__in=[]), [])
 
     # -- list columns
 
