@@ -153,3 +153,41 @@ def test_a_session_cut_on_the_server_is_djangos_operational_error():
     connection.close()
     write_snapshot({}, {tid: {"state": "SUCCESS", "tstamp": T0}})
     assert TaskState.objects.get(task_id=tid).state == "SUCCESS"
+
+
+@pytest.mark.django_db(transaction=True)  # SQLite stages a batch in a transaction of its own
+def test_the_tasks_follow_a_worker_made_again_under_a_new_key():
+    from django_celery_monitor.models import WorkerState
+
+    first, second = str(uuidlib.uuid4()), str(uuidlib.uuid4())
+    task = {"state": "STARTED", "tstamp": T0, "worker": "w@host"}
+    write_snapshot({"w@host": {"freq": 2.0}}, {first: task})
+    old = WorkerState.objects.get(hostname="w@host").pk
+    assert TaskState.objects.get(task_id=first).worker_id == old
+    WorkerState.objects.filter(pk=old).delete()  # the writer still knows the old key
+    write_snapshot({}, {second: {**task, "state": "SUCCESS"}})
+    new = WorkerState.objects.get(hostname="w@host").pk
+    assert new != old
+    assert TaskState.objects.get(task_id=second).worker_id == new
+
+
+@pytest.mark.django_db(transaction=True)  # another connection holds the write lock
+def test_sqlite_stages_a_batch_while_another_writer_holds_the_lock():
+    import sqlite3
+
+    from django_celery_monitor.writer import SnapshotWriter
+
+    if connection.vendor != "sqlite":
+        pytest.skip("the lock of a SQLite file")
+    writer = SnapshotWriter()
+    tid = str(uuidlib.uuid4())
+    rows = [writer._task_params("default", tid, {"state": "SUCCESS", "tstamp": T0}, {})]
+    other = sqlite3.connect(connection.settings_dict["NAME"], timeout=0)
+    other.execute("BEGIN IMMEDIATE")
+    try:
+        writer._stage_unlocked("default", rows)  # waits for nothing: no lock of the database
+    finally:
+        other.rollback()
+        other.close()
+    assert writer._merge_staged("default") == 1
+    assert TaskState.objects.get(task_id=tid).state == "SUCCESS"

@@ -380,6 +380,10 @@ def _is_deadlock(exc: BaseException) -> bool:
     return bool(args) and args[0] in (1213, 1205)  # MySQL: deadlock, lock wait timeout
 
 
+#: Past this many workers' keys kept (SQLite), the writer forgets them and reads them again.
+MAX_KNOWN_WORKERS = 10_000
+
+
 class SnapshotWriter:
     """Writes snapshots (worker rows, then task rows) into one database.
 
@@ -392,6 +396,8 @@ class SnapshotWriter:
         self.settings = settings or monitor_settings
         self._compiled: dict[tuple, Any] = {}
         self._lock = threading.Lock()
+        #: Per database, the workers' keys as last written (SQLite: see :meth:`_write_sqlite`).
+        self._worker_ids: dict[str, dict[str, int]] = {}
 
     # Models are imported late: this module is imported by the managers the models use.
     @staticmethod
@@ -427,15 +433,7 @@ class SnapshotWriter:
                 worker_rows[hostname] = {}
         _, adapters, _ = self._task_statement(db)
         if connections[db].vendor == "sqlite":
-            # One writer at a time anyway: one transaction, one commit.
-            def both() -> tuple[dict[str, int], int]:
-                ids = self._write_workers(db, worker_rows)
-                params = [
-                    self._task_params(db, t, v, ids, adapters) for t, v in sorted(tasks.items())
-                ]
-                return ids, self._write_tasks(db, params) if params else 0
-
-            return self._retrying(db, both)
+            return self._write_sqlite(db, worker_rows, tasks, adapters)
         worker_ids = self._retrying(db, lambda: self._write_workers(db, worker_rows))
         rows = [
             self._task_params(db, task_id, values, worker_ids, adapters)
@@ -443,6 +441,74 @@ class SnapshotWriter:
         ]
         written = self._retrying(db, lambda: self._write_tasks(db, rows)) if rows else 0
         return worker_ids, written
+
+    def _write_sqlite(
+        self,
+        db: str,
+        worker_rows: Mapping[str, Mapping[str, Any]],
+        tasks: Mapping[str, Mapping[str, Any]],
+        adapters: Sequence[Any],
+    ) -> tuple[dict[str, int], int]:
+        """SQLite: the workers and the tasks in one transaction (one commit), which holds
+        the database's only write lock for as short a time as it can.
+
+        The task rows are made ready, and staged in the connection's temporary table, before
+        the transaction begins: that needs no lock on the database, and other writers (other
+        cameras, shards) go on writing meanwhile. The rows name their workers by the keys
+        the last write read; in the transaction, the workers are written, and should a key
+        have changed (a worker deleted meanwhile, and made again), the rows are made and
+        staged again there.
+        """
+        known = self._worker_ids.setdefault(db, {})
+        named = {values["worker"] for values in tasks.values() if values.get("worker")}
+        staged: dict[str, int] | None = None
+        if tasks and len(tasks) <= self.settings.write_batch_size and named <= known.keys():
+            staged = {hostname: known[hostname] for hostname in named}
+            rows = [
+                self._task_params(db, task_id, values, staged, adapters)
+                for task_id, values in sorted(tasks.items())
+            ]
+            self._stage_unlocked(db, rows)
+
+        def both() -> tuple[dict[str, int], int]:
+            ids = self._write_workers(db, worker_rows)
+            if staged is not None and all(ids.get(h) == key for h, key in staged.items()):
+                return ids, self._merge_staged(db)
+            params = [self._task_params(db, t, v, ids, adapters) for t, v in sorted(tasks.items())]
+            return ids, self._write_tasks(db, params) if params else 0
+
+        ids, written = self._retrying(db, both)
+        if len(known) > MAX_KNOWN_WORKERS:
+            known.clear()
+        known.update(ids)
+        return ids, written
+
+    def _stage_unlocked(self, db: str, rows: list[list[Any]]) -> None:
+        """Stage ``rows`` outside the transaction that merges them (SQLite).
+
+        A transaction of its own, which writes the connection's temporary database only and
+        so takes no lock on the main one; inside a transaction already open (a caller's
+        ``atomic``), the rows are staged in that one.
+        """
+        connection = connections[db]
+        with connection.cursor() as cursor:
+            if connection.in_atomic_block:
+                self._stage(cursor, rows)
+                return
+            cursor.execute("BEGIN DEFERRED")
+            try:
+                self._stage(cursor, rows)
+            except BaseException:
+                cursor.execute("ROLLBACK")
+                raise
+            cursor.execute("COMMIT")
+
+    def _merge_staged(self, db: str) -> int:
+        """Merge the rows staged by :meth:`_stage_unlocked` into the table (SQLite)."""
+        sql, _, _ = self._task_statement(db)
+        with connections[db].cursor() as cursor:
+            cursor.execute(sql, ())
+            return cursor.rowcount
 
     def _retrying(self, db: str, write: Any) -> Any:
         for attempt in range(WRITE_ATTEMPTS):
