@@ -51,7 +51,7 @@ def main() -> None:
         print(f"{options.backend}: skipped: {reason}")
         print(f"summary: {options.backend}: skipped")
         return
-    db = common.Database(options.backend)
+    db = common.Database(options.backend, options.sqlite_journal)
     db.setup()
     try:
         with common.camera_process():  # the cameras run here as in their own process
@@ -100,7 +100,8 @@ def run(db: common.Database, options: argparse.Namespace) -> None:
     print(
         f"{options.backend}: a backlog of {backlog:,} unfinished tasks (about {started:,} "
         f"started): fed in {fed:.1f} s, written by the first shot in {first:.1f} s; then "
-        f"shots of {options.events} new events, {options.rounds} rounds",
+        f"shots of {options.events} new events, {options.rounds} rounds"
+        f"{common.journal_note(options.backend, options.sqlite_journal)}",
         flush=True,
     )
     lost = backlog - recorded

@@ -305,6 +305,34 @@ MARIADB = {
 }
 
 
+SQLITE_JOURNALS = ("wal", "delete")
+
+
+def sqlite_options(journal: str) -> dict[str, Any]:
+    """The OPTIONS of a SQLite database with ``journal`` (see ``--sqlite-journal``)."""
+    import django
+
+    # Several processes may write the file at once: wait for the lock.
+    options: dict[str, Any] = {"timeout": 30}
+    if journal == "wal":
+        if django.VERSION < (5, 1):
+            raise SystemExit(
+                "--sqlite-journal wal needs Django 5.1 or later: use --sqlite-journal delete"
+            )
+        options["init_command"] = "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL"
+        options["transaction_mode"] = "IMMEDIATE"
+    return options
+
+
+def journal_note(backend: str, journal: str) -> str:
+    """What a header line says of SQLite's journal (nothing on the other databases)."""
+    if backend != "sqlite":
+        return ""
+    if journal == "wal":
+        return "; SQLite in WAL mode, synchronous=NORMAL"
+    return "; SQLite's rollback journal, synchronous=FULL"
+
+
 def add_database_options(parser: argparse.ArgumentParser, allow_all: bool = True) -> None:
     group = parser.add_mutually_exclusive_group()
     group.add_argument(
@@ -337,6 +365,14 @@ def add_database_options(parser: argparse.ArgumentParser, allow_all: bool = True
             help="each of the databases that is available, one after the other",
         )
     parser.set_defaults(backend="sqlite")
+    parser.add_argument(
+        "--sqlite-journal",
+        choices=SQLITE_JOURNALS,
+        default="delete",
+        help="SQLite's journal: delete (SQLite's own default, a rollback journal synced at "
+        "every commit; the default here) or wal (with synchronous=NORMAL and BEGIN "
+        "IMMEDIATE, as the README advises for the camera's database)",
+    )
 
 
 def unavailable(backend: str) -> str | None:
@@ -412,18 +448,17 @@ class Database:
     emptied (TRUNCATE) instead.
     """
 
-    def __init__(self, backend: str) -> None:
+    def __init__(self, backend: str, sqlite_journal: str = "delete") -> None:
         self.backend = backend
         self.tmp = tempfile.mkdtemp(prefix="cm_bench_")
         self.prefix = f"cm_bench_{os.getpid()}"
         self.runs = 0
         if backend == "sqlite":
             self.template = f"{self.tmp}/template.sqlite3"
-            # Several processes may write the file at once: wait for the lock.
             self.settings = {
                 "ENGINE": "django.db.backends.sqlite3",
                 "NAME": self.template,
-                "OPTIONS": {"timeout": 30},
+                "OPTIONS": sqlite_options(sqlite_journal),
             }
         elif backend == "postgresql":
             self.template = f"{self.prefix}_template"

@@ -246,7 +246,7 @@ def copies(events: list[dict]) -> list[dict]:
 
 def run_backend(options: argparse.Namespace) -> dict[str, Any]:
     backend = options.backend
-    db = common.Database(backend)
+    db = common.Database(backend, options.sqlite_journal)
     db.setup()
     global APP, LEGACY
     APP = common.celery_app()
@@ -273,7 +273,7 @@ def measure(options: argparse.Namespace, db: common.Database) -> dict[str, Any]:
         f"{backend}: {options.tasks:,} tasks, {len(events):,} events over {options.workers} "
         f"workers{legacy}; a shot every {options.shot:,} events "
         f"({'inline' if options.inline_shots else 'on a thread of its own'}); "
-        f"{options.rounds} rounds",
+        f"{options.rounds} rounds{common.journal_note(backend, options.sqlite_journal)}",
         flush=True,
     )
     if options.profile:

@@ -112,7 +112,7 @@ def sizes(objects: dict[str, Any]) -> dict[str, int]:
 def child(options: argparse.Namespace) -> None:
     from celery.events.state import State
 
-    db = common.Database(options.backend)
+    db = common.Database(options.backend, options.sqlite_journal)
     db.setup()
     try:
         db.fresh()

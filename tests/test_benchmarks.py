@@ -46,11 +46,13 @@ def test_ingest_runs_each_measurement_and_checks_the_rows():
     result = next(line for line in output.splitlines() if line.startswith("sqlite "))
     assert " ours " in result and " state " in result and " 1.1.2 " in result
     assert "ours/flower" in result or "skipped Flower" in output
+    assert "SQLite's rollback journal" in output  # SQLite's default
 
 
 def test_backlog_compares_shots_with_and_without_a_backlog():
-    line = summary(run("backlog.py", "--backlog", "500", "--rounds", "1"))
-    assert line.startswith("summary: sqlite: backlog 500, shot ")
+    output = run("backlog.py", "--backlog", "500", "--rounds", "1", "--sqlite-journal", "wal")
+    assert summary(output).startswith("summary: sqlite: backlog 500, shot ")
+    assert "SQLite in WAL mode" in output  # as the README advises for the camera
 
 
 def test_memory_reports_the_resident_memory():
