@@ -487,6 +487,32 @@ def test_a_search_of_several_names_and_workers_pages_as_one_ordered_list(
         assert sum(len(page) for page in found) == len({t for page in found for t in page})
 
 
+def test_a_branched_search_is_paged_only_as_the_list_it_was_noted_for():
+    from django.db.models import Q
+
+    from django_celery_monitor.admin.queries import branch_page, with_branches
+
+    start = timezone.now()
+    for number in range(12):
+        make_task(
+            name=["a.one", "a.two", "b.three"][number % 3],
+            tstamp=start + timedelta(seconds=number),
+        )
+    base = TaskState.objects.filter(hidden=False)
+    branches = [Q(name="a.one"), Q(name="a.two")]
+    searched = with_branches(base.filter(name__in=["a.one", "a.two"]), base, branches)
+    listed = searched.order_by("-tstamp", "-pk")
+    assert list(branch_page(listed, 2, 5)) == list(listed[2:5])
+    # Anything done to the rows after the search: no page by branches, the plain query's.
+    assert branch_page(listed.filter(state="FAILURE"), 0, 3) is None
+    assert branch_page(listed.reverse(), 0, 3) is None
+    assert branch_page(listed[:4], 0, 3) is None
+    assert branch_page(listed.distinct(), 0, 3) is None
+    assert branch_page(base.order_by("-tstamp"), 0, 3) is None  # no branches noted
+    one = with_branches(base.filter(name="a.one"), base, branches[:1])
+    assert branch_page(one.order_by("-tstamp"), 0, 3) is None  # one index serves it whole
+
+
 # -- detail
 
 

@@ -290,7 +290,7 @@ def test_a_connection_cut_by_the_server_between_shots_loses_no_row(state, camera
     shutter(camera)
     cut_on_the_server(connection)
     feed(state, events.received(second), events.succeeded(second))
-    shutter(camera)  # its first statement finds the session gone
+    shutter(camera)  # its first statement finds the session gone (test_writer: each one)
     assert second in camera.pending_tasks
     shutter(camera)  # on a new connection
     assert row(second).state == "SUCCESS"

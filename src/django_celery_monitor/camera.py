@@ -577,8 +577,8 @@ class Camera(Polaroid):
                     len(tasks),
                     len(workers),
                 )
-                self._close_broken_connection()
                 self._restore(tasks, workers)
+                self._close_broken_connection()
             except BaseException:
                 # Not the database's refusal nor its absence (a bug, a driver's own error):
                 # the rows are kept all the same, and the error goes to the shot's log.

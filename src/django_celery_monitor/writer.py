@@ -462,8 +462,9 @@ class SnapshotWriter:
         known = self._worker_ids.setdefault(db, {})
         named = {values["worker"] for values in tasks.values() if values.get("worker")}
         staged: dict[str, int] | None = None
-        if tasks and len(tasks) <= self.settings.write_batch_size and named <= known.keys():
-            staged = {hostname: known[hostname] for hostname in named}
+        guess = {hostname: known.get(hostname) for hostname in named}
+        if tasks and len(tasks) <= self.settings.write_batch_size and None not in guess.values():
+            staged = guess
             rows = [
                 self._task_params(db, task_id, values, staged, adapters)
                 for task_id, values in sorted(tasks.items())
@@ -488,20 +489,22 @@ class SnapshotWriter:
 
         A transaction of its own, which writes the connection's temporary database only and
         so takes no lock on the main one; inside a transaction already open (a caller's
-        ``atomic``), the rows are staged in that one.
+        ``atomic``, or a connection out of autocommit), the rows are staged in that one.
         """
         connection = connections[db]
         with connection.cursor() as cursor:
-            if connection.in_atomic_block:
+            if not connection.get_autocommit():
                 self._stage(cursor, rows)
                 return
             cursor.execute("BEGIN DEFERRED")
             try:
                 self._stage(cursor, rows)
+                cursor.execute("COMMIT")
             except BaseException:
-                cursor.execute("ROLLBACK")
+                # Never leave the connection in a transaction Django does not know of.
+                if connection.connection.in_transaction:
+                    connection.connection.rollback()
                 raise
-            cursor.execute("COMMIT")
 
     def _merge_staged(self, db: str) -> int:
         """Merge the rows staged by :meth:`_stage_unlocked` into the table (SQLite)."""

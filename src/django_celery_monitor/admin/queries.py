@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from django.core.exceptions import EmptyResultSet
+from django.core.exceptions import EmptyResultSet, FieldError
 from django.db import connections, models
 from django.db.models.expressions import RawSQL
 from django.utils.text import smart_split, unescape_string_literal
@@ -147,12 +147,18 @@ def branch_page(queryset: models.QuerySet, bottom: int, top: int) -> models.Quer
     if noted is None:
         return None
     where, branches, base = noted
-    ordering = queryset.query.order_by or queryset.model._meta.ordering
+    query = queryset.query
+    ordering = query.order_by or queryset.model._meta.ordering
     if (
-        queryset.query.where != where
+        query.where != where
         or not ordering
         or len(branches) * top > MAX_BRANCH_ROWS
-        or queryset.query.distinct
+        # Only the list's plain query: in its own order, on its own rows, not cut already.
+        or not query.standard_ordering
+        or query.extra_order_by
+        or query.combinator
+        or query.is_sliced
+        or query.distinct
     ):
         return None
     db = queryset.db
@@ -163,6 +169,8 @@ def branch_page(queryset: models.QuerySet, bottom: int, top: int) -> models.Quer
             sql, branch_params = base.filter(branch)[:top].query.get_compiler(using=db).as_sql()
         except EmptyResultSet:
             continue
+        except FieldError:  # an order by something added after the search
+            return None
         parts.append(f"SELECT * FROM ({sql}) cm_branch_{number}")
         params.extend(branch_params)
     if not parts:
