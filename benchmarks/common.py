@@ -568,6 +568,25 @@ def close_connections() -> None:
         connection.close()
 
 
+SERVERS = ("postgres", "mariadbd", "mysqld")
+
+
+def server_cpu_seconds() -> float:
+    """The CPU time the database servers running here (PostgreSQL's processes, MariaDB's or
+    MySQL's) have used so far: what a camera's statements cost them, read from ``/proc``."""
+    total = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:  # the process ended meanwhile
+            continue
+        name, _, rest = text.partition(" (")[2].rpartition(") ")
+        if name in SERVERS:
+            fields = rest.split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15)
+    return total / os.sysconf("SC_CLK_TCK")
+
+
 def check_rows(outcomes: dict[str, str], hostnames: list[str]) -> list[str]:
     """What the database lacks: tasks missing or not in their final state, workers missing."""
     from django_celery_monitor.models import TaskState, WorkerState
@@ -745,8 +764,8 @@ def _timed_process(
     finish: Callable[[], Any] | None = None,
 ) -> None:
     """The body of a benchmark process: ``prepare()`` returns the work; once it is ready,
-    wait for ``go``, do the work, report its time (or the error) to the parent, then
-    ``finish()`` untimed."""
+    wait for ``go``, do the work, report its wall and CPU time (or the error) to the parent,
+    then ``finish()`` untimed."""
     try:
         work = prepare()
         # As timed() does: the prebuilt stream stays out of the collector's way.
@@ -754,14 +773,15 @@ def _timed_process(
         gc.freeze()
         ready.put(os.getpid())
         go.wait()
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         work()
-        results.put(("ok", time.perf_counter() - start, None))
+        wall, cpu = time.perf_counter() - start, time.process_time() - cpu
+        results.put(("ok", wall, None, cpu))
         if finish is not None:
             finish()
     except BaseException as exc:  # reported to the parent, which prints it
         ready.put(os.getpid())
-        results.put(("error", 0.0, f"{type(exc).__name__}: {exc}"))
+        results.put(("error", 0.0, f"{type(exc).__name__}: {exc}", 0.0))
 
 
 def shard_process(database, stream_params, shard, shot, inline, ready, go, results) -> None:

@@ -79,6 +79,7 @@ def test_ingest_compares_shards_with_one_camera_and_the_machines_ceiling():
     line = summary(output)
     assert "shards: 1 camera" in output
     assert "machine: 2 processes of independent work did" in output
+    assert "one camera kept " in output and "the most 2 shards can gain here is" in output
     assert "shards speed-up" in line and "the machine's ceiling" in line
 
 
