@@ -582,8 +582,9 @@ def server_cpu_seconds() -> float:
             continue
         name, _, rest = text.partition(" (")[2].rpartition(") ")
         if name in SERVERS:
-            fields = rest.split()
-            total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15)
+            # utime, stime, and cutime, cstime: PostgreSQL's backend of a connection ends
+            # when it closes, and its CPU time is then its parent's (fields 14 to 17).
+            total += sum(int(field) for field in rest.split()[11:15])
     return total / os.sysconf("SC_CLK_TCK")
 
 
