@@ -488,6 +488,8 @@ def test_a_search_of_several_names_and_workers_pages_as_one_ordered_list(
 
 
 def test_a_branched_search_is_paged_only_as_the_list_it_was_noted_for():
+    import pickle
+
     from django.db.models import Q
 
     from django_celery_monitor.admin.queries import branch_page, with_branches
@@ -511,6 +513,12 @@ def test_a_branched_search_is_paged_only_as_the_list_it_was_noted_for():
     assert branch_page(base.order_by("-tstamp"), 0, 3) is None  # no branches noted
     one = with_branches(base.filter(name="a.one"), base, branches[:1])
     assert branch_page(one.order_by("-tstamp"), 0, 3) is None  # one index serves it whole
+    # The note keeps no queryset, which pickling would run (a cache of the list's query).
+    with CaptureQueriesContext(connection) as queries:
+        restored = pickle.loads(pickle.dumps(listed.query))
+    assert not queries.captured_queries
+    listed.query = restored
+    assert list(branch_page(listed, 2, 5)) == list(listed[2:5])
 
 
 # -- detail

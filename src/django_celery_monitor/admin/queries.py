@@ -130,7 +130,8 @@ def with_branches(
     the ones it was made for.
     """
     if 1 < len(branches) <= MAX_BRANCHES:
-        setattr(searched.query, _BRANCHES, (searched.query.where, list(branches), base))
+        # The base's query, not the queryset: pickling a queryset would run it.
+        setattr(searched.query, _BRANCHES, (searched.query.where, list(branches), base.query))
     return searched
 
 
@@ -146,7 +147,7 @@ def branch_page(queryset: models.QuerySet, bottom: int, top: int) -> models.Quer
     noted = getattr(queryset.query, _BRANCHES, None)
     if noted is None:
         return None
-    where, branches, base = noted
+    where, branches, base_query = noted
     query = queryset.query
     ordering = query.order_by or queryset.model._meta.ordering
     if (
@@ -162,7 +163,8 @@ def branch_page(queryset: models.QuerySet, bottom: int, top: int) -> models.Quer
     ):
         return None
     db = queryset.db
-    base = base.using(db).order_by(*ordering).values_list("pk")
+    base = models.QuerySet(queryset.model, query=base_query.chain(), using=db)
+    base = base.order_by(*ordering).values_list("pk")
     parts, params = [], []
     for number, branch in enumerate(branches):
         try:
