@@ -435,10 +435,7 @@ class SnapshotWriter:
         if connections[db].vendor == "sqlite":
             return self._write_sqlite(db, worker_rows, tasks, adapters)
         worker_ids = self._retrying(db, lambda: self._write_workers(db, worker_rows))
-        rows = [
-            self._task_params(db, task_id, values, worker_ids, adapters)
-            for task_id, values in sorted(tasks.items())
-        ]
+        rows = self._task_rows(db, tasks, worker_ids, adapters)
         written = self._retrying(db, lambda: self._write_tasks(db, rows)) if rows else 0
         return worker_ids, written
 
@@ -461,21 +458,20 @@ class SnapshotWriter:
         """
         known = self._worker_ids.setdefault(db, {})
         named = {values["worker"] for values in tasks.values() if values.get("worker")}
-        staged: dict[str, int] | None = None
-        guess = {hostname: known.get(hostname) for hostname in named}
-        if tasks and len(tasks) <= self.settings.write_batch_size and None not in guess.values():
-            staged = guess
-            rows = [
-                self._task_params(db, task_id, values, staged, adapters)
-                for task_id, values in sorted(tasks.items())
-            ]
-            self._stage_unlocked(db, rows)
+        staged = {hostname: known.get(hostname) for hostname in named}
+        early = (
+            bool(tasks)
+            and len(tasks) <= self.settings.write_batch_size
+            and None not in staged.values()
+        )
+        if early:
+            self._stage_unlocked(db, self._task_rows(db, tasks, staged, adapters))
 
         def both() -> tuple[dict[str, int], int]:
             ids = self._write_workers(db, worker_rows)
-            if staged is not None and all(ids.get(h) == key for h, key in staged.items()):
+            if early and all(ids.get(h) == key for h, key in staged.items()):
                 return ids, self._merge_staged(db)
-            params = [self._task_params(db, t, v, ids, adapters) for t, v in sorted(tasks.items())]
+            params = self._task_rows(db, tasks, ids, adapters)
             return ids, self._write_tasks(db, params) if params else 0
 
         ids, written = self._retrying(db, both)
@@ -545,6 +541,19 @@ class SnapshotWriter:
             return sql, adapters, form
 
         return self._statement(db, "task", build)
+
+    def _task_rows(
+        self,
+        db: str,
+        tasks: Mapping[str, Mapping[str, Any]],
+        worker_ids: Mapping[str, int | None],
+        adapters: Sequence[Any],
+    ) -> list[list[Any]]:
+        """The parameters of ``tasks``' rows, in the order of their ids (the lock order)."""
+        return [
+            self._task_params(db, task_id, values, worker_ids, adapters)
+            for task_id, values in sorted(tasks.items())
+        ]
 
     def _task_params(
         self,
