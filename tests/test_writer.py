@@ -191,3 +191,48 @@ def test_sqlite_stages_a_batch_while_another_writer_holds_the_lock():
         other.close()
     assert writer._merge_staged("default") == 1
     assert TaskState.objects.get(task_id=tid).state == "SUCCESS"
+
+
+@pytest.mark.django_db(transaction=True)  # SQLite stages a batch in a transaction of its own
+def test_sqlite_stages_a_batch_in_inserts_of_as_many_rows_as_the_database_takes():
+    import sqlite3
+
+    from django_celery_monitor import writer as writer_module
+
+    if connection.vendor != "sqlite":
+        pytest.skip("SQLite's limit on the parameters of a statement")
+    connection.ensure_connection()
+    raw = connection.connection
+    if not hasattr(raw, "setlimit"):
+        pytest.skip("Python 3.11 sets a connection's limits")
+    # 100 parameters: 4 rows of 21 columns a statement, where 5 would fail to run.
+    previous = raw.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 100)
+    statements: list[str] = []
+    raw.set_trace_callback(statements.append)
+    tasks = {
+        f"tid-{n:03d}": {
+            "state": ("SUCCESS", "FAILURE", "STARTED")[n % 3],
+            "tstamp": T0 + timedelta(seconds=n),
+            "name": None if n % 5 == 0 else f"proj.t{n % 4}",
+            "args": f"('ü{n}', 'x' * 2)",
+            "runtime": n / 7,
+            "retries": n % 4,
+            "worker": "w1@h",
+        }
+        for n in range(37)
+    }
+    try:
+        write_snapshot({"w1@h": {"last_heartbeat": T0}}, tasks)
+    finally:
+        raw.set_trace_callback(None)
+        raw.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, previous)
+    head = f'INSERT INTO temp."{writer_module.STAGE_TABLE}"'
+    staged = [s for s in statements if s.startswith(head)]
+    assert len(staged) == 10  # 9 of 4 rows and the last one's
+    for task_id, values in tasks.items():
+        row = TaskState.objects.select_related("worker").get(task_id=task_id)
+        assert (row.state, row.tstamp, row.name, row.args, row.runtime, row.retries) == (
+            values["state"], values["tstamp"], values["name"], values["args"],
+            values["runtime"], values["retries"],
+        )  # fmt: skip
+        assert row.worker.hostname == "w1@h"
