@@ -231,6 +231,38 @@ def test_the_last_shot_writes_what_just_happened(state, app):
         camera.close()
 
 
+def test_closing_drops_what_the_timers_still_had_to_do(state, app, monkeypatch):
+    """A call a timer ran after close() had closed its thread's connections would open one
+    again, left open when the thread ends: here the settling of unfinished tasks, due while
+    the thread closing the camera is slow to stop the timer."""
+    from django.db import connections
+
+    from django_celery_monitor import camera as camera_module
+
+    closed: set[str] = set()
+    close_all = connections.close_all
+
+    def noting_close_all():
+        closed.add(threading.current_thread().name)
+        close_all()
+
+    monkeypatch.setattr(connections, "close_all", noting_close_all)
+    monkeypatch.setattr(camera_module, "RECONCILE_AFTER", 1.0)
+    settled: list[bool] = []  # whether its thread's connections were closed already
+    camera = Camera(state, app=app, freq=3600, cleanup_freq=3600)
+    camera.reconcile = lambda: settled.append(threading.current_thread().name in closed)
+    camera.install()
+    stop = camera.cleanup_timer.stop
+
+    def slow_stop():
+        time.sleep(1.5)  # the settling comes due meanwhile
+        stop()
+
+    camera.cleanup_timer.stop = slow_stop
+    camera.close()
+    assert True not in settled
+
+
 def capture_and_close(camera):
     """A shot on a thread of its own, which closes the connections it opened."""
     from django.db import connections

@@ -625,7 +625,7 @@ class Camera(Polaroid):
         if self.shard is None or self.shard.index == 1:
             # Shards share the rows: the first one keeps the house for all.
             self._ctref = self.cleanup_timer.call_repeatedly(self.cleanup_freq, self.cleanup)
-            self.cleanup_timer.call_after(RECONCILE_AFTER, self.reconcile)
+            self._reconcile_ref = self.cleanup_timer.call_after(RECONCILE_AFTER, self.reconcile)
             self._rref = self.cleanup_timer.call_repeatedly(ROLLUP_EVERY, self.roll_up)
             every = self.settings.queue_sample_every
             if every:
@@ -793,10 +793,11 @@ class Camera(Polaroid):
             self._ctref,
             getattr(self, "_rref", None),
             getattr(self, "_qref", None),
+            getattr(self, "_reconcile_ref", None),
         ):
             if ref is not None:
                 ref.cancel()
-        self._tref = self._ctref = self._rref = self._qref = None
+        self._tref = self._ctref = self._rref = self._qref = self._reconcile_ref = None
         self.capture(force=True)
         self.record_heartbeat(stopped=True)
         if self.pending_tasks or self.pending_workers:
@@ -807,12 +808,18 @@ class Camera(Polaroid):
             )
 
     def close(self) -> None:
-        """Close the database connections of the timer threads, then stop them."""
+        """Close the database connections of the timer threads, then stop them.
+
+        What a timer still has to do is dropped first: a call run after its thread's
+        connections were closed (the settling of unfinished tasks, half a second after
+        the camera started) would open one again, and leave it open when the thread ends.
+        """
         from django.db import connections
 
         for timer in (self.timer, getattr(self, "cleanup_timer", None)):
             if timer is None:
                 continue
+            timer.clear()
             done = threading.Event()
 
             def close_connections(done: threading.Event = done) -> None:
