@@ -222,7 +222,9 @@ def test_sqlite_stages_a_batch_in_inserts_of_as_many_rows_as_the_database_takes(
         for n in range(37)
     }
     try:
-        write_snapshot({"w1@h": {"last_heartbeat": T0}}, tasks)
+        # A writer of its own: it knows no worker's key yet, so the batch is staged once,
+        # in the transaction that writes the worker.
+        SnapshotWriter().write({"w1@h": {"last_heartbeat": T0}}, tasks)
     finally:
         raw.set_trace_callback(None)
         raw.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, previous)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import threading
@@ -819,7 +820,11 @@ class Camera(Polaroid):
         for timer in (self.timer, getattr(self, "cleanup_timer", None)):
             if timer is None:
                 continue
-            timer.clear()
+            # Under the timer's lock: its thread reads the schedule under it, and a schedule
+            # emptied between two of its reads would end the process (Celery's timer exits
+            # on any error).
+            with getattr(timer, "mutex", None) or contextlib.nullcontext():
+                timer.clear()
             done = threading.Event()
 
             def close_connections(done: threading.Event = done) -> None:

@@ -2,8 +2,8 @@
 
 A snapshot is written as one UPSERT per batch: ``INSERT ... ON CONFLICT DO UPDATE`` on SQLite
 and PostgreSQL, ``INSERT ... ON DUPLICATE KEY UPDATE`` on MySQL and MariaDB, compiled once per
-database connection, and fed a batch in the database's bulk form (a temporary table filled
-by multi-row INSERTs on SQLite and by COPY on psycopg 3, arrays on psycopg 2, a multi-row
+database connection, and fed a batch in the database's bulk form (a temporary table, filled
+by multi-row INSERTs on SQLite and by COPY on psycopg 3; arrays on psycopg 2; a multi-row
 ``VALUES`` on mysqlclient). Its update clause is the merge: the database applies it to the
 recorded row, so nothing is read before the write, no row is locked for longer than its own
 statement, and several cameras can write the same rows at once (a row's merge is one atomic
@@ -31,7 +31,7 @@ import logging
 import threading
 import time
 import weakref
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import datetime, timedelta
 from datetime import timezone as dt_timezone
 from typing import Any
@@ -626,12 +626,13 @@ class SnapshotWriter:
         cursor.execute(f'CREATE TEMP TABLE IF NOT EXISTS "{STAGE_TABLE}" ({names})')
         cursor.execute(f"DELETE FROM {table}")
         raw = cursor.db.connection
-        per = _rows_per_insert(raw)
         with cursor.db.wrap_database_errors:
-            for start in range(0, len(rows), per):
-                chunk = rows[start : start + per]
+            start = 0
+            for count in _chunk_sizes(len(rows), _rows_per_insert(cursor.db)):
+                chunk = rows[start : start + count]
+                start += count
                 raw.execute(
-                    _multi_row_insert(table, names, len(chunk)),
+                    _multi_row_insert(table, names, count),
                     [value for row in chunk for value in row],
                 ).close()
 
@@ -771,15 +772,30 @@ class SnapshotWriter:
 STAGE_ROWS = 500
 
 
-def _rows_per_insert(raw: Any) -> int:
-    """How many task rows one statement of ``raw`` (a sqlite3 connection) can stage."""
-    import sqlite3  # not at the top: a Python may lack it, and write to another database
-
-    try:
-        limit = raw.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
-    except (AttributeError, sqlite3.Error):  # Python 3.10: SQLite's oldest default
-        limit = 999
+def _rows_per_insert(connection: Any) -> int:
+    """How many task rows one statement of a SQLite ``connection`` (Django's) can stage."""
+    limit = 999  # SQLite's oldest default; Python 3.10 cannot read the connection's own
+    number = getattr(connection.Database, "SQLITE_LIMIT_VARIABLE_NUMBER", None)
+    if number is not None and hasattr(connection.connection, "getlimit"):
+        limit = connection.connection.getlimit(number)
     return max(1, min(STAGE_ROWS, limit // len(TASK_COLUMNS)))
+
+
+def _chunk_sizes(total: int, most: int) -> Iterator[int]:
+    """Split ``total`` rows into statements of at most ``most`` rows, of a few sizes only.
+
+    Full statements, then the rest by powers of two: the driver keeps every statement it
+    compiled (each of up to 10,500 parameters), and a rest of any size would compile a new
+    one at nearly every shot.
+    """
+    full, rest = divmod(total, most)
+    yield from [most] * full
+    size = 1 << max(rest.bit_length() - 1, 0)
+    while rest:
+        if size <= rest:
+            yield size
+            rest -= size
+        size >>= 1
 
 
 @functools.lru_cache(maxsize=16)
