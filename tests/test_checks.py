@@ -127,3 +127,18 @@ def test_e003_for_a_wrong_redaction_setting(overrides):
 )
 def test_valid_redaction_settings_pass():
     assert check_settings() == []
+
+
+@pytest.mark.parametrize("value", [-1, "64", 2.5, True])
+def test_e002_for_a_bad_sqlite_cache_size(value):
+    with override_settings(CELERY_MONITOR_SQLITE_CACHE_SIZE=value):
+        errors = check_settings()
+    assert ids(errors) == ["celery_monitor.E002"]
+    assert "CELERY_MONITOR_SQLITE_CACHE_SIZE" in errors[0].msg
+    assert "MiB" in errors[0].msg
+
+
+@pytest.mark.parametrize("value", [None, 0, 1, 256])
+def test_a_sqlite_cache_size_of_mib_or_none_passes(value):
+    with override_settings(CELERY_MONITOR_SQLITE_CACHE_SIZE=value):
+        assert check_settings() == []

@@ -218,3 +218,14 @@ def test_custom_states_follow_the_pending_expiry_unless_set():
 @override_settings(CELERY_MONITOR_TASK_CUSTOM_EXPIRES=timedelta(hours=2))
 def test_custom_states_expiry_from_django_settings():
     assert monitor_settings.task_custom_expires == timedelta(hours=2)
+
+
+def test_the_sqlite_cache_size():
+    assert fresh_settings().sqlite_cache_size == 64
+    assert fresh_settings(monitor_sqlite_cache_size=256).sqlite_cache_size == 256
+    # None or 0: SQLite's own size.
+    assert fresh_settings(monitor_sqlite_cache_size=None).sqlite_cache_size is None
+    assert fresh_settings(monitor_sqlite_cache_size=0).sqlite_cache_size is None
+    for wrong in (-5, "64", 1.5, True):
+        with pytest.raises(ImproperlyConfigured, match="monitor_sqlite_cache_size"):
+            fresh_settings(monitor_sqlite_cache_size=wrong).sqlite_cache_size  # noqa: B018

@@ -193,6 +193,46 @@ def test_sqlite_stages_a_batch_while_another_writer_holds_the_lock():
     assert TaskState.objects.get(task_id=tid).state == "SUCCESS"
 
 
+def _cache_size() -> int:
+    with connection.cursor() as cursor:
+        cursor.execute("PRAGMA cache_size")
+        return cursor.fetchone()[0]
+
+
+@pytest.mark.django_db(transaction=True)  # each case opens a connection of its own
+@pytest.mark.parametrize(
+    ("setting", "before", "after"),
+    [
+        (64, None, -64 * 1024),  # SQLite's own size (2 MiB): raised
+        (8, None, -8 * 1024),
+        (64, 1000, -64 * 1024),  # 1,000 pages (4 MiB at 4 KiB a page): raised
+        (64, -128 * 1024, -128 * 1024),  # the project's larger cache is kept
+        (64, 100_000, 100_000),  # 100,000 pages: about 400 MiB, kept
+        (None, None, None),  # None: SQLite's own, untouched
+    ],
+)
+def test_sqlite_writer_keeps_more_of_the_database_in_memory(setting, before, after):
+    from django.test import override_settings
+
+    if connection.vendor != "sqlite":
+        pytest.skip("SQLite's page cache")
+    connection.close()
+    connection.ensure_connection()
+    if before is not None:
+        connection.connection.execute(f"PRAGMA cache_size = {before}")
+    own = _cache_size()
+    tid = str(uuidlib.uuid4())
+    with override_settings(CELERY_MONITOR_SQLITE_CACHE_SIZE=setting):
+        SnapshotWriter().write({}, {tid: {"state": "SUCCESS", "tstamp": T0}})
+        assert _cache_size() == (own if after is None else after)
+        # A new connection (Django's reconnects) is sized again.
+        connection.close()
+        SnapshotWriter().write({}, {tid: {"state": "SUCCESS", "tstamp": T0}})
+        assert _cache_size() == (own if setting is None else -setting * 1024)
+    assert TaskState.objects.get(task_id=tid).state == "SUCCESS"
+    connection.close()  # the next test gets SQLite's own size
+
+
 @pytest.mark.django_db(transaction=True)  # SQLite stages a batch in a transaction of its own
 def test_sqlite_stages_a_batch_in_inserts_of_as_many_rows_as_the_database_takes():
     import sqlite3

@@ -32,4 +32,8 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Error]:
             conf.to_positive_int(*setting.raw())
         except ImproperlyConfigured as exc:
             errors.append(Error(str(exc), id="celery_monitor.E002"))
+    try:
+        conf.to_cache_size(*conf.SQLITE_CACHE_SIZE.raw())
+    except ImproperlyConfigured as exc:
+        errors.append(Error(str(exc), id="celery_monitor.E002"))
     return errors

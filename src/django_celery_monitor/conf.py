@@ -96,6 +96,15 @@ def to_positive_int(where: str, value: Any) -> int:
     raise ImproperlyConfigured(f"{where} must be a positive integer, not {value!r}.")
 
 
+def to_cache_size(where: str, value: Any) -> int | None:
+    """Check a cache size setting: a positive number of MiB, or None (or 0) for the default."""
+    if value is None or (value == 0 and isinstance(value, int) and not isinstance(value, bool)):
+        return None
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return value
+    raise ImproperlyConfigured(f"{where} must be a positive number of MiB or None, not {value!r}.")
+
+
 TASK_SUCCESS_EXPIRES = Setting(
     "monitor_task_success_expires",
     timedelta(days=1),
@@ -126,6 +135,12 @@ WRITE_BATCH_SIZE = Setting(
     "monitor_write_batch_size",
     2000,
     description="How many task rows one transaction of the camera's write merges.",
+)
+SQLITE_CACHE_SIZE = Setting(
+    "monitor_sqlite_cache_size",
+    64,
+    description="On SQLite: MiB of the database's pages the camera's writing connection "
+    "keeps in memory (None: SQLite's own, 2 MiB); a connection that keeps more is left so.",
 )
 PURGE_BATCH_SIZE = Setting(
     "monitor_purge_batch_size",
@@ -345,6 +360,10 @@ class MonitorSettings:
     @property
     def write_batch_size(self) -> int:
         return self._size(WRITE_BATCH_SIZE)
+
+    @property
+    def sqlite_cache_size(self) -> int | None:
+        return to_cache_size(*SQLITE_CACHE_SIZE.raw(self.app))
 
     @property
     def purge_batch_size(self) -> int:
