@@ -434,3 +434,51 @@ def test_a_large_export_streams_in_bounded_memory(admin_client):
     # a list of the 100,000 rows as tuples peaks at 125 MB. The bound is about three times
     # the measure.
     assert peak < 15_000_000
+
+
+def test_on_mysql_the_rows_stream_from_a_server_side_cursor(admin_client, monkeypatch):
+    """mysqlclient's default cursor reads a whole result into memory before the first row:
+    the export reads its rows from a server-side cursor there, a chunk at a time, with the
+    values the ORM gives (aware times, booleans, the worker's name)."""
+    if connection.vendor != "mysql":
+        pytest.skip("MySQL's driver reads a whole result first; the others read in chunks")
+    from MySQLdb.cursors import SSCursor
+
+    from django_celery_monitor.admin import export as export_module
+
+    count = 20_000
+    insert_tasks(count)
+    monkeypatch.setattr(export_module, "CHUNK_SIZE", 500)
+    fetched: list[int] = []
+    fetchmany = SSCursor.fetchmany
+
+    def counted(cursor, size=None):
+        rows = fetchmany(cursor, size)
+        fetched.append(len(rows))
+        return rows
+
+    monkeypatch.setattr(SSCursor, "fetchmany", counted)
+    tracemalloc.start()
+    try:
+        response = export(admin_client, "jsonl")
+        total, first, last = 0, None, None
+        for chunk in response.streaming_content:
+            lines = chunk.decode().splitlines()
+            total += len(lines)
+            first = first or json.loads(lines[0])
+            last = json.loads(lines[-1])
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert total == count
+    assert max(fetched) == 500
+    assert sum(fetched) == count
+    # The latest first, as the list shows them.
+    assert first["task_id"] == f"bulk-{count - 1:08d}-0000-0000-0000-000000000000"
+    assert last["task_id"] == f"bulk-{0:08d}-0000-0000-0000-000000000000"
+    assert (first["worker"], first["state"], first["lost"]) == ("celery@bulk", "SUCCESS", False)
+    assert first["tstamp"].endswith("+00:00")
+    # The whole result as rows would take about 25 MB here.
+    assert peak < 10_000_000
+    # The connection is free again.
+    assert TaskState.objects.count() == count

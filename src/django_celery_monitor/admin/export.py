@@ -4,11 +4,12 @@ The export view answers ``export/?format=csv`` (or ``jsonl``) followed by the li
 query string: its filters, search, date drill-down and ordering. It builds the list's
 changelist from them, so it exports exactly the rows the list shows, on every page of it.
 
-The rows are read in chunks from a database cursor and written out as they come: a
-million rows never sit in memory. What is exported is what is stored, and the camera
-redacts the arguments, results, exceptions and tracebacks (the ``monitor_redact_*``
-settings) before it writes them, so an export shows nothing that redaction kept out of the
-database (rows written before a rule was set keep what they had, in the list as here).
+The rows are read in chunks from a database cursor (a server-side one on PostgreSQL, MySQL
+and MariaDB) and written out as they come: a million rows never sit in memory. What is
+exported is what is stored, and the camera redacts the arguments, results, exceptions and
+tracebacks (the ``monitor_redact_*`` settings) before it writes them, so an export shows
+nothing that redaction kept out of the database (rows written before a rule was set keep
+what they had, in the list as here).
 """
 
 from __future__ import annotations
@@ -25,7 +26,9 @@ from typing import Any
 from django.contrib.admin.options import IncorrectLookupParameters
 from django.contrib.admin.templatetags.admin_urls import admin_urlname
 from django.contrib.admin.views.main import ALL_VAR, IGNORED_PARAMS, PAGE_VAR
-from django.core.exceptions import PermissionDenied
+from django.core.exceptions import EmptyResultSet, PermissionDenied
+from django.db import connections
+from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest, StreamingHttpResponse
 from django.urls import path, reverse
 from django.utils import timezone
@@ -95,6 +98,40 @@ def _csv_cell(value: Any) -> Any:
         return "true" if value else "false"
     value = _value(value)
     return "" if value is None else value
+
+
+def stream_rows(queryset: QuerySet) -> Iterator[Any]:
+    """The rows of ``queryset``, read from the database a chunk at a time.
+
+    Django's ``iterator()`` does that on PostgreSQL (a server-side cursor) and SQLite; on
+    MySQL and MariaDB, mysqlclient's default cursor first reads the whole result into
+    memory, every row of a million. There the rows come from its server-side cursor
+    (``SSCursor``), and Django's converters then make of each value what the ORM gives.
+    """
+    connection = connections[queryset.db]
+    if connection.vendor != "mysql":
+        yield from queryset.iterator(chunk_size=CHUNK_SIZE)
+        return
+    from MySQLdb.cursors import SSCursor
+
+    compiler = queryset.query.get_compiler(using=queryset.db)
+    try:
+        sql, params = compiler.as_sql()
+    except EmptyResultSet:
+        return  # a condition nothing can match (a search that found nothing)
+    connection.ensure_connection()
+    with connection.wrap_database_errors:
+        cursor = connection.connection.cursor(SSCursor)
+        try:
+            cursor.execute(sql, params)
+
+            def chunks() -> Iterator[Sequence[Any]]:
+                while chunk := cursor.fetchmany(CHUNK_SIZE):
+                    yield chunk
+
+            yield from compiler.results_iter(results=chunks(), tuple_expected=True)
+        finally:
+            cursor.close()
 
 
 def csv_lines(rows: Iterable[Sequence[Any]]) -> Iterator[str]:
@@ -210,7 +247,7 @@ class TaskExportMixin:
         )
         # The changelist's queryset: its filters, its search, the rows the expiry has not
         # hidden, in the list's order (by default the latest first: -tstamp, then -pk).
-        rows = changelist.queryset.values_list(*FIELDS).iterator(chunk_size=CHUNK_SIZE)
+        rows = stream_rows(changelist.queryset.values_list(*FIELDS))
         response = StreamingHttpResponse(_buffered(lines(rows)), content_type=content_type)
         response["Content-Disposition"] = f'attachment; filename="{_file_name(extension)}"'
         return response
