@@ -449,6 +449,9 @@ def test_on_mysql_the_rows_stream_from_a_server_side_cursor(admin_client, monkey
     count = 20_000
     insert_tasks(count)
     monkeypatch.setattr(export_module, "CHUNK_SIZE", 500)
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT @@SESSION.net_write_timeout")
+        (timeout,) = cursor.fetchone()
     fetched: list[int] = []
     fetchmany = SSCursor.fetchmany
 
@@ -480,5 +483,53 @@ def test_on_mysql_the_rows_stream_from_a_server_side_cursor(admin_client, monkey
     assert first["tstamp"].endswith("+00:00")
     # The whole result as rows would take about 25 MB here.
     assert peak < 10_000_000
-    # The connection is free again.
+    # The connection is free again, with the server's own wait for a client.
     assert TaskState.objects.count() == count
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT @@SESSION.net_write_timeout")
+        assert cursor.fetchone()[0] == timeout
+
+
+@pytest.mark.django_db(transaction=True)  # outside a transaction, as a request is
+def test_on_mysql_an_export_left_early_closes_the_connection(admin_client, monkeypatch):
+    """A client that goes away: the connection is closed, not made to read every row left
+    of a server-side cursor first; the next query opens another."""
+    if connection.vendor != "mysql":
+        pytest.skip("MySQL's server-side cursor")
+    from django_celery_monitor.admin import export as export_module
+
+    count = 5_000
+    insert_tasks(count)
+    monkeypatch.setattr(export_module, "CHUNK_SIZE", 100)
+    from MySQLdb.cursors import SSCursor
+
+    drained: list[bool] = []
+    close = SSCursor.close
+
+    def spied(cursor):
+        drained.append(True)  # the driver's close reads every row left
+        return close(cursor)
+
+    monkeypatch.setattr(SSCursor, "close", spied)
+    response = export(admin_client, "csv")
+    content = iter(response.streaming_content)
+    assert next(content).startswith(b"task_id,")
+    response.close()
+    assert drained == []
+    assert connection.connection is None
+    assert TaskState.objects.count() == count
+    assert export(admin_client, "csv").getvalue().count(b"\r\n") == count + 1
+
+
+def test_on_mysql_rows_left_in_a_transaction_are_read_and_it_goes_on(monkeypatch):
+    if connection.vendor != "mysql":
+        pytest.skip("MySQL's server-side cursor")
+    from django_celery_monitor.admin import export as export_module
+
+    insert_tasks(1_000)
+    monkeypatch.setattr(export_module, "CHUNK_SIZE", 10)
+    rows = export_module.stream_rows(TaskState.objects.values_list("task_id", "lost"))
+    assert next(rows)[1] is False
+    rows.close()  # the driver reads the rest: the connection stays, in its transaction
+    assert connection.in_atomic_block
+    assert TaskState.objects.count() == 1_000

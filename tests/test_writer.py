@@ -225,6 +225,15 @@ def test_sqlite_writer_keeps_more_of_the_database_in_memory(setting, before, aft
     with override_settings(CELERY_MONITOR_SQLITE_CACHE_SIZE=setting):
         SnapshotWriter().write({}, {tid: {"state": "SUCCESS", "tstamp": T0}})
         assert _cache_size() == (own if after is None else after)
+        # Once a connection: the next writes do not ask again.
+        statements: list[str] = []
+        connection.connection.set_trace_callback(statements.append)
+        try:
+            SnapshotWriter().write({}, {tid: {"state": "SUCCESS", "tstamp": T0}})
+        finally:
+            connection.connection.set_trace_callback(None)
+        assert statements
+        assert not [s for s in statements if "cache_size" in s.lower()]
         # A new connection (Django's reconnects) is sized again.
         connection.close()
         SnapshotWriter().write({}, {tid: {"state": "SUCCESS", "tstamp": T0}})

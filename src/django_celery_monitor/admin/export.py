@@ -100,16 +100,26 @@ def _csv_cell(value: Any) -> Any:
     return "" if value is None else value
 
 
+#: MySQL, MariaDB: the seconds the server waits for the export to read on, between two
+#: chunks, while the previous chunk goes out to the client (the server's default: 60).
+NET_WRITE_TIMEOUT = 600
+
+
 def stream_rows(queryset: QuerySet) -> Iterator[Any]:
-    """The rows of ``queryset``, read from the database a chunk at a time.
+    """The rows of ``queryset`` (a plain ``values_list``), read a chunk at a time.
 
     Django's ``iterator()`` does that on PostgreSQL (a server-side cursor) and SQLite; on
     MySQL and MariaDB, mysqlclient's default cursor first reads the whole result into
     memory, every row of a million. There the rows come from its server-side cursor
     (``SSCursor``), and Django's converters then make of each value what the ORM gives.
+
+    The server waits while a chunk goes out to the client: it is given
+    :data:`NET_WRITE_TIMEOUT` seconds for that. An export the client leaves early closes
+    the connection (outside a transaction), where closing the cursor would first read
+    every row left.
     """
     connection = connections[queryset.db]
-    if connection.vendor != "mysql":
+    if connection.vendor != "mysql" or connection.Database.__name__ != "MySQLdb":
         yield from queryset.iterator(chunk_size=CHUNK_SIZE)
         return
     from MySQLdb.cursors import SSCursor
@@ -119,19 +129,35 @@ def stream_rows(queryset: QuerySet) -> Iterator[Any]:
         sql, params = compiler.as_sql()
     except EmptyResultSet:
         return  # a condition nothing can match (a search that found nothing)
+    width = compiler.col_count if compiler.has_extra_select else None
     connection.ensure_connection()
     with connection.wrap_database_errors:
-        cursor = connection.connection.cursor(SSCursor)
+        raw = connection.connection
+        with raw.cursor() as cursor:
+            cursor.execute("SELECT @@SESSION.net_write_timeout")
+            (timeout,) = cursor.fetchone()
+            cursor.execute("SET SESSION net_write_timeout = %s", [max(timeout, NET_WRITE_TIMEOUT)])
+        cursor = raw.cursor(SSCursor)
+        finished = False
         try:
             cursor.execute(sql, params)
 
             def chunks() -> Iterator[Sequence[Any]]:
                 while chunk := cursor.fetchmany(CHUNK_SIZE):
-                    yield chunk
+                    # Columns selected for the order only (distinct) are not the rows'.
+                    yield chunk if width is None else [row[:width] for row in chunk]
 
             yield from compiler.results_iter(results=chunks(), tuple_expected=True)
+            finished = True
         finally:
-            cursor.close()
+            if finished:
+                cursor.close()
+                with raw.cursor() as other:
+                    other.execute("SET SESSION net_write_timeout = %s", [timeout])
+            elif connection.in_atomic_block:
+                cursor.close()  # reads the rest: the transaction goes on
+            else:
+                connection.close()
 
 
 def csv_lines(rows: Iterable[Sequence[Any]]) -> Iterator[str]:
