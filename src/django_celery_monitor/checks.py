@@ -27,13 +27,9 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Error]:
             check(*setting.raw())
         except ImproperlyConfigured as exc:
             errors.append(Error(str(exc), id="celery_monitor.E003"))
-    for setting in conf.SIZE_SETTINGS:
+    for setting, check in conf.SIZE_CHECKS:
         try:
-            conf.to_positive_int(*setting.raw())
+            check(*setting.raw())
         except ImproperlyConfigured as exc:
             errors.append(Error(str(exc), id="celery_monitor.E002"))
-    try:
-        conf.to_cache_size(*conf.SQLITE_CACHE_SIZE.raw())
-    except ImproperlyConfigured as exc:
-        errors.append(Error(str(exc), id="celery_monitor.E002"))
     return errors

@@ -296,6 +296,11 @@ SIZE_SETTINGS = (
     EVENT_QUEUE_MAX_LENGTH,
     RECONCILE_MAX_TASKS,
 )
+#: Each setting of a size, with the check of its value (``celery_monitor.E002``).
+SIZE_CHECKS = (
+    *((setting, to_positive_int) for setting in SIZE_SETTINGS),
+    (SQLITE_CACHE_SIZE, to_cache_size),
+)
 
 
 class MonitorSettings:
