@@ -9,7 +9,8 @@ import pytest
 from django.db import connection, models
 from django.db.migrations.executor import MigrationExecutor
 
-from django_celery_monitor.indexes import PartialIndex
+from django_celery_monitor.admin.queries import prefix_q
+from django_celery_monitor.indexes import PartialIndex, unnamed_field_indexes
 from django_celery_monitor.models import TaskState
 
 APP = "celery_monitor"
@@ -31,16 +32,13 @@ def constraints() -> dict:
 
 def field_indexes(column: str) -> list[str]:
     """The indexes of ``column`` alone that the model does not declare by name."""
-    declared = {index.name for index in TaskState._meta.indexes}
-    return [
-        name
-        for name, info in constraints().items()
-        if info["index"]
-        and not info["unique"]
-        and not info["primary_key"]
-        and info["columns"] == [column]
-        and name not in declared
-    ]
+    editor = connection.SchemaEditorClass(connection, collect_sql=True)
+    return unnamed_field_indexes(editor, TaskState, column)
+
+
+def plain_name_indexes() -> list[str]:
+    """The indexes of the name alone, but PostgreSQL's pattern index for LIKE 'prefix%'."""
+    return [name for name in field_indexes("name") if not name.endswith("_like")]
 
 
 def migrate(target: tuple[str, str] | None = None) -> None:
@@ -68,6 +66,34 @@ def test_the_partial_indexes_exist_over_their_columns():
     # Nothing looks tasks up by their root id, and the hidden field has no index of its own.
     assert not [n for n, info in made.items() if info["columns"] == ["root_id"]]
     assert field_indexes("hidden") == []
+
+
+@pytest.mark.django_db
+def test_the_name_has_no_index_of_its_own_but_postgresqls_pattern_index():
+    assert plain_name_indexes() == []
+    made = constraints()
+    assert made["cm_task_name_tstamp_idx"]["columns"] == ["name", "tstamp"]
+    if connection.vendor == "postgresql":
+        assert [n for n in field_indexes("name") if n.endswith("_like")], made
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    "rows",
+    [
+        lambda: TaskState.objects.filter(name="tasks.add").order_by("-tstamp"),
+        lambda: TaskState.objects.filter(name__in=["tasks.add", "tasks.mul"]),
+        # The admin's search of a prefix of names (see admin.queries.prefix_q).
+        lambda: TaskState.objects.filter(prefix_q("name", "tasks.t1", connection.vendor)),
+    ],
+)
+def test_the_lookups_of_names_use_an_index(rows):
+    for n in range(40):
+        TaskState.objects.create(
+            task_id=f"t-{n}", state="SUCCESS", tstamp=INSTANT, name=f"tasks.t{n % 8}"
+        )
+    text = plan(rows())
+    assert "cm_task_name" in text or "_like" in text, text
 
 
 @pytest.mark.django_db
@@ -134,6 +160,21 @@ def test_the_migration_back_restores_the_hidden_field_index():
     assert field_indexes("hidden") == []
     assert set(PARTIAL) <= set(constraints())
     assert TaskState.objects.get(task_id="kept").hidden is True
+    TaskState.objects.filter(task_id="kept").delete()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_migration_back_restores_the_name_field_index():
+    try:
+        migrate((APP, "0011_partial_task_indexes"))
+        assert len(plain_name_indexes()) == 1
+        TaskState.objects.create(task_id="kept", state="SUCCESS", tstamp=INSTANT, name="a.b")
+    finally:
+        migrate()
+    assert plain_name_indexes() == []
+    if connection.vendor == "postgresql":
+        assert [n for n in field_indexes("name") if n.endswith("_like")]
+    assert TaskState.objects.get(task_id="kept").name == "a.b"
     TaskState.objects.filter(task_id="kept").delete()
 
 

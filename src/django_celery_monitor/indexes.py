@@ -45,3 +45,21 @@ class PartialIndex(models.Index):
             options["fields"] = self.whole_fields
         index = models.Index(*args, **options)
         return index.create_sql(model, schema_editor, using=using, **kwargs)
+
+
+def unnamed_field_indexes(schema_editor: Any, model: Any, column: str) -> list[str]:
+    """The names of the plain indexes of ``column`` alone that no ``Meta.indexes`` declares:
+    those Django made for a field's ``db_index`` (migrations drop them by these names)."""
+    declared = {index.name for index in model._meta.indexes}
+    connection = schema_editor.connection
+    with connection.cursor() as cursor:
+        constraints = connection.introspection.get_constraints(cursor, model._meta.db_table)
+    return [
+        name
+        for name, info in constraints.items()
+        if info["index"]
+        and not info["unique"]
+        and not info["primary_key"]
+        and info["columns"] == [column]
+        and name not in declared
+    ]

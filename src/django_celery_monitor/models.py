@@ -105,8 +105,9 @@ class TaskState(models.Model):
     state = models.CharField(_("state"), max_length=64)
     #: The task id (a UUID unless the caller chose its own).
     task_id = models.CharField(_("UUID"), max_length=255, unique=True)
-    #: The task name.
-    name = models.CharField(_("name"), max_length=200, null=True, db_index=True)
+    #: The task name. Indexed by the (name, tstamp) index, whose first column it is; on
+    #: PostgreSQL also for LIKE 'prefix%' (the pattern index its first migration made).
+    name = models.CharField(_("name"), max_length=200, null=True)
     #: A datetime describing when the task's latest state event happened.
     tstamp = models.DateTimeField(_("event received at"), db_index=True)
     #: The positional task arguments (a repr, possibly cut by Celery).
