@@ -171,6 +171,26 @@ def test_the_tasks_follow_a_worker_made_again_under_a_new_key():
     assert TaskState.objects.get(task_id=second).worker_id == new
 
 
+def test_the_workers_tasks_name_are_made_when_missing_and_kept_when_present():
+    from django_celery_monitor.models import WorkerState
+
+    # More workers than one statement inserts; a few of them recorded already.
+    hostnames = [f"w{n:04d}@host" for n in range(1203)]
+    kept = {h: WorkerState.objects.create(hostname=h, freq=3.0).pk for h in hostnames[::100]}
+    tasks = {
+        str(uuidlib.uuid4()): {"state": "STARTED", "tstamp": T0, "worker": hostname}
+        for hostname in hostnames
+    }
+    ids, written = write_snapshot({}, tasks)
+    assert written == len(tasks)
+    rows = dict(WorkerState.objects.values_list("hostname", "pk"))
+    assert rows == ids and sorted(rows) == hostnames
+    assert all(rows[h] == pk for h, pk in kept.items())
+    assert WorkerState.objects.get(hostname=hostnames[0]).freq == 3.0  # not blanked
+    for task_id, values in tasks.items():
+        assert TaskState.objects.get(task_id=task_id).worker_id == rows[values["worker"]]
+
+
 @pytest.mark.django_db(transaction=True)  # another connection holds the write lock
 def test_sqlite_stages_a_batch_while_another_writer_holds_the_lock():
     import sqlite3

@@ -769,19 +769,25 @@ class SnapshotWriter:
     def _insert_missing_workers(
         self, connection: Any, cursor: Any, hostnames: list[str], now: datetime
     ) -> None:
+        """Insert the rows of ``hostnames`` (sorted) that are missing, by a few statements of
+        many rows each: one round trip at most shots (``executemany`` took a pipeline of
+        statements on psycopg 3, about a millisecond a shot)."""
         _, WorkerState = self._models()
         quote = connection.ops.quote_name
         table = quote(WorkerState._meta.db_table)
         head = (
             f"INSERT INTO {table} ({quote('hostname')}, {quote('last_update')}, "
-            f"{quote('offline')}) VALUES (%s, %s, %s)"
+            f"{quote('offline')}) VALUES "
         )
         if connection.vendor == "mysql":
-            sql = f"{head} ON DUPLICATE KEY UPDATE {quote('hostname')} = {quote('hostname')}"
+            tail = f" ON DUPLICATE KEY UPDATE {quote('hostname')} = {quote('hostname')}"
         else:
-            sql = f"{head} ON CONFLICT ({quote('hostname')}) DO NOTHING"
+            tail = f" ON CONFLICT ({quote('hostname')}) DO NOTHING"
         stamp = WorkerState._meta.get_field("last_update").get_db_prep_save(now, connection)
-        cursor.executemany(sql, [[h, stamp, False] for h in hostnames])
+        for start in range(0, len(hostnames), 500):
+            chunk = hostnames[start : start + 500]
+            rows = ", ".join(["(%s, %s, %s)"] * len(chunk))
+            cursor.execute(head + rows + tail, [v for h in chunk for v in (h, stamp, False)])
 
     @staticmethod
     def _heartbeat_limits(heartbeat: Any) -> list[Any]:
