@@ -171,6 +171,23 @@ def test_the_tasks_follow_a_worker_made_again_under_a_new_key():
     assert TaskState.objects.get(task_id=second).worker_id == new
 
 
+def test_a_write_of_several_batches_in_one_transaction_merges_each_once():
+    from django.db import transaction
+    from django.test import override_settings
+
+    first = {str(uuidlib.uuid4()): {"state": "RECEIVED", "tstamp": T0} for _ in range(10)}
+    later = {
+        task_id: {"state": "SUCCESS", "tstamp": T0 + timedelta(seconds=1), "result": "1"}
+        for task_id in list(first)[:7]
+    }
+    with override_settings(CELERY_MONITOR_WRITE_BATCH_SIZE=3), transaction.atomic():
+        writer = SnapshotWriter()
+        assert writer.write({}, first)[1] == 10  # batches of 3, 3, 3 and 1
+        assert writer.write({}, later)[1] == 7 or connection.vendor == "mysql"
+    states = dict(TaskState.objects.values_list("task_id", "state"))
+    assert states == {t: "SUCCESS" if t in later else "RECEIVED" for t in first}
+
+
 def test_the_workers_tasks_name_are_made_when_missing_and_kept_when_present():
     from django_celery_monitor.models import WorkerState
 

@@ -699,25 +699,31 @@ class SnapshotWriter:
         COMMIT DELETE ROWS``, which leaves no dead rows): a TRUNCATE would give it a new
         file each time, and make PostgreSQL plan the prepared merge again.
         """
-        TaskState, _ = self._models()
         connection = cursor.db
+        prepare, copy_sql = self._statement(connection.alias, "copy", self._copy_statements)
+        raw = cursor.cursor
+        # psycopg's own errors, as Django's: a connection cut on the server is then an
+        # OperationalError the camera knows, and keeps the rows for the next shot.
+        with connection.wrap_database_errors:
+            raw.execute(prepare)
+            with raw.copy(copy_sql) as copy:
+                for row in rows:
+                    copy.write_row(row)
+
+    def _copy_statements(self, connection: Any) -> tuple[str, str]:
+        """:meth:`_copy`'s statements: the table made if missing and emptied (two statements
+        without parameters, sent at once), and the COPY into it."""
+        TaskState, _ = self._models()
         fields = {f.attname: f for f in TaskState._meta.concrete_fields}
         quote = connection.ops.quote_name
         names = ", ".join(quote(c) for c in TASK_COLUMNS)
         columns = ", ".join(f"{quote(c)} {fields[c].db_type(connection)}" for c in TASK_COLUMNS)
         table = f"pg_temp.{quote(STAGE_TABLE)}"
-        raw = cursor.cursor
-        # psycopg's own errors, as Django's: a connection cut on the server is then an
-        # OperationalError the camera knows, and keeps the rows for the next shot.
-        with connection.wrap_database_errors:
-            raw.execute(
-                f"CREATE TEMP TABLE IF NOT EXISTS {quote(STAGE_TABLE)} ({columns}) "
-                "ON COMMIT DELETE ROWS"
-            )
-            raw.execute(f"DELETE FROM {table}")
-            with raw.copy(f"COPY {table} ({names}) FROM STDIN") as copy:
-                for row in rows:
-                    copy.write_row(row)
+        prepare = (
+            f"CREATE TEMP TABLE IF NOT EXISTS {quote(STAGE_TABLE)} ({columns}) "
+            f"ON COMMIT DELETE ROWS; DELETE FROM {table}"
+        )
+        return prepare, f"COPY {table} ({names}) FROM STDIN"
 
     # -- workers ---------------------------------------------------------------------------
 
