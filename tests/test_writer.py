@@ -279,6 +279,28 @@ def test_sqlite_writer_keeps_more_of_the_database_in_memory(setting, before, aft
     connection.close()  # the next test gets SQLite's own size
 
 
+@pytest.mark.django_db(transaction=True)
+def test_the_missing_workers_fit_sqlites_oldest_limit_of_parameters():
+    import sqlite3
+
+    from django_celery_monitor.models import WorkerState
+
+    if connection.vendor != "sqlite":
+        pytest.skip("SQLite's limit on the parameters of a statement")
+    connection.ensure_connection()
+    raw = connection.connection
+    if not hasattr(raw, "setlimit"):
+        pytest.skip("Python 3.11 sets a connection's limits")
+    previous = raw.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 999)
+    hostnames = [f"w{n:04d}@host" for n in range(700)]
+    try:
+        SnapshotWriter().write({}, {f"t-{n}": {"state": "STARTED", "tstamp": T0, "worker": h}
+                                    for n, h in enumerate(hostnames)})  # fmt: skip
+    finally:
+        raw.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, previous)
+    assert sorted(WorkerState.objects.values_list("hostname", flat=True)) == hostnames
+
+
 @pytest.mark.django_db(transaction=True)  # SQLite stages a batch in a transaction of its own
 def test_sqlite_stages_a_batch_in_inserts_of_as_many_rows_as_the_database_takes():
     import sqlite3

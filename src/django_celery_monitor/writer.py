@@ -790,8 +790,9 @@ class SnapshotWriter:
         else:
             tail = f" ON CONFLICT ({quote('hostname')}) DO NOTHING"
         stamp = WorkerState._meta.get_field("last_update").get_db_prep_save(now, connection)
-        for start in range(0, len(hostnames), 500):
-            chunk = hostnames[start : start + 500]
+        # 300 rows of 3 parameters: within the 999 parameters a statement of older SQLite takes.
+        for start in range(0, len(hostnames), 300):
+            chunk = hostnames[start : start + 300]
             rows = ", ".join(["(%s, %s, %s)"] * len(chunk))
             cursor.execute(head + rows + tail, [v for h in chunk for v in (h, stamp, False)])
 
