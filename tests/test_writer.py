@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import uuid as uuidlib
+from collections.abc import Iterator
 from datetime import datetime, timedelta
 from datetime import timezone as dt_timezone
+from typing import Any
 
 import pytest
 from django.db import connection
@@ -279,11 +282,11 @@ def test_sqlite_writer_keeps_more_of_the_database_in_memory(setting, before, aft
     connection.close()  # the next test gets SQLite's own size
 
 
-@pytest.mark.django_db(transaction=True)
-def test_the_missing_workers_fit_sqlites_oldest_limit_of_parameters():
+@contextlib.contextmanager
+def sqlite_parameters(limit: int) -> Iterator[Any]:
+    """Let the SQLite connection take ``limit`` parameters a statement; yield the driver's
+    connection. Skips on other databases, and where Python cannot set the limit."""
     import sqlite3
-
-    from django_celery_monitor.models import WorkerState
 
     if connection.vendor != "sqlite":
         pytest.skip("SQLite's limit on the parameters of a statement")
@@ -291,32 +294,29 @@ def test_the_missing_workers_fit_sqlites_oldest_limit_of_parameters():
     raw = connection.connection
     if not hasattr(raw, "setlimit"):
         pytest.skip("Python 3.11 sets a connection's limits")
-    previous = raw.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 999)
-    hostnames = [f"w{n:04d}@host" for n in range(700)]
+    previous = raw.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, limit)
     try:
-        SnapshotWriter().write({}, {f"t-{n}": {"state": "STARTED", "tstamp": T0, "worker": h}
-                                    for n, h in enumerate(hostnames)})  # fmt: skip
+        yield raw
     finally:
         raw.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, previous)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_missing_workers_fit_sqlites_oldest_limit_of_parameters():
+    from django_celery_monitor.models import WorkerState
+
+    hostnames = [f"w{n:04d}@host" for n in range(700)]
+    with sqlite_parameters(999):
+        SnapshotWriter().write({}, {f"t-{n}": {"state": "STARTED", "tstamp": T0, "worker": h}
+                                    for n, h in enumerate(hostnames)})  # fmt: skip
     assert sorted(WorkerState.objects.values_list("hostname", flat=True)) == hostnames
 
 
 @pytest.mark.django_db(transaction=True)  # SQLite stages a batch in a transaction of its own
 def test_sqlite_stages_a_batch_in_inserts_of_as_many_rows_as_the_database_takes():
-    import sqlite3
-
     from django_celery_monitor import writer as writer_module
 
-    if connection.vendor != "sqlite":
-        pytest.skip("SQLite's limit on the parameters of a statement")
-    connection.ensure_connection()
-    raw = connection.connection
-    if not hasattr(raw, "setlimit"):
-        pytest.skip("Python 3.11 sets a connection's limits")
-    # 100 parameters: 4 rows of 21 columns a statement, where 5 would fail to run.
-    previous = raw.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 100)
     statements: list[str] = []
-    raw.set_trace_callback(statements.append)
     tasks = {
         f"tid-{n:03d}": {
             "state": ("SUCCESS", "FAILURE", "STARTED")[n % 3],
@@ -329,13 +329,15 @@ def test_sqlite_stages_a_batch_in_inserts_of_as_many_rows_as_the_database_takes(
         }
         for n in range(37)
     }
-    try:
-        # A writer of its own: it knows no worker's key yet, so the batch is staged once,
-        # in the transaction that writes the worker.
-        SnapshotWriter().write({"w1@h": {"last_heartbeat": T0}}, tasks)
-    finally:
-        raw.set_trace_callback(None)
-        raw.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, previous)
+    # 100 parameters: 4 rows of 21 columns a statement, where 5 would fail to run.
+    with sqlite_parameters(100) as raw:
+        raw.set_trace_callback(statements.append)
+        try:
+            # A writer of its own: it knows no worker's key yet, so the batch is staged
+            # once, in the transaction that writes the worker.
+            SnapshotWriter().write({"w1@h": {"last_heartbeat": T0}}, tasks)
+        finally:
+            raw.set_trace_callback(None)
     head = f'INSERT INTO temp."{writer_module.STAGE_TABLE}"'
     staged = [s for s in statements if s.startswith(head)]
     assert len(staged) == 10  # 9 of 4 rows and the last one's
