@@ -77,7 +77,9 @@ def test_redis_counts_every_priority_and_honours_the_key_prefix(redis_url):
 
 @pytest.mark.nodb
 def test_rabbitmq_answers_a_passive_declare(rabbitmq_url):
-    app = broker_app(rabbitmq_url)
+    # Each publish waits for the broker's confirm: the messages are in the queue before
+    # the declare, which another connection sends.
+    app = broker_app(rabbitmq_url, confirm_publish=True)
     queue = f"cm-test-{uuid.uuid4().hex[:6]}"
     publish(app, queue, 5)
     try:
