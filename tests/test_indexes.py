@@ -38,7 +38,8 @@ def field_indexes(column: str) -> list[str]:
 
 def plain_name_indexes() -> list[str]:
     """The indexes of the name alone, but PostgreSQL's pattern index for LIKE 'prefix%'."""
-    return [name for name in field_indexes("name") if not name.endswith("_like")]
+    editor = connection.SchemaEditorClass(connection, collect_sql=True)
+    return unnamed_field_indexes(editor, TaskState, "name", but=("_like",))
 
 
 def migrate(target: tuple[str, str] | None = None) -> None:

@@ -47,9 +47,12 @@ class PartialIndex(models.Index):
         return index.create_sql(model, schema_editor, using=using, **kwargs)
 
 
-def unnamed_field_indexes(schema_editor: Any, model: Any, column: str) -> list[str]:
+def unnamed_field_indexes(
+    schema_editor: Any, model: Any, column: str, but: tuple[str, ...] = ()
+) -> list[str]:
     """The names of the plain indexes of ``column`` alone that no ``Meta.indexes`` declares:
-    those Django made for a field's ``db_index`` (migrations drop them by these names)."""
+    those Django made for a field's ``db_index`` (migrations drop them by these names).
+    Names ending with one of ``but`` are left out."""
     declared = {index.name for index in model._meta.indexes}
     connection = schema_editor.connection
     with connection.cursor() as cursor:
@@ -62,4 +65,26 @@ def unnamed_field_indexes(schema_editor: Any, model: Any, column: str) -> list[s
         and not info["primary_key"]
         and info["columns"] == [column]
         and name not in declared
+        and not name.endswith(but)
     ]
+
+
+def drop_field_index(
+    schema_editor: Any, model: Any, field_name: str, but: tuple[str, ...] = ()
+) -> None:
+    """Drop the index Django made for a field's ``db_index``, by itself: a migration that
+    changed the field would copy the whole table on SQLite. See :func:`unnamed_field_indexes`
+    for ``but``."""
+    column = model._meta.get_field(field_name).column
+    for name in unnamed_field_indexes(schema_editor, model, column, but):
+        schema_editor.remove_index(model, models.Index(fields=[field_name], name=name))
+
+
+def restore_field_index(
+    schema_editor: Any, model: Any, field_name: str, but: tuple[str, ...] = ()
+) -> None:
+    """Make the index of a field's ``db_index`` again, unless it is there: the way back of
+    :func:`drop_field_index`."""
+    field = model._meta.get_field(field_name)
+    if not unnamed_field_indexes(schema_editor, model, field.column, but):
+        schema_editor.execute(schema_editor._create_index_sql(model, fields=[field]))

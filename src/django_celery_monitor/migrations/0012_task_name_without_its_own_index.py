@@ -1,6 +1,6 @@
 from django.db import migrations, models
 
-from django_celery_monitor.indexes import unnamed_field_indexes
+from django_celery_monitor.indexes import drop_field_index, restore_field_index
 
 # Every index of the task table costs each write of a task row. The index of the name alone
 # served nothing the (name, tstamp) index does not: a name's tasks, a prefix of names, the
@@ -10,24 +10,18 @@ from django_celery_monitor.indexes import unnamed_field_indexes
 # 'prefix%' of names is served by that one alone.
 
 
-def _plain(schema_editor, model):
-    return [
-        name for name in unnamed_field_indexes(schema_editor, model, 'name')
-        if not name.endswith('_like')
-    ]
+#: PostgreSQL's pattern index of the name ends so.
+KEPT = ('_like',)
 
 
 def drop_name_field_index(apps, schema_editor):
     model = apps.get_model('celery_monitor', 'TaskState')
-    for name in _plain(schema_editor, model):
-        schema_editor.remove_index(model, models.Index(fields=['name'], name=name))
+    drop_field_index(schema_editor, model, 'name', but=KEPT)
 
 
 def add_name_field_index(apps, schema_editor):
     model = apps.get_model('celery_monitor', 'TaskState')
-    if not _plain(schema_editor, model):
-        field = model._meta.get_field('name')
-        schema_editor.execute(schema_editor._create_index_sql(model, fields=[field]))
+    restore_field_index(schema_editor, model, 'name', but=KEPT)
 
 
 class Migration(migrations.Migration):
