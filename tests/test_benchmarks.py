@@ -92,6 +92,19 @@ def test_admin_times_each_page_and_the_purge():
     assert ", 0 failed" in output  # the camera's writes during the purge all went through
 
 
+def test_staging_compares_the_two_ways_of_emptying_postgresqls_temporary_table():
+    from tests.conftest import REQUIRE_SERVICES
+
+    output = run("staging.py", "--batches", "20", "--rounds", "1", "--no-disk-load")
+    line = summary(output)
+    if line == "summary: postgresql: skipped":
+        if REQUIRE_SERVICES:
+            pytest.fail(f"No PostgreSQL server for the benchmark: {output}")
+        pytest.skip("no PostgreSQL server")
+    assert line.startswith("summary: postgresql: write of 50 tasks, disk left alone: p99 ")
+    assert "ON COMMIT DELETE ROWS" in output and "on commit/ours: p50 " in output
+
+
 @pytest.mark.e2e
 def test_lag_runs_a_real_worker_and_records_every_task(redis_url):
     output = run("lag.py", "--tasks", "150", "--senders", "2", "--database", "sqlite",

@@ -191,6 +191,49 @@ def test_a_write_of_several_batches_in_one_transaction_merges_each_once():
     assert states == {t: "SUCCESS" if t in later else "RECEIVED" for t in first}
 
 
+@pytest.mark.django_db(transaction=True)  # each write commits, as the camera's do
+def test_postgresql_keeps_its_staging_table_small_without_cutting_it_at_each_commit(
+    monkeypatch,
+):
+    from django_celery_monitor import writer as writer_module
+    from django_celery_monitor.writer import STAGE_TABLE
+
+    if connection.vendor != "postgresql":
+        pytest.skip("PostgreSQL's temporary table")
+    from django.db.backends.postgresql.psycopg_any import is_psycopg3
+
+    if not is_psycopg3:
+        pytest.skip("psycopg 3 stages by COPY")
+    monkeypatch.setattr(writer_module, "TRUNCATE_STAGE_AFTER", 10)
+    writer = SnapshotWriter()
+    big = "x" * 2000  # four rows to a page
+
+    def stage() -> tuple[int, int, int]:
+        with connection.cursor() as cursor:
+            table = f"pg_temp.{STAGE_TABLE}"
+            cursor.execute(
+                f"SELECT pg_relation_filenode(%s), pg_relation_size(%s), count(*) FROM {table}",
+                [table, table],
+            )
+            return cursor.fetchone()
+
+    task_ids = [str(uuidlib.uuid4()) for _ in range(120)]
+    files, sizes = [], []
+    for n in range(30):
+        batch = task_ids[n * 4 : n * 4 + 4]
+        writer.write({}, {t: {"state": "RECEIVED", "tstamp": T0, "args": big} for t in batch})
+        files.append(stage()[0])
+        sizes.append(stage()[1])
+        assert stage()[2] == 4  # the last batch only: a DELETE emptied it before
+    # Truncated every third write (4 + 4 + 4 rows reach 10): a new file each time.
+    assert len(set(files)) == 10, files
+    assert max(sizes) <= 4 * 8192, sizes  # at most 12 rows, dead or alive
+    done = {t: {"state": "SUCCESS", "tstamp": T0 + timedelta(seconds=1)} for t in task_ids}
+    assert writer.write({}, done)[1] == 120  # the prepared merge, planned again, still merges
+    assert set(TaskState.objects.values_list("state", flat=True)) == {"SUCCESS"}
+    assert TaskState.objects.filter(args=big).count() == 120
+
+
 def test_the_workers_tasks_name_are_made_when_missing_and_kept_when_present():
     from django_celery_monitor.models import WorkerState
 
