@@ -544,7 +544,9 @@ def time_purge() -> dict:
     writer.join()
     left = TaskState.objects.filter(hidden=False).count()
     longest, longest_sql = max(statements, default=(0.0, ""))
+    times = sorted(took for took, _sql in statements)
     return {
+        "times": times,
         "aged": aged,
         "aging": aging,
         "expired": expired,
@@ -602,6 +604,14 @@ def run(options) -> None:
         f"purge: longest statement {purge['longest'] * 1000:.0f} ms  {verdict} "
         f"(target < {STATEMENT_TARGET_S:.0f} s): {purge['longest_sql'][:160]}"
     )
+    times = purge["times"]
+    if times:
+        spread = ", ".join(
+            f"p{q} {times[min(len(times) - 1, len(times) * q // 100)] * 1000:.0f}"
+            for q in (50, 90, 99)
+        )
+        slowest = ", ".join(f"{took * 1000:.0f}" for took in reversed(times[-5:]))
+        print(f"purge: statement times (ms) {spread}; the 5 longest {slowest}")
     print(
         f"purge: writer's longest stall {purge['stall'] * 1000:.0f} ms over "
         f"{purge['writes']} writes, {len(purge['errors'])} failed"
