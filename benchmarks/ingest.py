@@ -302,7 +302,8 @@ def measure(options: argparse.Namespace, db: common.Database) -> dict[str, Any]:
         ),
     }
     rates: dict[str, list[float]] = {m: [] for m in measures}
-    for round_ in range(options.rounds):
+    # With every rate skipped (``--shards`` alone), no rounds of rates.
+    for round_ in range(options.rounds if measures else 0):
         order = measures[round_ % len(measures) :] + measures[: round_ % len(measures)]
         for name in order:
             rates[name].append(runs[name]())
@@ -319,7 +320,8 @@ def measure(options: argparse.Namespace, db: common.Database) -> dict[str, Any]:
                 )
     figures = "  ".join(f"{name} {common.rate(medians[name])} ev/s" for name in measures)
     compared = "  ".join(f"{key} {common.ratio(value)}" for key, value in ratios.items())
-    print(f"{backend:<11}{figures}  {compared}", flush=True)
+    if measures:
+        print(f"{backend:<11}{figures}  {compared}", flush=True)
     result = {"backend": backend, "medians": medians, "ratios": ratios}
     if options.shards > 1:
         result["shards"] = measure_shards(db, stream, options)
