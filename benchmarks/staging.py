@@ -111,8 +111,8 @@ def write_times(writer: Any, options: argparse.Namespace) -> list[float]:
 
 
 def data_directory() -> str:
-    """A folder on the database's file system: its data directory when this user can write
-    there (a server run here), else a temporary folder."""
+    """A folder on the database's file system: the one that holds its data directory when
+    this user can write there (a server run here), else a temporary folder."""
     from django.db import connection
 
     with connection.cursor() as cursor:
@@ -121,8 +121,9 @@ def data_directory() -> str:
             folder = cursor.fetchone()[0]
         except Exception:  # not a superuser: the server's folders are not for us
             folder = ""
-    if folder and os.access(folder, os.W_OK):
-        return folder
+    parent = os.path.dirname(folder.rstrip("/"))
+    if parent and os.access(parent, os.W_OK):
+        return parent
     return tempfile.gettempdir()
 
 
