@@ -36,6 +36,9 @@ from django.conf import settings
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import common  # noqa: E402
 
 #: The time one page may take (median of the loads), and one statement of the purge.
 PAGE_TARGET_MS = 300.0
@@ -544,9 +547,8 @@ def time_purge() -> dict:
     writer.join()
     left = TaskState.objects.filter(hidden=False).count()
     longest, longest_sql = max(statements, default=(0.0, ""))
-    times = sorted(took for took, _sql in statements)
     return {
-        "times": times,
+        "times": [took for took, _sql in statements],
         "aged": aged,
         "aging": aging,
         "expired": expired,
@@ -606,11 +608,8 @@ def run(options) -> None:
     )
     times = purge["times"]
     if times:
-        spread = ", ".join(
-            f"p{q} {times[min(len(times) - 1, len(times) * q // 100)] * 1000:.0f}"
-            for q in (50, 90, 99)
-        )
-        slowest = ", ".join(f"{took * 1000:.0f}" for took in reversed(times[-5:]))
+        spread = ", ".join(f"p{p} {common.percentile(times, p) * 1000:.0f}" for p in (50, 90, 99))
+        slowest = ", ".join(f"{took * 1000:.0f}" for took in sorted(times)[:-6:-1])
         print(f"purge: statement times (ms) {spread}; the 5 longest {slowest}")
     print(
         f"purge: writer's longest stall {purge['stall'] * 1000:.0f} ms over "

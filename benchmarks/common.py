@@ -1,6 +1,6 @@
 """What the benchmark scripts share: the event stream, the databases, Django, timing.
 
-Not a benchmark itself: ``ingest.py``, ``backlog.py`` and ``memory.py`` import it.
+Not a benchmark itself: the benchmarks import it.
 """
 
 from __future__ import annotations
@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gc
+import math
 import os
 import random
 import shutil
@@ -637,6 +638,12 @@ def timed(fun: Callable[[], Any]) -> float:
 
 def median(values: list[float]) -> float:
     return statistics.median(values) if values else float("nan")
+
+
+def percentile(values: list[float], p: float) -> float:
+    """The ``p``-th percentile of ``values`` (nearest rank: a value that is among them)."""
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(p / 100 * len(ordered)) - 1)]
 
 
 def rate(value: float) -> str:

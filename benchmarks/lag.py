@@ -51,6 +51,10 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import common
+
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = Path(__file__).resolve()
 DEFAULT_BROKER = os.environ.get("LAG_REDIS_URL", "redis://127.0.0.1:6390/9")
@@ -347,15 +351,10 @@ def machine_busy() -> tuple[float, float]:
     return float(sum(values) - idle), float(sum(values))
 
 
-def percentile(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    return ordered[max(0, math.ceil(p / 100 * len(ordered)) - 1)]
-
-
 def spread(values: list[float]) -> tuple[float, float, float]:
     if not values:
         return math.nan, math.nan, math.nan
-    return statistics.median(values), percentile(values, 95), max(values)
+    return statistics.median(values), common.percentile(values, 95), max(values)
 
 
 @dataclass
@@ -764,7 +763,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"({result.sent} sent)."
             )
             status = 1
-        elif result.lags and percentile(result.lags, 95) > TARGET_P95:
+        elif result.lags and common.percentile(result.lags, 95) > TARGET_P95:
             _say(f"note: {result.database}: p95 above the {TARGET_P95:.0f} s target.")
     return status
 

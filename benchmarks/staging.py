@@ -145,11 +145,6 @@ def load_disk(folder: str, stop: Any) -> None:
         path.unlink(missing_ok=True)
 
 
-def percentile(values: list[float], share: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(len(ordered) * share))]
-
-
 def run(options: argparse.Namespace) -> None:
     forms = writers()
     print(
@@ -180,21 +175,21 @@ def run(options: argparse.Namespace) -> None:
         for form in FORMS:
             ms = [t * 1000 for t in times[form]]
             print(
-                f"    {LABELS[form]:<42} p50 {percentile(ms, 0.5):6.1f}  "
-                f"p90 {percentile(ms, 0.9):6.1f}  p99 {percentile(ms, 0.99):6.1f}  "
+                f"    {LABELS[form]:<42} p50 {common.percentile(ms, 50):6.1f}  "
+                f"p90 {common.percentile(ms, 90):6.1f}  p99 {common.percentile(ms, 99):6.1f}  "
                 f"longest {max(ms):6.1f} ms",
                 flush=True,
             )
         ratios = {
-            name: percentile(times["on commit"], share) / percentile(times["ours"], share)
-            for name, share in (("p50", 0.5), ("p99", 0.99))
+            name: common.percentile(times["on commit"], p) / common.percentile(times["ours"], p)
+            for name, p in (("p50", 50), ("p99", 99))
         }
         print(
             f"    on commit/ours: p50 {common.ratio(ratios['p50'])}  "
             f"p99 {common.ratio(ratios['p99'])}",
             flush=True,
         )
-        results[phase] = (percentile(times["ours"], 0.99), ratios["p99"])
+        results[phase] = (common.percentile(times["ours"], 99), ratios["p99"])
     text = "; ".join(
         f"{phase}: p99 {p99 * 1000:.1f} ms, on commit/ours {common.ratio(ratio)}"
         for phase, (p99, ratio) in results.items()
