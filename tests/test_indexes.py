@@ -30,16 +30,16 @@ def constraints() -> dict:
         return connection.introspection.get_constraints(cursor, TABLE)
 
 
-def field_indexes(column: str) -> list[str]:
-    """The indexes of ``column`` alone that the model does not declare by name."""
+def field_indexes(column: str, but: tuple[str, ...] = ()) -> list[str]:
+    """The indexes of ``column`` alone that the model does not declare by name (but those
+    whose names end with one of ``but``)."""
     editor = connection.SchemaEditorClass(connection, collect_sql=True)
-    return unnamed_field_indexes(editor, TaskState, column)
+    return unnamed_field_indexes(editor, TaskState, column, but)
 
 
 def plain_name_indexes() -> list[str]:
     """The indexes of the name alone, but PostgreSQL's pattern index for LIKE 'prefix%'."""
-    editor = connection.SchemaEditorClass(connection, collect_sql=True)
-    return unnamed_field_indexes(editor, TaskState, "name", but=("_like",))
+    return field_indexes("name", but=("_like",))
 
 
 def migrate(target: tuple[str, str] | None = None) -> None:
