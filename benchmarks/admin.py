@@ -566,6 +566,14 @@ def time_purge() -> dict:
 # -- the report --------------------------------------------------------------------------
 
 
+def report_pages(results: list) -> None:
+    print(f"\n{'page':<26} {'median ms':>10} {'queries':>8}  target {PAGE_TARGET_MS:.0f} ms")
+    for label, median, count, found in results:
+        verdict = "ok" if median < PAGE_TARGET_MS else "SLOW"
+        missing = "" if found else "  (the task sought is not in the page)"
+        print(f"{label:<26} {median:>10.1f} {count:>8}  {verdict}{missing}")
+
+
 def run(options) -> None:
     from django.db import connection
 
@@ -587,12 +595,8 @@ def run(options) -> None:
         analyze()
     if connection.vendor == "sqlite":
         connection.close()  # the connection of the seeding had a large cache
-    results = time_pages(options.explain)
-    print(f"\n{'page':<26} {'median ms':>10} {'queries':>8}  target {PAGE_TARGET_MS:.0f} ms")
-    for label, median, count, found in results:
-        verdict = "ok" if median < PAGE_TARGET_MS else "SLOW"
-        missing = "" if found else "  (the task sought is not in the page)"
-        print(f"{label:<26} {median:>10.1f} {count:>8}  {verdict}{missing}")
+    if not options.no_pages:
+        report_pages(time_pages(options.explain))
     if options.no_purge:
         return
     purge = time_purge()
@@ -633,6 +637,7 @@ def main() -> None:
     parser.add_argument("--reuse", action="store_true", help="keep the database's rows")
     parser.add_argument("--explain", action="store_true", help="print each page's slow SQL")
     parser.add_argument("--no-purge", action="store_true", help="time the pages only")
+    parser.add_argument("--no-pages", action="store_true", help="time the purge only")
     parser.add_argument("--no-analyze", action="store_true", help="skip ANALYZE")
     options = parser.parse_args()
     if options.all:
