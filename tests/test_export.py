@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import datetime
 import io
@@ -9,6 +10,7 @@ import json
 import logging
 import time
 import tracemalloc
+import warnings
 from datetime import timedelta
 
 import pytest
@@ -237,6 +239,79 @@ def test_the_response_is_a_streamed_attachment(admin_client, tasks):
         assert f"celery-tasks-{stamp}" in disposition and disposition.endswith(f'.{extension}"')
         assert "no-store" in response["Cache-Control"]
         body(response)
+
+
+def test_under_asgi_the_export_is_sent_as_it_is_read(admin_client, tasks, monkeypatch, settings):
+    # Django reads a synchronous iterator whole before an ASGI server sends any of it: the
+    # export gives it pieces it reads one at a time, on the thread that ran the view.
+    from asgiref.sync import async_to_sync
+    from django.core import signals
+    from django.core.asgi import get_asgi_application
+    from django.db import close_old_connections
+
+    from django_celery_monitor.admin import export as export_module
+
+    expected = body(export(admin_client))
+    monkeypatch.setattr(export_module, "BUFFER_SIZE", 1)  # a piece a line
+    read: list[bytes] = []
+    buffered = export_module._buffered
+
+    def counted(lines):
+        for piece in buffered(lines):
+            read.append(piece)
+            yield piece
+
+    monkeypatch.setattr(export_module, "_buffered", counted)
+    session = admin_client.cookies[settings.SESSION_COOKIE_NAME].value
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": EXPORT,
+        "raw_path": EXPORT.encode(),
+        "query_string": b"format=csv",
+        "root_path": "",
+        "headers": [
+            (b"host", b"testserver"),
+            (b"cookie", f"{settings.SESSION_COOKIE_NAME}={session}".encode()),
+        ],
+        "client": ("127.0.0.1", 50000),
+        "server": ("testserver", 80),
+    }
+    requests = [{"type": "http.request", "body": b"", "more_body": False}]
+    sent: list[tuple[int, bytes]] = []  # (pieces read by then, the body sent)
+    status: list[int] = []
+
+    async def receive():
+        if requests:
+            return requests.pop()
+        await asyncio.Event().wait()  # no disconnect: the handler stops listening at the end
+
+    async def send(message):
+        if message["type"] == "http.response.start":
+            status.append(message["status"])
+        elif message.get("body"):
+            sent.append((len(read), message["body"]))
+
+    # As Django's test client does: the test's connection (and its transaction) stays open.
+    ends = (signals.request_started, signals.request_finished)
+    for signal in ends:
+        signal.disconnect(close_old_connections)
+    try:
+        with warnings.catch_warnings():
+            # Django warns when it has to read a synchronous iterator whole.
+            warnings.simplefilter("error")
+            async_to_sync(get_asgi_application())(scope, receive, send)
+    finally:
+        for signal in ends:
+            signal.connect(close_old_connections)
+    assert status == [200]
+    assert b"".join(piece for _, piece in sent).decode() == expected
+    assert len(read) == expected.count("\n") == 13  # the header and the 12 listed tasks
+    # Each piece went out before the next was read.
+    assert [count for count, _ in sent] == list(range(1, len(read) + 1))
 
 
 def test_csv_injection_is_neutralised(admin_client):

@@ -20,13 +20,15 @@ import datetime
 import json
 import logging
 import math
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from typing import Any
 
+from asgiref.sync import sync_to_async
 from django.contrib.admin.options import IncorrectLookupParameters
 from django.contrib.admin.templatetags.admin_urls import admin_urlname
 from django.contrib.admin.views.main import ALL_VAR, IGNORED_PARAMS, PAGE_VAR
 from django.core.exceptions import EmptyResultSet, PermissionDenied
+from django.core.handlers.asgi import ASGIRequest
 from django.db import connections
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest, StreamingHttpResponse
@@ -190,6 +192,34 @@ def _buffered(lines: Iterable[str]) -> Iterator[bytes]:
         yield "".join(parts).encode("utf-8", "replace")
 
 
+class _AsyncPieces:
+    """The pieces of an export for an ASGI server, read one at a time as it sends them.
+
+    Django serves a streamed response's synchronous iterator under ASGI by reading all of
+    it into a list first: a million rows in memory, and nothing sent until the last one is
+    read. Each piece is read here on the thread that ran the view (Django's thread for
+    synchronous code in this request), whose database connection holds the cursor.
+    Django calls :meth:`close` when the response ends, on that thread too: a download left
+    early closes the cursor there.
+    """
+
+    def __init__(self, pieces: Iterator[bytes]) -> None:
+        self._pieces = pieces
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self._read()
+
+    async def _read(self) -> AsyncIterator[bytes]:
+        read = sync_to_async(next, thread_sensitive=True)
+        while (piece := await read(self._pieces, None)) is not None:
+            yield piece
+
+    def close(self) -> None:
+        close = getattr(self._pieces, "close", None)
+        if close is not None:
+            close()
+
+
 #: Each format: its content type, its file extension, and how it writes rows.
 FORMATS: dict[str, tuple[str, str, Callable[[Iterable[Sequence[Any]]], Iterator[str]]]] = {
     "csv": ("text/csv; charset=utf-8", "csv", csv_lines),
@@ -274,6 +304,9 @@ class TaskExportMixin:
         # The changelist's queryset: its filters, its search, the rows the expiry has not
         # hidden, in the list's order (by default the latest first: -tstamp, then -pk).
         rows = stream_rows(changelist.queryset.values_list(*FIELDS))
-        response = StreamingHttpResponse(_buffered(lines(rows)), content_type=content_type)
+        pieces: Any = _buffered(lines(rows))
+        if isinstance(request, ASGIRequest):
+            pieces = _AsyncPieces(pieces)
+        response = StreamingHttpResponse(pieces, content_type=content_type)
         response["Content-Disposition"] = f'attachment; filename="{_file_name(extension)}"'
         return response
