@@ -204,6 +204,73 @@ def test_on_sqlite_a_cleanup_pauses_between_batches(settings, monkeypatch):
     assert pauses == []
 
 
+def test_a_cleanup_waits_for_the_writes_under_way_then_not_for_later_ones():
+    from django_celery_monitor.writer import WritesFirst
+
+    turns = WritesFirst()
+    assert turns.wait("default", timeout=0) is True  # nothing under way
+    first_in, first_out, second_in, second_out = (threading.Event() for _ in range(4))
+    waited: list[bool] = []
+
+    def write(entered, leave):
+        with turns.writing("default"):
+            entered.set()
+            leave.wait(5)
+
+    threading.Thread(target=write, args=(first_in, first_out)).start()
+    assert first_in.wait(5)
+    assert turns.wait("other", timeout=0) is True  # another database's writes do not count
+    assert turns.wait("default", timeout=0.01) is False
+    waiter = threading.Thread(target=lambda: waited.append(turns.wait("default", timeout=5)))
+    waiter.start()
+    threading.Thread(target=write, args=(second_in, second_out)).start()
+    assert second_in.wait(5)
+    first_out.set()
+    waiter.join(5)
+    # The write that began after the wait did not hold it back: it is still under way.
+    assert waited == [True] and not second_out.is_set()
+    assert turns.wait("default", timeout=0.01) is False
+    second_out.set()
+    assert turns.wait("default", timeout=5) is True
+
+
+@pytest.mark.django_db(transaction=True)
+def test_on_sqlite_a_cleanup_lets_the_writes_of_its_process_go_first(settings):
+    # The camera's shots and its cleanup share a process: a batch of the cleanup waits for
+    # a shot under way, which then needs no luck of SQLite's busy handler to get the lock.
+    from django_celery_monitor.writer import writes_first
+
+    settings.CELERY_MONITOR_PURGE_BATCH_SIZE = 3
+    for _ in range(4):
+        make_task(hidden=True)
+    entered, leave = threading.Event(), threading.Event()
+    ended: list[float] = []
+
+    def write():
+        with writes_first.writing(connection.alias):
+            entered.set()
+            leave.wait(5)
+            ended.append(time.monotonic())
+
+    statements: list[float] = []
+
+    def note(execute, sql, params, many, context):
+        statements.append(time.monotonic())
+        return execute(sql, params, many, context)
+
+    writing = threading.Thread(target=write)
+    writing.start()
+    assert entered.wait(5)
+    threading.Timer(0.2, leave.set).start()
+    with connection.execute_wrapper(note):
+        assert TaskState.objects.purge() == 4
+    if connection.vendor == "sqlite":
+        assert ended and statements and min(statements) >= ended[0]
+    else:
+        assert not ended  # row locks: nothing to wait for
+    writing.join(5)
+
+
 def test_update_state_follows_precedence():
     tid = new_id()
     now = timezone.now()

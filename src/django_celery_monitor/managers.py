@@ -18,9 +18,12 @@ from django.utils import timezone
 
 from .conf import KNOWN_STATES, monitor_settings
 from .utils import posix_timestamp
+from .writer import writes_first
 
 #: The longest pause between two batches of a cleanup on SQLite (see ``_in_batches``).
 MAX_BATCH_PAUSE = 0.5
+#: How long a batch of a cleanup on SQLite waits at most for the writes of its process.
+MAX_WRITES_WAIT = 5.0
 #: The expiry's batches: the first one's rows, the fewest, and the time one statement of
 #: them should take (see ``_in_batches``). ``monitor_purge_batch_size`` is the most.
 FIRST_BATCH = 1000
@@ -121,10 +124,15 @@ class ExtendedQuerySet(models.QuerySet):
         # to back would keep a camera writing meanwhile from the lock (its busy handler
         # sleeps between tries, and missed every gap). Pausing as long as a batch took lets
         # it in: the cleanup takes up to twice as long, and no write waits for all of it.
-        pause = pause and connections[self.db].vendor == "sqlite"
+        # The writes of this process (the camera's shots) go first: each batch waits for
+        # those under way, unless the cleanup runs in a transaction, which holds the lock.
+        connection = connections[self.db]
+        pause = pause and connection.vendor == "sqlite"
         total = 0
         start: Any = None
         while True:
+            if pause and not connection.in_atomic_block:
+                writes_first.wait(self.db, MAX_WRITES_WAIT)
             started = time.monotonic()
             batch_rows = rows if start is None else rows.filter(**{f"{onwards}__gte": start})
             if onwards is None:

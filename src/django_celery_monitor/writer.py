@@ -26,6 +26,7 @@ merge the camera applies to the rows it still holds:
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import threading
@@ -392,6 +393,52 @@ def _is_deadlock(exc: BaseException) -> bool:
 MAX_KNOWN_WORKERS = 10_000
 
 
+class WritesFirst:
+    """Lets the writes of this process to a SQLite database go before its cleanup's batches.
+
+    SQLite lets one writer in at a time, and a writer that finds the file locked sleeps
+    between its tries, up to 100 ms at a time: it can sleep through the pause between two
+    batches of a long cleanup, and the next one, and wait seconds for its turn although no
+    batch takes half a second. The camera writes its shots and runs its cleanup on threads
+    of one process: each write is noted here while it runs (:meth:`writing`), and each
+    batch of a cleanup first waits for the writes under way to end (:meth:`wait`). Writers
+    of other processes still take their turn by SQLite's busy handler.
+    """
+
+    def __init__(self) -> None:
+        self._changed = threading.Condition()
+        self._tickets = 0
+        self._running: dict[str, set[int]] = {}
+
+    @contextlib.contextmanager
+    def writing(self, db: str) -> Iterator[None]:
+        """Note a write to ``db`` for as long as the block runs."""
+        with self._changed:
+            self._tickets += 1
+            ticket = self._tickets
+            self._running.setdefault(db, set()).add(ticket)
+        try:
+            yield
+        finally:
+            with self._changed:
+                self._running[db].discard(ticket)
+                self._changed.notify_all()
+
+    def wait(self, db: str, timeout: float) -> bool:
+        """Wait until the writes to ``db`` under way now have ended, for ``timeout`` seconds
+        at most; return whether they did. Writes that begin meanwhile are not waited for:
+        a camera that writes without a pause does not hold the cleanup back."""
+        with self._changed:
+            last = self._tickets
+            return self._changed.wait_for(
+                lambda: all(ticket > last for ticket in self._running.get(db, ())), timeout
+            )
+
+
+#: The writes this process has under way, for its cleanup to let them go first.
+writes_first = WritesFirst()
+
+
 class SnapshotWriter:
     """Writes snapshots (worker rows, then task rows) into one database.
 
@@ -441,7 +488,8 @@ class SnapshotWriter:
                 worker_rows[hostname] = {}
         _, adapters, _ = self._task_statement(db)
         if connections[db].vendor == "sqlite":
-            return self._write_sqlite(db, worker_rows, tasks, adapters)
+            with writes_first.writing(db):
+                return self._write_sqlite(db, worker_rows, tasks, adapters)
         worker_ids = self._retrying(db, lambda: self._write_workers(db, worker_rows))
         rows = self._task_rows(db, tasks, worker_ids, adapters)
         written = self._retrying(db, lambda: self._write_tasks(db, rows)) if rows else 0
