@@ -20,7 +20,7 @@ import datetime
 import json
 import logging
 import math
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Generator, Iterable, Iterator, Sequence
 from typing import Any
 
 from asgiref.sync import sync_to_async
@@ -177,7 +177,7 @@ def jsonl_lines(rows: Iterable[Sequence[Any]]) -> Iterator[str]:
         yield json.dumps(item, ensure_ascii=False, default=str) + "\n"
 
 
-def _buffered(lines: Iterable[str]) -> Iterator[bytes]:
+def _buffered(lines: Iterable[str]) -> Generator[bytes, None, None]:
     """The lines gathered into pieces of about :data:`BUFFER_SIZE` characters, in UTF-8."""
     parts: list[str] = []
     size = 0
@@ -203,7 +203,7 @@ class _AsyncPieces:
     early closes the cursor there.
     """
 
-    def __init__(self, pieces: Iterator[bytes]) -> None:
+    def __init__(self, pieces: Generator[bytes, None, None]) -> None:
         self._pieces = pieces
 
     def __aiter__(self) -> AsyncIterator[bytes]:
@@ -215,9 +215,7 @@ class _AsyncPieces:
             yield piece
 
     def close(self) -> None:
-        close = getattr(self._pieces, "close", None)
-        if close is not None:
-            close()
+        self._pieces.close()
 
 
 #: Each format: its content type, its file extension, and how it writes rows.
