@@ -8,11 +8,13 @@ import datetime
 import io
 import json
 import logging
+import threading
 import time
 import tracemalloc
 import warnings
 from datetime import timedelta
 
+import django
 import pytest
 from django.db import connection
 from django.http import StreamingHttpResponse
@@ -241,28 +243,44 @@ def test_the_response_is_a_streamed_attachment(admin_client, tasks):
         body(response)
 
 
-def test_under_asgi_the_export_is_sent_as_it_is_read(admin_client, tasks, monkeypatch, settings):
-    # Django reads a synchronous iterator whole before an ASGI server sends any of it: the
-    # export gives it pieces it reads one at a time, on the thread that ran the view.
+@pytest.fixture
+def pieces_read(monkeypatch):
+    """The pieces of CSV each export reads (a line each), and the thread that closed their
+    generator (that of the view, whose database connection holds the cursor). The
+    generators are kept here: one the response left open is not closed by the collector."""
+    from django_celery_monitor.admin import export as export_module
+
+    monkeypatch.setattr(export_module, "BUFFER_SIZE", 1)
+    buffered = export_module._buffered
+    noted: dict = {"read": [], "closed": None, "generators": []}
+
+    def pieces(lines):
+        try:
+            for piece in buffered(lines):
+                noted["read"].append(piece)
+                yield piece
+        finally:
+            noted["closed"] = threading.get_ident()
+
+    def counted(lines):
+        generator = pieces(lines)
+        noted["generators"].append(generator)
+        return generator
+
+    monkeypatch.setattr(export_module, "_buffered", counted)
+    return noted
+
+
+def serve_asgi(client, settings, pieces_read, leave_after: int | None = None):
+    """The CSV export served by Django's ASGI application to ``client``'s session: the
+    status, and each body sent with how many pieces had been read by then. The client
+    leaves (disconnects) once ``leave_after`` bodies have come."""
     from asgiref.sync import async_to_sync
     from django.core import signals
     from django.core.asgi import get_asgi_application
     from django.db import close_old_connections
 
-    from django_celery_monitor.admin import export as export_module
-
-    expected = body(export(admin_client))
-    monkeypatch.setattr(export_module, "BUFFER_SIZE", 1)  # a piece a line
-    read: list[bytes] = []
-    buffered = export_module._buffered
-
-    def counted(lines):
-        for piece in buffered(lines):
-            read.append(piece)
-            yield piece
-
-    monkeypatch.setattr(export_module, "_buffered", counted)
-    session = admin_client.cookies[settings.SESSION_COOKIE_NAME].value
+    session = client.cookies[settings.SESSION_COOKIE_NAME].value
     scope = {
         "type": "http",
         "asgi": {"version": "3.0"},
@@ -281,19 +299,23 @@ def test_under_asgi_the_export_is_sent_as_it_is_read(admin_client, tasks, monkey
         "server": ("testserver", 80),
     }
     requests = [{"type": "http.request", "body": b"", "more_body": False}]
-    sent: list[tuple[int, bytes]] = []  # (pieces read by then, the body sent)
+    sent: list[tuple[int, bytes]] = []
     status: list[int] = []
+    left = asyncio.Event()
 
     async def receive():
         if requests:
             return requests.pop()
-        await asyncio.Event().wait()  # no disconnect: the handler stops listening at the end
+        await left.wait()  # the handler stops listening when the response ends
+        return {"type": "http.disconnect"}
 
     async def send(message):
         if message["type"] == "http.response.start":
             status.append(message["status"])
         elif message.get("body"):
-            sent.append((len(read), message["body"]))
+            sent.append((len(pieces_read["read"]), message["body"]))
+            if leave_after is not None and len(sent) >= leave_after:
+                left.set()
 
     # As Django's test client does: the test's connection (and its transaction) stays open.
     ends = (signals.request_started, signals.request_finished)
@@ -307,11 +329,32 @@ def test_under_asgi_the_export_is_sent_as_it_is_read(admin_client, tasks, monkey
     finally:
         for signal in ends:
             signal.connect(close_old_connections)
+    return status, sent
+
+
+def test_under_asgi_the_export_is_sent_as_it_is_read(admin_client, tasks, settings, pieces_read):
+    # Django reads a synchronous iterator whole before an ASGI server sends any of it: the
+    # export gives it pieces it reads one at a time, on the thread that ran the view.
+    expected = b"".join(export(admin_client).streaming_content)
+    pieces_read.update(read=[], closed=None)
+    status, sent = serve_asgi(admin_client, settings, pieces_read)
     assert status == [200]
-    assert b"".join(piece for _, piece in sent).decode() == expected
-    assert len(read) == expected.count("\n") == 13  # the header and the 12 listed tasks
-    # Each piece went out before the next was read.
-    assert [count for count, _ in sent] == list(range(1, len(read) + 1))
+    assert b"".join(piece for _, piece in sent) == expected
+    assert len(pieces_read["read"]) == expected.count(b"\n") == 13  # the header, 12 tasks
+    # Each piece went out before the next was read; the rows' generator was closed on the
+    # thread that ran the view (the test's: async_to_sync runs it there).
+    assert [count for count, _ in sent] == list(range(1, 14))
+    assert pieces_read["closed"] == threading.get_ident()
+
+
+@pytest.mark.skipif(django.VERSION < (5, 0), reason="Django 4.2 does not listen for it")
+def test_under_asgi_a_client_that_leaves_stops_the_export(
+    admin_client, tasks, settings, pieces_read
+):
+    status, sent = serve_asgi(admin_client, settings, pieces_read, leave_after=2)
+    assert status == [200]
+    assert 2 <= len(sent) < 13 and len(pieces_read["read"]) < 13
+    assert pieces_read["closed"] == threading.get_ident()
 
 
 def test_csv_injection_is_neutralised(admin_client):
