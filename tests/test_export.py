@@ -8,6 +8,7 @@ import datetime
 import io
 import json
 import logging
+import socket
 import threading
 import time
 import tracemalloc
@@ -16,7 +17,7 @@ from datetime import timedelta
 
 import django
 import pytest
-from django.db import connection
+from django.db import connection, transaction
 from django.http import StreamingHttpResponse
 from django.urls import reverse
 from django.utils import timezone
@@ -552,6 +553,68 @@ def test_a_large_export_streams_in_bounded_memory(admin_client):
     # a list of the 100,000 rows as tuples peaks at 125 MB. The bound is about three times
     # the measure.
     assert peak < 15_000_000
+
+
+@pytest.fixture
+def asgi_server(transactional_db):
+    """A real ASGI server (uvicorn) serving the project, in a thread of this process; its
+    port. Django runs the views on threads of its own, as under any ASGI server."""
+    import uvicorn
+    from django.core.asgi import get_asgi_application
+
+    config = uvicorn.Config(
+        get_asgi_application(), host="127.0.0.1", port=0, lifespan="off", log_level="warning"
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.01)
+    yield server.servers[0].sockets[0].getsockname()[1]
+    server.should_exit = True
+    thread.join(10)
+
+
+def test_a_real_asgi_server_sends_the_export_while_it_reads_it(
+    asgi_server, admin_user, pieces_read, monkeypatch, settings
+):
+    # A client that stops reading holds the export back (the server waits for it to take
+    # what was sent), where Django alone would read every row before sending the first.
+    from django.test import Client
+
+    from django_celery_monitor.admin import export as export_module
+
+    monkeypatch.setattr(export_module, "BUFFER_SIZE", 64 * 1024)
+    rows = 40_000  # about 11 MB of CSV: more than the sockets' buffers hold
+    with transaction.atomic():
+        insert_tasks(rows)
+    client = Client()
+    client.force_login(admin_user)
+    cookie = f"{settings.SESSION_COOKIE_NAME}={client.cookies[settings.SESSION_COOKIE_NAME].value}"
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+    sock.connect(("127.0.0.1", asgi_server))
+    sock.sendall(
+        f"GET {EXPORT}?format=csv HTTP/1.1\r\nHost: testserver\r\nCookie: {cookie}\r\n"
+        "Connection: close\r\n\r\n".encode()
+    )
+    received = sock.recv(65536)
+    assert received.startswith(b"HTTP/1.1 200")
+    # The export goes on until the buffers between it and this client are full.
+    read, still = len(pieces_read["read"]), 0
+    deadline = time.monotonic() + 20
+    while still < 5 and time.monotonic() < deadline:
+        time.sleep(0.1)
+        now = len(pieces_read["read"])
+        read, still = now, still + 1 if now == read else 0
+    while chunk := sock.recv(1 << 20):
+        received += chunk
+    sock.close()
+    total = len(pieces_read["read"])
+    assert received.count(b"\r\n") - received.split(b"\r\n\r\n", 1)[0].count(b"\r\n") - 1 >= rows
+    assert 0 < read < total / 2, (read, total)
 
 
 def test_on_mysql_the_rows_stream_from_a_server_side_cursor(admin_client, monkeypatch):
