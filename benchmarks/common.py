@@ -9,7 +9,9 @@ import argparse
 import contextlib
 import gc
 import math
+import multiprocessing
 import os
+import queue
 import random
 import shutil
 import statistics
@@ -772,8 +774,8 @@ def _timed_process(
     finish: Callable[[], Any] | None = None,
 ) -> None:
     """The body of a benchmark process: ``prepare()`` returns the work; once it is ready,
-    wait for ``go``, do the work, report its wall and CPU time (or the error) to the parent,
-    then ``finish()`` untimed."""
+    wait for ``go``, do the work, report its wall and CPU time and what it returned (or the
+    error) to the parent, then ``finish()`` untimed."""
     try:
         work = prepare()
         # As timed() does: the prebuilt stream stays out of the collector's way.
@@ -782,14 +784,48 @@ def _timed_process(
         ready.put(os.getpid())
         go.wait()
         start, cpu = time.perf_counter(), time.process_time()
-        work()
+        returned = work()
         wall, cpu = time.perf_counter() - start, time.process_time() - cpu
-        results.put(("ok", wall, None, cpu))
+        results.put(("ok", wall, None, cpu, returned))
         if finish is not None:
             finish()
     except BaseException as exc:  # reported to the parent, which prints it
         ready.put(os.getpid())
-        results.put(("error", 0.0, f"{type(exc).__name__}: {exc}", 0.0))
+        results.put(("error", 0.0, f"{type(exc).__name__}: {exc}", 0.0, None))
+
+
+def spawn_and_time(target: Any, arguments: list[tuple]) -> tuple[float, float, list[Any]]:
+    """Start a process per ``arguments``; once all are ready, let them go at once and return
+    the wall time until the last one is done, the CPU time of all of them, and what each
+    one's work returned (in the order they ended). ``target(*args, ready, go, results)``,
+    made of :func:`_timed_process`."""
+    context = multiprocessing.get_context("spawn")
+    ready, results, go = context.Queue(), context.Queue(), context.Event()
+    processes = [
+        context.Process(target=target, args=(*args, ready, go, results)) for args in arguments
+    ]
+    for process in processes:
+        process.start()
+    waiting = len(processes)
+    while waiting:
+        try:
+            ready.get(timeout=1)
+            waiting -= 1
+        except queue.Empty:
+            if any(p.exitcode not in (None, 0) for p in processes):
+                print("ERROR: a benchmark process died while starting", flush=True)
+                sys.exit(1)
+    start = time.perf_counter()
+    go.set()
+    outcomes = [results.get(timeout=3600) for _ in processes]
+    seconds = time.perf_counter() - start
+    for process in processes:
+        process.join()
+    errors = [error for status, _, error, _, _ in outcomes if status != "ok"]
+    if errors:
+        print(f"ERROR: a benchmark process failed: {errors[0]}", flush=True)
+        sys.exit(1)
+    return seconds, sum(cpu for _, _, _, cpu, _ in outcomes), [r for *_, r in outcomes]
 
 
 def shard_process(database, stream_params, shard, shot, inline, ready, go, results) -> None:
@@ -806,6 +842,78 @@ def shard_process(database, stream_params, shard, shot, inline, ready, go, resul
         connection.ensure_connection()
 
         return lambda: feed_camera(camera, events, shot, inline)
+
+    _timed_process(prepare, ready, go, results, finish=close_connections)
+
+
+def feed_at_rate(camera: Any, events: list[dict], rate: int, every: float) -> dict[str, float]:
+    """Feed ``events`` to the camera at ``rate`` events a second (in ticks of 10 ms), while a
+    thread of its own takes a shot every ``every`` seconds (as the camera's timer does:
+    the next one ``every`` seconds after the last one began, or when it ends if it took
+    longer), and one more after the last event. Returns how long the events took to feed,
+    the most the feeding ran behind its clock, the time from the last event until its rows
+    were written, and the longest shot (seconds)."""
+    shots: list[float] = []
+    last, failed = threading.Event(), []
+
+    def shooter() -> None:
+        try:
+            while True:
+                began = time.perf_counter()
+                ending = last.is_set()
+                camera.capture(force=True)
+                shots.append(time.perf_counter() - began)
+                if ending:
+                    return
+                last.wait(max(0.0, every - shots[-1]))
+        except BaseException as exc:  # reported by the feeding thread
+            failed.append(exc)
+
+    handle, per_tick = camera.state.event, max(1, rate // 100)
+    with camera_process():
+        start = time.perf_counter()
+        thread = threading.Thread(target=shooter, name="shots", daemon=True)
+        thread.start()
+        behind = 0.0
+        for index in range(0, len(events), per_tick):
+            due = start + index / rate
+            now = time.perf_counter()
+            if now < due:
+                time.sleep(due - now)
+            else:
+                behind = max(behind, now - due)
+            for event in events[index : index + per_tick]:
+                handle(event)
+            if failed:
+                break
+        # The last tick's 10 ms: events fed in time took as long as their clock.
+        time.sleep(max(0.0, start + len(events) / rate - time.perf_counter()))
+        fed = time.perf_counter() - start
+        last.set()
+        thread.join()
+    if failed:
+        raise failed[0]
+    return {
+        "fed": fed,
+        "behind": behind,
+        "after": time.perf_counter() - start - fed,
+        "longest": max(shots),
+    }
+
+
+def paced_process(database, stream_params, shard, rate, every, ready, go, results) -> None:
+    """One camera process fed at ``rate`` events a second (:func:`feed_at_rate`)."""
+
+    def prepare() -> Callable[[], dict[str, float]]:
+        from celery.events.state import State
+
+        configure_django(database)
+        events = list(Stream(**stream_params, record=False))
+        camera = make_camera(State(), celery_app(), shard=shard)
+        from django.db import connection
+
+        connection.ensure_connection()
+        return lambda: feed_at_rate(camera, events, rate, every)
 
     _timed_process(prepare, ready, go, results, finish=close_connections)
 

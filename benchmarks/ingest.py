@@ -43,13 +43,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing
 import os
-import queue
 import subprocess
 import sys
 import tempfile
-import time
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -386,7 +383,7 @@ def measure_shards(db: common.Database, stream: common.Stream, options) -> dict 
 
 def parallel_run(stream: common.Stream, count: int) -> float:
     """``count`` processes, each feeding the whole stream to a bare State: the wall time."""
-    return spawn_and_time(common.state_process, [(stream.params(),)] * count)[0]
+    return common.spawn_and_time(common.state_process, [(stream.params(),)] * count)[0]
 
 
 def shard_run(
@@ -399,7 +396,7 @@ def shard_run(
     common.close_connections()
     shards = [(k, count) if count > 1 else None for k in range(1, count + 1)]
     server = common.server_cpu_seconds()
-    seconds, cpu = spawn_and_time(
+    seconds, cpu, _ = common.spawn_and_time(
         common.shard_process,
         [(database, stream.params(), shard, shot, inline) for shard in shards],
     )
@@ -410,39 +407,6 @@ def shard_run(
         print(f"ERROR: {count} cameras did not record the stream: {'; '.join(problems)}")
         sys.exit(1)
     return seconds, cpu / seconds
-
-
-def spawn_and_time(target: Any, arguments: list[tuple]) -> tuple[float, float]:
-    """Start a process per ``arguments``; once all are ready, let them go at once and return
-    the wall time until the last one is done, and the CPU time of all of them.
-    ``target(*args, ready, go, results)``."""
-    context = multiprocessing.get_context("spawn")
-    ready, results, go = context.Queue(), context.Queue(), context.Event()
-    processes = [
-        context.Process(target=target, args=(*args, ready, go, results)) for args in arguments
-    ]
-    for process in processes:
-        process.start()
-    waiting = len(processes)
-    while waiting:
-        try:
-            ready.get(timeout=1)
-            waiting -= 1
-        except queue.Empty:
-            if any(p.exitcode not in (None, 0) for p in processes):
-                print("ERROR: a benchmark process died while starting", flush=True)
-                sys.exit(1)
-    start = time.perf_counter()
-    go.set()
-    outcomes = [results.get(timeout=3600) for _ in processes]
-    seconds = time.perf_counter() - start
-    for process in processes:
-        process.join()
-    errors = [error for status, _, error, _ in outcomes if status != "ok"]
-    if errors:
-        print(f"ERROR: a benchmark process failed: {errors[0]}", flush=True)
-        sys.exit(1)
-    return seconds, sum(cpu for _, _, _, cpu in outcomes)
 
 
 # -- the profile -------------------------------------------------------------------------------

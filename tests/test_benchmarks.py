@@ -74,6 +74,16 @@ def test_ingest_compares_shards_with_one_camera_and_the_machines_ceiling():
     assert "shards speed-up" in line and "the machine's ceiling" in line
 
 
+def test_rate_finds_the_highest_rate_one_camera_and_two_shards_keep_up_with():
+    output = run("rate.py", "--tasks", "300", "--rates", "1000,2000", "--every", "0.2")
+    runs = [line for line in output.splitlines() if " camera(s) took " in line]
+    assert len(runs) == 4, output  # each rate, one camera then two
+    assert all(line.endswith(("kept up", "behind")) for line in runs)
+    line = summary(output)
+    assert line.startswith("summary: sqlite: kept up with 1 camera "), line
+    assert ", 2 cameras " in line
+
+
 def test_admin_times_each_page_and_the_purge():
     output = run("admin.py", "--sqlite", "--rows", "3000")
     pages = [line for line in output.splitlines() if line.endswith((" ok", " SLOW"))]
