@@ -828,19 +828,25 @@ def spawn_and_time(target: Any, arguments: list[tuple]) -> tuple[float, float, l
     return seconds, sum(cpu for _, _, _, cpu, _ in outcomes), [r for *_, r in outcomes]
 
 
+def _prepared_camera(database, stream_params, shard) -> tuple[Any, list[dict]]:
+    """In a benchmark process: Django set up on ``database``, a camera (of ``shard``) with
+    its connection open, and the stream it will be fed."""
+    from celery.events.state import State
+
+    configure_django(database)
+    events = list(Stream(**stream_params, record=False))
+    camera = make_camera(State(), celery_app(), shard=shard)
+    from django.db import connection
+
+    connection.ensure_connection()
+    return camera, events
+
+
 def shard_process(database, stream_params, shard, shot, inline, ready, go, results) -> None:
     """One camera process: build the stream, wait for ``go``, feed it, report the time."""
 
     def prepare() -> Callable[[], None]:
-        from celery.events.state import State
-
-        configure_django(database)
-        events = list(Stream(**stream_params, record=False))
-        camera = make_camera(State(), celery_app(), shard=shard)
-        from django.db import connection
-
-        connection.ensure_connection()
-
+        camera, events = _prepared_camera(database, stream_params, shard)
         return lambda: feed_camera(camera, events, shot, inline)
 
     _timed_process(prepare, ready, go, results, finish=close_connections)
@@ -905,14 +911,7 @@ def paced_process(database, stream_params, shard, rate, every, ready, go, result
     """One camera process fed at ``rate`` events a second (:func:`feed_at_rate`)."""
 
     def prepare() -> Callable[[], dict[str, float]]:
-        from celery.events.state import State
-
-        configure_django(database)
-        events = list(Stream(**stream_params, record=False))
-        camera = make_camera(State(), celery_app(), shard=shard)
-        from django.db import connection
-
-        connection.ensure_connection()
+        camera, events = _prepared_camera(database, stream_params, shard)
         return lambda: feed_at_rate(camera, events, rate, every)
 
     _timed_process(prepare, ready, go, results, finish=close_connections)
