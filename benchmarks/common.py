@@ -828,6 +828,30 @@ def spawn_and_time(target: Any, arguments: list[tuple]) -> tuple[float, float, l
     return seconds, sum(cpu for _, _, _, cpu, _ in outcomes), [r for *_, r in outcomes]
 
 
+def camera_processes(
+    db: Database, stream: Stream, count: int, target: Any, *args: Any
+) -> tuple[float, float, list[Any]]:
+    """``count`` camera processes (``target``: the shards 1/count to count/count, or one
+    camera without a shard) on a fresh database, each fed the whole stream; once the rows
+    are checked, the wall time, the CPU time of the processes and of the database servers
+    running here meanwhile, and what each one's work returned. ``target(database,
+    stream_params, shard, *args, ready, go, results)``."""
+    database = db.fresh()
+    close_connections()
+    shards = [(k, count) if count > 1 else None for k in range(1, count + 1)]
+    server = server_cpu_seconds()
+    seconds, cpu, returned = spawn_and_time(
+        target, [(database, stream.params(), shard, *args) for shard in shards]
+    )
+    # The server's CPU time also counts the few statements of the processes' start and end.
+    cpu += server_cpu_seconds() - server
+    problems = check_rows(stream.outcomes, stream.hostnames())
+    if problems:
+        print(f"ERROR: {count} cameras did not record the stream: {'; '.join(problems)}")
+        sys.exit(1)
+    return seconds, cpu, returned
+
+
 def _prepared_camera(database, stream_params, shard) -> tuple[Any, list[dict]]:
     """In a benchmark process: Django set up on ``database``, a camera (of ``shard``) with
     its connection open, and the stream it will be fed."""
@@ -857,8 +881,8 @@ def feed_at_rate(camera: Any, events: list[dict], rate: int, every: float) -> di
     thread of its own takes a shot every ``every`` seconds (as the camera's timer does:
     the next one ``every`` seconds after the last one began, or when it ends if it took
     longer), and one more after the last event. Returns how long the events took to feed,
-    the most the feeding ran behind its clock, the time from the last event until its rows
-    were written, and the longest shot (seconds)."""
+    the time from the last event until its rows were written, and the longest shot
+    (seconds)."""
     shots: list[float] = []
     last, failed = threading.Event(), []
 
@@ -880,14 +904,8 @@ def feed_at_rate(camera: Any, events: list[dict], rate: int, every: float) -> di
         start = time.perf_counter()
         thread = threading.Thread(target=shooter, name="shots", daemon=True)
         thread.start()
-        behind = 0.0
         for index in range(0, len(events), per_tick):
-            due = start + index / rate
-            now = time.perf_counter()
-            if now < due:
-                time.sleep(due - now)
-            else:
-                behind = max(behind, now - due)
+            time.sleep(max(0.0, start + index / rate - time.perf_counter()))
             for event in events[index : index + per_tick]:
                 handle(event)
             if failed:
@@ -901,7 +919,6 @@ def feed_at_rate(camera: Any, events: list[dict], rate: int, every: float) -> di
         raise failed[0]
     return {
         "fed": fed,
-        "behind": behind,
         "after": time.perf_counter() - start - fed,
         "longest": max(shots),
     }

@@ -392,20 +392,9 @@ def shard_run(
     """``count`` camera processes (shards) on one database: the wall time, and how many
     cores they kept busy meanwhile, with the database server's (its CPU time over the
     wall time)."""
-    database = db.fresh()
-    common.close_connections()
-    shards = [(k, count) if count > 1 else None for k in range(1, count + 1)]
-    server = common.server_cpu_seconds()
-    seconds, cpu, _ = common.spawn_and_time(
-        common.shard_process,
-        [(database, stream.params(), shard, shot, inline) for shard in shards],
+    seconds, cpu, _ = common.camera_processes(
+        db, stream, count, common.shard_process, shot, inline
     )
-    # The server's CPU time also counts the few statements of the processes' start and end.
-    cpu += common.server_cpu_seconds() - server
-    problems = common.check_rows(stream.outcomes, stream.hostnames())
-    if problems:
-        print(f"ERROR: {count} cameras did not record the stream: {'; '.join(problems)}")
-        sys.exit(1)
     return seconds, cpu / seconds
 
 

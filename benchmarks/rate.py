@@ -32,17 +32,7 @@ def run_rate(
 ):
     """``count`` cameras fed ``stream`` at ``rate``: the rate taken, the time from the last
     event until the rows were written, and the longest shot (of any of them)."""
-    database = db.fresh()
-    common.close_connections()
-    shards = [(k, count) if count > 1 else None for k in range(1, count + 1)]
-    _, _, reports = common.spawn_and_time(
-        common.paced_process,
-        [(database, stream.params(), shard, rate, every) for shard in shards],
-    )
-    problems = common.check_rows(stream.outcomes, stream.hostnames())
-    if problems:
-        print(f"ERROR: {count} cameras did not record the stream: {'; '.join(problems)}")
-        sys.exit(1)
+    _, _, reports = common.camera_processes(db, stream, count, common.paced_process, rate, every)
     return (
         events / max(report["fed"] for report in reports),
         max(report["after"] for report in reports),
