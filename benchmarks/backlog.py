@@ -46,10 +46,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=4)
     options = parser.parse_args()
 
-    reason = common.unavailable(options.backend)
-    if reason:
-        print(f"{options.backend}: skipped: {reason}")
-        print(f"summary: {options.backend}: skipped")
+    if common.skipped(options.backend):
         return
     db = common.Database(options.backend, options.sqlite_journal)
     db.setup()

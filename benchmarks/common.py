@@ -401,6 +401,16 @@ def unavailable(backend: str) -> str | None:
     return None
 
 
+def skipped(backend: str) -> bool:
+    """Whether ``backend`` cannot be used here; if so, say why, and print the summary line
+    of a skipped run."""
+    reason = unavailable(backend)
+    if reason:
+        print(f"{backend}: skipped: {reason}")
+        print(f"summary: {backend}: skipped")
+    return reason is not None
+
+
 def _pg_params() -> dict[str, Any]:
     params = {"host": PG["HOST"], "port": PG["PORT"], "user": PG["USER"]}
     if PG["PASSWORD"]:

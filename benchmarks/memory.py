@@ -58,10 +58,7 @@ def main() -> None:
         child(options)
         return
 
-    reason = common.unavailable(options.backend)
-    if reason:
-        print(f"{options.backend}: skipped: {reason}")
-        print(f"summary: {options.backend}: skipped")
+    if common.skipped(options.backend):
         return
     command = [sys.executable, __file__, "--child", *sys.argv[1:]]
     process = subprocess.Popen(

@@ -59,10 +59,7 @@ def main() -> None:
     options = parser.parse_args()
     rates = [int(rate) for rate in options.rates.split(",")]
     backend, n = options.backend, options.shards
-    reason = common.unavailable(backend)
-    if reason:
-        print(f"{backend}: skipped: {reason}")
-        print(f"summary: {backend}: skipped")
+    if common.skipped(backend):
         return
     db = common.Database(backend, options.sqlite_journal)
     db.setup()

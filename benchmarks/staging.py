@@ -53,10 +53,7 @@ def main() -> None:
     )
     options = parser.parse_args()
 
-    reason = common.unavailable("postgresql")
-    if reason:
-        print(f"postgresql: skipped: {reason}")
-        print("summary: postgresql: skipped")
+    if common.skipped("postgresql"):
         return
     db = common.Database("postgresql")
     db.setup()
