@@ -6,6 +6,7 @@ import threading
 import uuid as uuidlib
 
 import pytest
+from celery import Celery
 from celery.events.state import State
 from django.core.management import CommandError, call_command
 from django.db import connection, connections
@@ -13,7 +14,7 @@ from django.db import connection, connections
 from django_celery_monitor.camera import Camera
 from django_celery_monitor.events import Shard
 from django_celery_monitor.models import TaskState, WorkerState
-from django_celery_monitor.runner import default_queue_name
+from django_celery_monitor.runner import MonitorRunner, default_queue_name
 from tests import events
 
 
@@ -66,6 +67,43 @@ def test_a_sharded_camera_keeps_only_its_tasks_and_every_worker(app):
     assert set(state.tasks) == mine
     assert set(state.workers) == {"w1@h", "w2@h"}
     assert camera.guard.refused == 0
+
+
+def test_a_shards_receiver_drops_the_other_shards_task_events_before_checking_them(app):
+    """Every shard reads every event message: the other shards' task events are dropped
+    first, neither checked nor timed, in grouped messages as in single ones; their clocks
+    still count, and a bad one is not the guard's business."""
+    ids = [new_id() for _ in range(60)]
+    mine = {task_id for task_id in ids if task_id in Shard(1, 2)}
+    theirs = sorted(set(ids) - mine)
+    runner = MonitorRunner(app, shard="1/2")
+    with app.connection_for_read() as connection:
+        receiver = runner.receiver(connection)
+    guard, checked = runner.camera.guard, []
+    check = guard.check
+    guard.check = lambda event: checked.append(event.get("uuid")) or check(event)
+
+    evs = stream(ids)
+    receiver._receive(evs[:40], message=None)  # a worker's buffered events, in one message
+    for event in evs[40:]:
+        receiver._receive(event, message=None)
+    receiver._receive({**events.received(theirs[0]), "clock": "abc"}, message=None)
+    receiver._receive({**events.received(theirs[1]), "clock": 10**6}, message=None)
+
+    assert set(runner.state.tasks) == mine
+    assert set(runner.state.workers) == {"w1@h", "w2@h"}
+    assert not set(checked) & set(theirs)
+    assert mine <= set(checked)
+    assert (guard.refused, guard.repaired) == (0, 0)
+    assert receiver.clock.value > 10**6
+
+
+def test_celery_events_camera_gets_a_receiver_with_the_cameras_shard():
+    """``celery events --camera``: Celery makes its receiver after the camera."""
+    other_app = Celery("shards", set_as_current=False)
+    camera = Camera(State(), app=other_app, shard="2/3")
+    receiver_class = other_app.events.receiver_cls
+    assert (receiver_class.shard, receiver_class.guard) == (Shard(2, 3), camera.guard)
 
 
 def test_the_command_refuses_a_bad_shard():

@@ -272,7 +272,7 @@ class Camera(Polaroid):
 
         Both ways of running the camera hand every event to ``state.event``: the runner, and
         ``celery events --camera``, whose receiver Celery makes after the camera (so it is
-        made a :class:`~.events.SafeEventReceiver` with this camera's guard).
+        made a :class:`~.events.SafeEventReceiver` with this camera's guard and shard).
         """
         state, handle = self.state, self.state.event
         dirty, last_worker_event, lock = (
@@ -310,7 +310,9 @@ class Camera(Polaroid):
         events = self.app.events
         if "Receiver" not in vars(events):  # not made yet: make it check events too
             events.receiver_cls = type(
-                "CameraEventReceiver", (SafeEventReceiver,), {"guard": self.guard}
+                "CameraEventReceiver",
+                (SafeEventReceiver,),
+                {"guard": self.guard, "shard": self.shard},
             )
 
     def _note_processed(self, hostname: str, processed: Any) -> None:

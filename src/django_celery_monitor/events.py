@@ -292,8 +292,17 @@ class SafeEventReceiver(EventReceiver):
     """
 
     guard: EventGuard = EventGuard()
+    #: The part of the tasks the camera keeps: the task events of other shards are dropped
+    #: before they are checked or timed (every shard reads every event).
+    shard: Shard | None = None
 
     def event_from_message(self, body: Any, *args: Any, **kwargs: Any) -> tuple[Any, Any]:
+        if self.shard is not None and not self.shard.keeps(body):
+            # Dropped, but its clock still counts: this receiver's clock stays the cluster's.
+            clock = body.get("clock") if isinstance(body, Mapping) else None
+            if clock.__class__ is int:
+                self.adjust_clock(clock)
+            return None, None
         clean = self.guard.check(body)
         if clean is None:
             return None, None
@@ -346,17 +355,23 @@ class Shard:
             return True  # not a task id: the guard decides what to do with it
         return zlib.crc32(task_id.encode("utf-8", "surrogatepass")) % self.count == self.index - 1
 
+    def keeps(self, event: Any) -> bool:
+        """Whether ``event`` is this shard's: any event but a task event of another shard.
+
+        What is not a well-formed task event is kept, for the guard to judge.
+        """
+        try:
+            kind, task_id = event["type"], event["uuid"]
+        except (KeyError, TypeError, IndexError):
+            return True
+        return not (isinstance(kind, str) and kind.startswith("task-")) or task_id in self
+
     def filter(self, handler: Callable[[Any], Any]) -> Callable[[Any], Any]:
         """Return ``handler`` that drops the task events of other shards, before anything else."""
+        keeps = self.keeps
 
         def in_shard(event: Any) -> Any:
-            try:
-                kind, task_id = event["type"], event["uuid"]
-            except (KeyError, TypeError, IndexError):
-                return handler(event)
-            if isinstance(kind, str) and kind.startswith("task-") and task_id not in self:
-                return None
-            return handler(event)
+            return handler(event) if keeps(event) else None
 
         in_shard.__wrapped__ = handler  # type: ignore[attr-defined]
         return in_shard

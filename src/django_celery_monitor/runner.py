@@ -142,7 +142,8 @@ class MonitorRunner:
         host (``--queue-name``), kept ``monitor_event_queue_expires`` seconds after its
         last reader left, with at most ``monitor_event_queue_max_length`` events. Other
         transports (Redis sends events by PUB/SUB) keep Celery's options. What the receiver
-        refuses counts with the camera's guard.
+        refuses counts with the camera's guard; a shard's receiver drops the other shards'
+        task events first.
         """
         settings, options = self.camera.settings, {}
         if self.camera.events_kept_while_away:
@@ -162,7 +163,7 @@ class MonitorRunner:
         )
         if self.camera.events_kept_while_away:
             receiver.queue.max_length = settings.event_queue_max_length
-        receiver.guard = self.camera.guard
+        receiver.guard, receiver.shard = self.camera.guard, self.camera.shard
         return receiver
 
     def _capture(self) -> None:
