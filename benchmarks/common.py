@@ -804,11 +804,14 @@ def _timed_process(
         results.put(("error", 0.0, f"{type(exc).__name__}: {exc}", 0.0, None))
 
 
-def spawn_and_time(target: Any, arguments: list[tuple]) -> tuple[float, float, list[Any]]:
+def spawn_and_time(
+    target: Any, arguments: list[tuple], started: Callable[[], Any] | None = None
+) -> tuple[float, float, list[Any]]:
     """Start a process per ``arguments``; once all are ready, let them go at once and return
     the wall time until the last one is done, the CPU time of all of them, and what each
     one's work returned (in the order they ended). ``target(*args, ready, go, results)``,
-    made of :func:`_timed_process`."""
+    made of :func:`_timed_process`. ``started()`` runs here once they are let go (say, to
+    feed them)."""
     context = multiprocessing.get_context("spawn")
     ready, results, go = context.Queue(), context.Queue(), context.Event()
     processes = [
@@ -827,6 +830,8 @@ def spawn_and_time(target: Any, arguments: list[tuple]) -> tuple[float, float, l
                 sys.exit(1)
     start = time.perf_counter()
     go.set()
+    if started is not None:
+        started()
     outcomes = [results.get(timeout=3600) for _ in processes]
     seconds = time.perf_counter() - start
     for process in processes:
@@ -839,19 +844,25 @@ def spawn_and_time(target: Any, arguments: list[tuple]) -> tuple[float, float, l
 
 
 def camera_processes(
-    db: Database, stream: Stream, count: int, target: Any, *args: Any
+    db: Database,
+    stream: Stream,
+    count: int,
+    target: Any,
+    *args: Any,
+    started: Callable[[], Any] | None = None,
 ) -> tuple[float, float, list[Any]]:
     """``count`` camera processes (``target``: the shards 1/count to count/count, or one
     camera without a shard) on a fresh database, each fed the whole stream; once the rows
     are checked, the wall time, the CPU time of the processes and of the database servers
     running here meanwhile, and what each one's work returned. ``target(database,
-    stream_params, shard, *args, ready, go, results)``."""
+    stream_params, shard, *args, ready, go, results)``; ``started`` as for
+    :func:`spawn_and_time`."""
     database = db.fresh()
     close_connections()
     shards = [(k, count) if count > 1 else None for k in range(1, count + 1)]
     server = server_cpu_seconds()
     seconds, cpu, returned = spawn_and_time(
-        target, [(database, stream.params(), shard, *args) for shard in shards]
+        target, [(database, stream.params(), shard, *args) for shard in shards], started
     )
     # The server's CPU time also counts the few statements of the processes' start and end.
     cpu += server_cpu_seconds() - server

@@ -112,3 +112,12 @@ def test_lag_runs_a_real_worker_and_records_every_task(redis_url):
                  "--broker", redis_url, "--stall", "30")  # fmt: skip
     line = next(line for line in output.splitlines() if line.startswith("sqlite  lag median"))
     assert "(150/150 tasks" in line, output
+
+
+@pytest.mark.e2e
+def test_broker_times_one_camera_and_two_shards_through_redis(redis_url):
+    output = run("broker.py", "--tasks", "300", "--rate", "2000", "--rounds", "1",
+                 "--broker", redis_url)  # fmt: skip
+    runs = [line for line in output.splitlines() if line.startswith("  round 1: ")]
+    assert len(runs) == 2, output  # one camera, then two shards
+    assert summary(output).startswith("summary: sqlite: through Redis, 1 camera/busiest shard ")

@@ -1,0 +1,285 @@
+"""What one camera and each of ``--shards`` shards spend per event, on a real Redis broker.
+
+``ingest.py`` and ``rate.py`` hand the events to the cameras' State. Through a broker, each
+camera also reads and decodes every event message: Redis sends each one to every
+subscriber (PUB/SUB), so every shard pays for all of them and then keeps its own tasks.
+Here the stream of ``ingest.py`` (``--tasks`` tasks over ``--workers`` workers) is
+published to Redis at ``--rate`` events a second, as busy prefork workers send it: each
+worker's task events of a 10 ms tick in one message (up to 24, Celery's buffer), its worker
+events alone. It goes to one camera, then to ``--shards`` camera processes, each run as
+``manage.py celery_monitor --frequency 1`` runs it (the receiver, the guard, the shard, a
+shot a second).
+
+Each camera process reports the CPU time it used from the moment the stream began until
+its last rows were written (its last shot, taken when its last message came), per event of
+the stream, and how much of it went to the shots. One camera's figure over the busiest
+shard's is what the shards gain with a core each: the machine here has two, shared with
+the publisher and the database server, so its wall time says less. The rate should be one
+that one camera keeps up with (the time from the last message to the last rows is
+printed); the rows are checked after each run.
+
+    .venv/bin/python benchmarks/broker.py               # SQLite; Redis at BENCH_REDIS_URL
+    .venv/bin/python benchmarks/broker.py --postgresql --rounds 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import common
+
+DEFAULT_BROKER = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6390/8")
+#: The most task events a worker puts in one message (Celery's ``buffer_limit``).
+BUFFER = 24
+#: The publisher's tick: a worker's task events of a tick go in one message.
+TICK = 0.01
+
+
+def messages(events: list[dict], rate: int) -> list[tuple[float, str, Any]]:
+    """``(due, routing key, body)`` of each message of ``events`` published at ``rate``: per
+    tick, each worker's task events in messages of up to :data:`BUFFER` (a list), and each
+    worker event alone, as a prefork worker sends them."""
+    out: list[tuple[float, str, Any]] = []
+    per_tick = max(1, int(rate * TICK))
+    for index in range(0, len(events), per_tick):
+        due = index / rate
+        buffered: dict[str, list[dict]] = {}
+        for event in events[index : index + per_tick]:
+            if event["type"].startswith("task-"):
+                buffered.setdefault(event["hostname"], []).append(event)
+            else:
+                out.append((due, event["type"].replace("-", "."), event))
+        for batch in buffered.values():
+            for start in range(0, len(batch), BUFFER):
+                chunk = batch[start : start + BUFFER]
+                if len(chunk) == 1:
+                    out.append((due, chunk[0]["type"].replace("-", "."), chunk[0]))
+                else:
+                    out.append((due, "task.multi", chunk))
+    return out
+
+
+def reachable(url: str) -> str | None:
+    """Why Redis at ``url`` cannot be used, or None."""
+    import redis
+
+    client = redis.Redis.from_url(url, socket_connect_timeout=2)
+    try:
+        client.ping()
+    except Exception as exc:
+        return f"no Redis at {url} ({type(exc).__name__}: {exc})"
+    finally:
+        client.close()
+    return None
+
+
+#: Published until every camera has heard one: Redis drops what is published before a
+#: receiver subscribes, which it does only as it starts to listen.
+PROBE = {"type": "benchmark-probe"}
+
+
+def publisher(url: str) -> Any:
+    """A producer on the event exchange of Redis at ``url`` (close its connection after)."""
+    from celery import Celery
+    from celery.events.event import get_exchange
+
+    app = Celery("publisher", broker=url, set_as_current=False)
+    connection = app.connection_for_write()
+    exchange = get_exchange(connection, name=app.conf.event_exchange)
+    return connection.Producer(exchange=exchange, serializer="json")
+
+
+def publish(url: str, stream: list[tuple[float, str, Any]], stop_probing: threading.Event) -> None:
+    """Publish ``stream`` to the event exchange on its clock (the probes stop first)."""
+    stop_probing.set()
+    producer = publisher(url)
+    try:
+        start = time.perf_counter()
+        for due, key, body in stream:
+            ahead = start + due - time.perf_counter()
+            if ahead > 0:
+                time.sleep(ahead)
+            producer.publish(body, routing_key=key)
+    finally:
+        producer.connection.close()
+
+
+def probe(url: str, stop: threading.Event) -> None:
+    """Publish :data:`PROBE` every 20 ms until ``stop``."""
+    producer = publisher(url)
+    try:
+        while not stop.wait(0.02):
+            producer.publish(PROBE, routing_key="worker.heartbeat")
+    finally:
+        producer.connection.close()
+
+
+def camera_process(database, stream_params, shard, url, expected, ready, go, results) -> None:
+    """One camera, run as the command runs it, until ``expected`` messages came and its last
+    rows are written: its CPU time (and its shots'), and when its rows were written."""
+
+    def prepare():
+        common.configure_django(database)
+        from celery import Celery
+
+        from django_celery_monitor.runner import MonitorRunner
+
+        all_in = threading.Event()
+        counts = {"messages": 0, "shots": 0.0}
+        heard = threading.Event()
+
+        class Runner(MonitorRunner):
+            def receiver(self, connection: Any) -> Any:
+                receiver = super().receiver(connection)
+                receive = receiver._receive
+
+                def counted(body: Any, message: Any) -> None:
+                    if body == PROBE:
+                        heard.set()
+                        return
+                    receive(body, message)
+                    counts["messages"] += 1
+                    if counts["messages"] >= expected:
+                        all_in.set()
+
+                receiver._receive = counted  # the consumer is made after this
+                return receiver
+
+        app = Celery("bench", broker=url, set_as_current=False)
+        runner = Runner(app, freq=1.0, shard=f"{shard[0]}/{shard[1]}" if shard else None)
+        capture = runner.camera.capture
+
+        def timed_capture(force: bool = False) -> int:
+            began = time.thread_time()
+            try:
+                return capture(force=force)
+            finally:
+                counts["shots"] += time.thread_time() - began
+
+        runner.camera.capture = timed_capture  # the timer takes this one
+        thread = threading.Thread(target=runner.run, name="camera", daemon=True)
+        thread.start()
+        if not heard.wait(30):
+            raise RuntimeError(f"the camera heard nothing from Redis at {url} in 30 s")
+
+        def work() -> dict[str, float]:
+            cpu = time.process_time()
+            if not all_in.wait(3600):
+                raise RuntimeError("the stream never ended")
+            last = time.perf_counter()
+            timed_capture(force=True)
+            report = {
+                "cpu": time.process_time() - cpu,
+                "shots": counts["shots"],
+                "after": time.perf_counter() - last,
+            }
+            runner.stop()
+            thread.join(60)
+            return report
+
+        return work
+
+    common._timed_process(prepare, ready, go, results, finish=common.close_connections)
+
+
+def run(db, stream, published, url, count) -> tuple[list[dict], float]:
+    """``count`` cameras fed ``published`` through Redis: each one's report, and the
+    database server's CPU time meanwhile."""
+    stop_probing = threading.Event()
+    probing = threading.Thread(target=probe, args=(url, stop_probing), daemon=True)
+    probing.start()
+    server = common.server_cpu_seconds()
+    try:
+        _, _, reports = common.camera_processes(
+            db,
+            stream,
+            count,
+            camera_process,
+            url,
+            len(published),
+            started=lambda: publish(url, published, stop_probing),
+        )
+    finally:
+        stop_probing.set()
+        probing.join()
+    return reports, max(0.0, common.server_cpu_seconds() - server)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    common.add_database_options(parser, allow_all=False)
+    parser.add_argument("--broker", default=DEFAULT_BROKER, help="a Redis URL")
+    parser.add_argument("--tasks", type=int, default=30_000, help="tasks in the stream")
+    parser.add_argument("--workers", type=int, default=8)
+    parser.add_argument("--rate", type=int, default=10_000, help="events a second")
+    parser.add_argument("--shards", type=int, default=2, help="camera processes against one")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seed", type=int, default=1)
+    options = parser.parse_args()
+    backend, n = options.backend, options.shards
+    problem = reachable(options.broker)
+    if problem:
+        print(f"{backend}: skipped: {problem}")
+        print(f"summary: {backend}: skipped")
+        return
+    if common.skipped(backend):
+        return
+    db = common.Database(backend, options.sqlite_journal)
+    db.setup()
+    try:
+        stream = common.Stream(options.tasks, workers=options.workers, seed=options.seed)
+        events = list(stream)
+        published = messages(events, options.rate)
+        print(
+            f"{backend}: {options.tasks:,} tasks, {len(events):,} events over "
+            f"{options.workers} workers in {len(published):,} messages, published to Redis "
+            f"at {options.rate:,} ev/s; 1 camera against {n}; {options.rounds} round(s)"
+            + common.journal_note(backend, options.sqlite_journal),
+            flush=True,
+        )
+        per_event: dict[int, list[float]] = {1: [], n: []}
+        gains: list[float] = []
+        for round_ in range(options.rounds):
+            figures = {}
+            for count in (1, n) if round_ % 2 == 0 else (n, 1):
+                reports, server = run(db, stream, published, options.broker, count)
+                busiest = max(report["cpu"] for report in reports)
+                figures[count] = busiest
+                per_event[count].append(busiest / len(events) * 1e6)
+                shown = ", ".join(
+                    f"{r['cpu'] / len(events) * 1e6:.1f} us/event (shots "
+                    f"{r['shots'] / len(events) * 1e6:.1f}), last rows {r['after']:.2f} s "
+                    f"after the last message"
+                    for r in sorted(reports, key=lambda r: -r["cpu"])
+                )
+                print(
+                    f"  round {round_ + 1}: {count} camera(s): {shown}; database server "
+                    f"{server / len(events) * 1e6:.1f} us/event",
+                    flush=True,
+                )
+            gains.append(figures[1] / figures[n])
+        one, many = common.median(per_event[1]), common.median(per_event[n])
+        gain = common.median(gains)
+        print(
+            f"{backend:<11}through Redis: 1 camera {one:.1f} us/event, the busiest of {n} "
+            f"shards {many:.1f} us/event (CPU time per event of the stream)  "
+            f"1 camera/shard {common.ratio(gain)}",
+            flush=True,
+        )
+        print(f"summary: {backend}: through Redis, 1 camera/busiest shard {common.ratio(gain)}")
+    finally:
+        db.teardown()
+
+
+if __name__ == "__main__":
+    main()
