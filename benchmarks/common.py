@@ -902,8 +902,13 @@ def feed_at_rate(camera: Any, events: list[dict], rate: int, every: float) -> di
     thread of its own takes a shot every ``every`` seconds (as the camera's timer does:
     the next one ``every`` seconds after the last one began, or when it ends if it took
     longer), and one more after the last event. Returns how long the events took to feed,
-    the time from the last event until its rows were written, and the longest shot
-    (seconds)."""
+    how far behind its clock the feed still was at its closest in the last ``every``
+    seconds of the stream (0 when it caught up at some tick: a shot's pause makes the
+    events wait, and a camera that keeps up then catches up; one that cannot falls further
+    behind), the time from the last event until its rows were written, the longest shot
+    (seconds), and the part of the feeding time its shots took (1: one shot right after
+    the other, each longer than the period: a camera whose shots cannot keep to their
+    period writes ever larger ones)."""
     shots: list[float] = []
     last, failed = threading.Event(), []
 
@@ -921,12 +926,18 @@ def feed_at_rate(camera: Any, events: list[dict], rate: int, every: float) -> di
             failed.append(exc)
 
     handle, per_tick = camera.state.event, max(1, rate // 100)
+    last_period = len(events) / rate - every
+    behind = math.inf
     with camera_process():
         start = time.perf_counter()
         thread = threading.Thread(target=shooter, name="shots", daemon=True)
         thread.start()
         for index in range(0, len(events), per_tick):
-            time.sleep(max(0.0, start + index / rate - time.perf_counter()))
+            late = time.perf_counter() - (start + index / rate)
+            if late < 0:
+                time.sleep(-late)
+            if index / rate >= last_period:
+                behind = min(behind, max(0.0, late))
             for event in events[index : index + per_tick]:
                 handle(event)
             if failed:
@@ -940,8 +951,11 @@ def feed_at_rate(camera: Any, events: list[dict], rate: int, every: float) -> di
         raise failed[0]
     return {
         "fed": fed,
+        "behind": behind,
         "after": time.perf_counter() - start - fed,
         "longest": max(shots),
+        # Every shot but the one after the last event (the one under way then counts whole).
+        "busy": sum(shots[:-1]) / fed,
     }
 
 
