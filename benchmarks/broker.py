@@ -227,12 +227,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1)
     options = parser.parse_args()
     backend, n = options.backend, options.shards
-    problem = reachable(options.broker)
-    if problem:
-        print(f"{backend}: skipped: {problem}")
-        print(f"summary: {backend}: skipped")
-        return
-    if common.skipped(backend):
+    if common.skipped(backend, reachable(options.broker)):
         return
     db = common.Database(backend, options.sqlite_journal)
     db.setup()

@@ -401,10 +401,10 @@ def unavailable(backend: str) -> str | None:
     return None
 
 
-def skipped(backend: str) -> bool:
-    """Whether ``backend`` cannot be used here; if so, say why, and print the summary line
-    of a skipped run."""
-    reason = unavailable(backend)
+def skipped(backend: str, problem: str | None = None) -> bool:
+    """Whether ``backend`` cannot be used here (or ``problem`` stands in the way); if so,
+    say why, and print the summary line of a skipped run."""
+    reason = problem or unavailable(backend)
     if reason:
         print(f"{backend}: skipped: {reason}")
         print(f"summary: {backend}: skipped")
@@ -831,7 +831,12 @@ def spawn_and_time(
     start = time.perf_counter()
     go.set()
     if started is not None:
-        started()
+        try:
+            started()
+        except BaseException:
+            for process in processes:  # they would wait for what never comes
+                process.terminate()
+            raise
     outcomes = [results.get(timeout=3600) for _ in processes]
     seconds = time.perf_counter() - start
     for process in processes:
