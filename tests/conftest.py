@@ -159,9 +159,12 @@ def start_camera(redis_url, transactional_db):
 
     runners = []
 
-    def start(freq: float = 0.2):
+    def start(freq: float = 0.2, shard: str | None = None):
         runner = MonitorRunner(
-            celery_app, freq=freq, queue_name=f"celery_monitor.test-{uuid.uuid4().hex[:8]}"
+            celery_app,
+            freq=freq,
+            queue_name=f"celery_monitor.test-{uuid.uuid4().hex[:8]}",
+            shard=shard,
         )
         runner.thread = threading.Thread(target=runner.run, name="camera", daemon=True)
         runner.thread.start()

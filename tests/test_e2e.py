@@ -6,6 +6,7 @@ import time
 
 import pytest
 
+from django_celery_monitor.events import Shard
 from django_celery_monitor.models import TaskState, WorkerState
 from tests import tasks
 from tests.conftest import wait_for
@@ -198,6 +199,30 @@ def test_two_cameras_on_one_database_lose_nothing_and_regress_nothing(start_came
     expected = expected_states(sent)
     wait_for(all_recorded(expected), timeout=90, message="every task, once")
     assert TaskState.objects.filter(task_id__in=list(expected)).count() == len(expected)
+    assert first.camera.guard.refused == second.camera.guard.refused == 0
+
+
+def test_two_shards_of_a_real_workers_events_record_every_task_once(start_camera, celery_worker):
+    """Each shard reads every event message (a prefork worker sends its task events in lists)
+    and keeps the tasks of its shard: together they record every task, once."""
+    first, second = start_camera(shard="1/2"), start_camera(freq=0.35, shard="2/2")
+    seen: dict[Shard, set[str]] = {first.shard: set(), second.shard: set()}
+    for runner in (first, second):
+        handle = runner.camera.state.event
+
+        def noting(event, handle=handle, kept=seen[runner.shard]):
+            kept.add(event.get("uuid"))
+            return handle(event)
+
+        runner.camera.state.event = noting
+    celery_worker("e2e-shards@test", concurrency=2)
+    sent = send_mix(300)
+    expected = expected_states(sent)
+    wait_for(all_recorded(expected), timeout=90, message="every task, once")
+    assert TaskState.objects.filter(task_id__in=list(expected)).count() == len(expected)
+    for shard, task_ids in seen.items():
+        mine = {task_id for task_id in expected if task_id in shard}
+        assert mine and task_ids & set(expected) == mine  # its own tasks, and no other
     assert first.camera.guard.refused == second.camera.guard.refused == 0
 
 
