@@ -196,9 +196,8 @@ def run(db, stream, published, url, count) -> tuple[list[dict], float]:
     stop_probing = threading.Event()
     probing = threading.Thread(target=probe, args=(url, stop_probing), daemon=True)
     probing.start()
-    server = common.server_cpu_seconds()
     try:
-        _, _, reports = common.camera_processes(
+        _, _, server, reports = common.camera_processes(
             db,
             stream,
             count,
@@ -210,7 +209,7 @@ def run(db, stream, published, url, count) -> tuple[list[dict], float]:
     finally:
         stop_probing.set()
         probing.join()
-    return reports, max(0.0, common.server_cpu_seconds() - server)
+    return reports, server
 
 
 def main() -> None:

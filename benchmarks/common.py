@@ -855,10 +855,10 @@ def camera_processes(
     target: Any,
     *args: Any,
     started: Callable[[], Any] | None = None,
-) -> tuple[float, float, list[Any]]:
+) -> tuple[float, float, float, list[Any]]:
     """``count`` camera processes (``target``: the shards 1/count to count/count, or one
     camera without a shard) on a fresh database, each fed the whole stream; once the rows
-    are checked, the wall time, the CPU time of the processes and of the database servers
+    are checked, the wall time, the CPU time of the processes, that of the database servers
     running here meanwhile, and what each one's work returned. ``target(database,
     stream_params, shard, *args, ready, go, results)``; ``started`` as for
     :func:`spawn_and_time`."""
@@ -870,12 +870,12 @@ def camera_processes(
         target, [(database, stream.params(), shard, *args) for shard in shards], started
     )
     # The server's CPU time also counts the few statements of the processes' start and end.
-    cpu += server_cpu_seconds() - server
+    server = server_cpu_seconds() - server
     problems = check_rows(stream.outcomes, stream.hostnames())
     if problems:
         print(f"ERROR: {count} cameras did not record the stream: {'; '.join(problems)}")
         sys.exit(1)
-    return seconds, cpu, returned
+    return seconds, cpu, server, returned
 
 
 def _prepared_camera(database, stream_params, shard) -> tuple[Any, list[dict]]:

@@ -392,10 +392,10 @@ def shard_run(
     """``count`` camera processes (shards) on one database: the wall time, and how many
     cores they kept busy meanwhile, with the database server's (its CPU time over the
     wall time)."""
-    seconds, cpu, _ = common.camera_processes(
+    seconds, cpu, server, _ = common.camera_processes(
         db, stream, count, common.shard_process, shot, inline
     )
-    return seconds, cpu / seconds
+    return seconds, (cpu + server) / seconds
 
 
 # -- the profile -------------------------------------------------------------------------------

@@ -43,7 +43,7 @@ def run_rate(
 ):
     """``count`` cameras fed ``stream`` at ``rate``: the worst of them, by each of
     :func:`common.feed_at_rate`'s figures, and the rate taken."""
-    _, _, reports = common.camera_processes(db, stream, count, common.paced_process, rate, every)
+    *_, reports = common.camera_processes(db, stream, count, common.paced_process, rate, every)
     worst = {key: max(report[key] for report in reports) for key in reports[0]}
     return worst, events / worst["fed"]
 
