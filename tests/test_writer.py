@@ -119,10 +119,37 @@ def test_the_statement_is_compiled_once_per_connection():
     assert task_upsert_sql(connection, "t").count("INSERT") == 1
 
 
-def test_values_that_are_not_numbers_are_refused_not_stored():
+@pytest.mark.parametrize(
+    "values",
+    [{"runtime": "fast"}, {"retries": 2**31}, {"retries": -(2**31) - 1}, {"retries": 2**70}],
+)
+def test_values_that_are_not_numbers_or_do_not_fit_are_refused_not_stored(values):
+    # Refused on every database alike (the camera then writes the batch row by row): not
+    # cut to the column's 32 bits, nor an error the camera does not know.
     with pytest.raises((ValueError, TypeError)):
-        write_snapshot({}, {"x": {"state": "SUCCESS", "tstamp": T0, "runtime": "fast"}})
+        write_snapshot({}, {"x": {"state": "SUCCESS", "tstamp": T0, **values}})
     assert not TaskState.objects.filter(task_id="x").exists()
+
+
+def test_the_largest_numbers_the_columns_hold_are_stored_as_they_are():
+    write_snapshot({}, {"x": {"state": "SUCCESS", "tstamp": T0, "retries": 2**31 - 1}})
+    assert TaskState.objects.get(task_id="x").retries == 2**31 - 1
+
+
+@pytest.mark.parametrize("zone", ["America/New_York", "Asia/Kolkata"])
+def test_naive_times_without_use_tz_name_the_instant_the_orm_stores(settings, zone):
+    settings.USE_TZ = False
+    settings.TIME_ZONE = zone
+    local = datetime(2026, 3, 1, 7, 30, 15, 250000)
+    times = {"tstamp": local, "received": local, "started": local}
+    write_snapshot({}, {"written": {"state": "SUCCESS", **times}})
+    TaskState.objects.create(task_id="saved", state="SUCCESS", **times)
+    table = connection.ops.quote_name(TaskState._meta.db_table)
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT COUNT(DISTINCT tstamp), COUNT(DISTINCT received) FROM {table}")
+        assert cursor.fetchone() == (1, 1)  # the same instants in the database
+    written = TaskState.objects.get(task_id="written")
+    assert (written.tstamp, written.received, written.started) == (local, local, local)
 
 
 @pytest.mark.django_db

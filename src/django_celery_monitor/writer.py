@@ -32,6 +32,7 @@ import logging
 import threading
 import time
 import weakref
+import zoneinfo
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import datetime, timedelta
 from datetime import timezone as dt_timezone
@@ -50,7 +51,7 @@ from django.db import (
 from django.utils import timezone
 
 from .conf import MonitorSettings, monitor_settings
-from .sanitize import MAX_CLOCK_SKEW
+from .sanitize import MAX_CLOCK_SKEW, MAX_INT
 from .utils import posix_timestamp
 
 logger = logging.getLogger(__name__)
@@ -610,7 +611,8 @@ class SnapshotWriter:
 
     def _statement(self, db: str, kind: str, build: Any) -> Any:
         connection = connections[db]
-        key = (db, kind, connection.vendor, django_settings.USE_TZ)
+        # The time zone settings too: the adapters of times are made for them.
+        key = (db, kind, connection.vendor, django_settings.USE_TZ, django_settings.TIME_ZONE)
         compiled = self._compiled.get(key)
         if compiled is None:
             with self._lock:
@@ -748,6 +750,10 @@ class SnapshotWriter:
     def _copy(self, cursor: Any, rows: list[list[Any]]) -> None:
         """Put a batch in the session's (emptied) temporary table, by COPY (psycopg 3).
 
+        The rows go in COPY's binary form: psycopg turns a row of values into it in a fifth
+        of the time the text form takes (about 1 µs a row against 5), and the server reads
+        the times and numbers as they are instead of parsing them.
+
         The table is emptied by DELETE, and truncated once its dead rows add up to
         :data:`TRUNCATE_STAGE_AFTER`. Not at every commit (``ON COMMIT DELETE ROWS``): that
         cuts the table's file down each time, a change of the file system's metadata which
@@ -757,7 +763,7 @@ class SnapshotWriter:
         merge again, once.
         """
         connection = cursor.db
-        empty, truncate, copy_sql = self._statement(
+        empty, truncate, copy_sql, types = self._statement(
             connection.alias, "copy", self._copy_statements
         )
         raw = cursor.cursor
@@ -771,26 +777,29 @@ class SnapshotWriter:
         with connection.wrap_database_errors:
             raw.execute(empty)
             with raw.copy(copy_sql) as copy:
+                copy.set_types(types)
                 for row in rows:
                     copy.write_row(row)
         with _PER_CONNECTION_LOCK:
             _STAGED_ROWS[session] = staged + len(rows)
 
-    def _copy_statements(self, connection: Any) -> tuple[str, str, str]:
+    def _copy_statements(self, connection: Any) -> tuple[str, str, str, list[str]]:
         """:meth:`_copy`'s statements: the table made if missing and emptied by DELETE, or
-        by TRUNCATE (two statements without parameters, sent at once), and the COPY into
-        it."""
+        by TRUNCATE (two statements without parameters, sent at once), the COPY into it,
+        and the types of its columns (without their length: ``varchar``), for the binary
+        form."""
         TaskState, _ = self._models()
-        fields = {f.attname: f for f in TaskState._meta.concrete_fields}
+        db_types = {f.attname: f.db_type(connection) for f in TaskState._meta.concrete_fields}
         quote = connection.ops.quote_name
         names = ", ".join(quote(c) for c in TASK_COLUMNS)
-        columns = ", ".join(f"{quote(c)} {fields[c].db_type(connection)}" for c in TASK_COLUMNS)
+        columns = ", ".join(f"{quote(c)} {db_types[c]}" for c in TASK_COLUMNS)
         table = f"pg_temp.{quote(STAGE_TABLE)}"
         create = f"CREATE TEMP TABLE IF NOT EXISTS {quote(STAGE_TABLE)} ({columns})"
         return (
             f"{create}; DELETE FROM {table}",
             f"{create}; TRUNCATE {table}",
-            f"COPY {table} ({names}) FROM STDIN",
+            f"COPY {table} ({names}) FROM STDIN (FORMAT BINARY)",
+            [db_types[c].split("(")[0] for c in TASK_COLUMNS],
         )
 
     # -- workers ---------------------------------------------------------------------------
@@ -942,6 +951,10 @@ def _adapter(connection: Any, column: str) -> Any:
             and connection.vendor in ("sqlite", "mysql")
             and connection.timezone_name == "UTC"
         )
+        if not use_tz and connection.vendor == "postgresql":
+            # COPY's binary form takes instants: a naive time is one of the session's time
+            # zone (TIME_ZONE), as PostgreSQL reads the ORM's naive values.
+            use_tz, zone = True, zoneinfo.ZoneInfo(connection.timezone_name)
 
         def adapt_datetime(value: Any) -> Any:
             if value is None:
@@ -963,14 +976,22 @@ def _adapter(connection: Any, column: str) -> Any:
 
 
 def _number(kind: type) -> Any:
-    """An adapter to ``kind``: a value that is not a number raises (and the row is refused)."""
+    """An adapter to ``kind``: a value that is not a number, or an integer past what the
+    32-bit columns hold, raises (and the row is refused).
+
+    The check is the writer's own: PostgreSQL's binary COPY would take the low 32 bits of
+    a larger integer without a word."""
 
     def adapt_number(value: Any) -> Any:
-        if value is None or type(value) is kind:
+        if value is None:
             return value
-        if isinstance(value, str | bytes):
-            raise ValueError(f"not a number: {value[:50]!r}")
-        return kind(value)
+        if type(value) is not kind:
+            if isinstance(value, str | bytes):
+                raise ValueError(f"not a number: {value[:50]!r}")
+            value = kind(value)
+        if kind is int and not -MAX_INT - 1 <= value <= MAX_INT:
+            raise ValueError(f"out of the range of a 32-bit column: {value}")
+        return value
 
     return adapt_number
 
