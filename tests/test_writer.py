@@ -263,6 +263,58 @@ def test_postgresql_keeps_its_staging_table_small_without_cutting_it_at_each_com
     assert TaskState.objects.filter(args=big).count() == 120
 
 
+def test_many_workers_are_merged_by_a_few_statements_each_row_by_its_own_values():
+    from django_celery_monitor.models import WorkerState
+
+    hostnames = [f"w{n:04d}@host" for n in range(700)]  # more than one statement takes
+    # Recorded: offline, with a heartbeat a minute ahead of the incoming one for every
+    # third worker (kept), a minute behind for the others (replaced).
+    for n, hostname in enumerate(hostnames):
+        late = n % 3 == 0
+        WorkerState.objects.create(
+            hostname=hostname,
+            offline=True,
+            processed=1,
+            last_heartbeat=T0 + timedelta(minutes=1 if late else -1),
+        )
+    rows = {}
+    for n, hostname in enumerate(hostnames):
+        if n % 7 == 3:  # says nothing of its heartbeat nor of being offline
+            rows[hostname] = {"processed": 1000 + n}
+        else:
+            beat = T0 + timedelta(milliseconds=n)
+            rows[hostname] = {"last_heartbeat": beat, "offline": False, "processed": 1000 + n}
+    with CaptureQueriesContext(connection) as queries:
+        write_snapshot(rows, {})
+    upserts = [q for q in queries.captured_queries if q["sql"].lstrip().startswith("INSERT")]
+    assert len(upserts) <= 2 * 200, len(upserts)  # one a shape's run of rows (7 apart)
+    recorded = {w.hostname: w for w in WorkerState.objects.all()}
+    for n, hostname in enumerate(hostnames):
+        worker = recorded[hostname]
+        assert worker.processed == 1000 + n
+        if n % 7 == 3:
+            assert worker.offline is True  # the row did not say: the flag stays
+            continue
+        if n % 3 == 0:  # the recorded heartbeat is later, and its flag goes with it
+            assert (worker.last_heartbeat, worker.offline) == (T0 + timedelta(minutes=1), True)
+        else:
+            assert (worker.last_heartbeat, worker.offline) == (T0 + timedelta(milliseconds=n), False)
+
+
+def test_workers_of_one_shape_are_merged_by_one_statement_of_many_rows():
+    from django_celery_monitor.models import WorkerState
+
+    beats = {f"w{n:03d}@host": T0 + timedelta(seconds=n) for n in range(64)}
+    rows = {
+        h: {"last_heartbeat": beat, "offline": False, "freq": 2.0} for h, beat in beats.items()
+    }
+    with CaptureQueriesContext(connection) as queries:
+        write_snapshot(rows, {})
+    upserts = [q for q in queries.captured_queries if q["sql"].lstrip().startswith("INSERT")]
+    assert len(upserts) == 1, [q["sql"][:80] for q in upserts]
+    assert dict(WorkerState.objects.values_list("hostname", "last_heartbeat")) == beats
+
+
 def test_the_workers_tasks_name_are_made_when_missing_and_kept_when_present():
     from django_celery_monitor.models import WorkerState
 

@@ -343,39 +343,49 @@ def batch_source(connection: Any, model: Any) -> tuple[str, str]:
 
 
 def worker_upsert_sql(
-    connection: Any, table: str, columns: tuple[str, ...]
+    connection: Any,
+    table: str,
+    columns: tuple[str, ...],
+    rows: int = 1,
+    offline_given: bool = True,
+    floor_given: bool = False,
 ) -> tuple[str, list[str]]:
-    """Return the UPSERT of one worker row, and the names of its parameters in order.
+    """Return the UPSERT of ``rows`` worker rows, and the names of the parameters that
+    follow theirs (the ``columns`` of each row, in order).
 
-    The parameters are the ``columns``, then ``given_offline`` (the offline flag, None when
-    the row does not say), ``floor`` and ``ahead``: the recorded heartbeat is replaced when it
-    is at most ``floor`` (the incoming heartbeat, or later when the clock went back) or later
-    than ``ahead`` (it was written from a clock that ran ahead).
+    The recorded heartbeat is replaced when it is at most the floor (the incoming
+    heartbeat; with ``floor_given``, a parameter ``floor``: later when the clock went back)
+    or later than ``ahead`` (it was written from a clock that ran ahead). The offline flag
+    goes with the heartbeat it came with; without ``offline_given`` the rows do not say,
+    and the recorded flag stays.
     """
     d = _Dialect(connection, table, "hostname")
     new, old = d.new, d.old
-    order = list(columns)
     beat, recorded = new("last_heartbeat"), old("last_heartbeat")
-    taken = f"({beat} IS NOT NULL AND ({recorded} IS NULL OR {recorded} <= %s OR {recorded} > %s))"
-    assignments = []
+    floor = "%s" if floor_given else beat
+    replaces = f"{recorded} IS NULL OR {recorded} <= {floor} OR {recorded} > %s"
+    taken = f"({beat} IS NOT NULL AND ({replaces}))"
+    taken_params = ["floor", "ahead"] if floor_given else ["ahead"]
+    assignments, order = [], []
     for column in columns:
         if column in ("hostname", "last_heartbeat", "offline"):
             continue
         merged = f"COALESCE({new(column)}, {old(column)})"
         assignments.append((column, new(column) if column == "last_update" else merged))
-    # The offline flag goes with the heartbeat it came with (MySQL: set before it).
-    assignments.append(
-        (
-            "offline",
-            f"CASE WHEN %s IS NULL THEN {old('offline')}"
-            f" WHEN {beat} IS NOT NULL AND NOT {taken} THEN {old('offline')}"
-            f" ELSE {new('offline')} END",
+    if offline_given:
+        # MySQL applies its assignments in order: the flag before the heartbeat it reads.
+        assignments.append(
+            (
+                "offline",
+                f"CASE WHEN {beat} IS NOT NULL AND NOT {taken} THEN {old('offline')}"
+                f" ELSE {new('offline')} END",
+            )
         )
-    )
-    order += ["given_offline", "floor", "ahead"]
+        order += taken_params
     assignments.append(("last_heartbeat", f"CASE WHEN {taken} THEN {beat} ELSE {recorded} END"))
-    order += ["floor", "ahead"]
-    return d.insert(columns, assignments, ""), order
+    order += taken_params
+    row = "(" + ", ".join("%s" for _ in columns) + ")"
+    return d.insert(columns, assignments, "", "VALUES " + ", ".join([row] * rows)), order
 
 
 # -- writing ---------------------------------------------------------------------------------
@@ -714,7 +724,7 @@ class SnapshotWriter:
         raw = cursor.db.connection
         with cursor.db.wrap_database_errors:
             start = 0
-            for count in _chunk_sizes(len(rows), _rows_per_insert(cursor.db)):
+            for count in _chunk_sizes(len(rows), _rows_per_statement(cursor.db)):
                 chunk = rows[start : start + count]
                 start += count
                 raw.execute(
@@ -809,35 +819,14 @@ class SnapshotWriter:
             return {}
         _, WorkerState = self._models()
         connection = connections[db]
-        now = timezone.now()
         hostnames = sorted(rows)
-        fields = {f.attname: f for f in WorkerState._meta.concrete_fields if not f.primary_key}
         with connection.cursor() as cursor:
             known = [h for h in hostnames if rows[h]]
             empty = [h for h in hostnames if not rows[h]]
             if known:
-                columns = tuple(fields)
-                sql, order = self._statement(
-                    db,
-                    "worker",
-                    lambda c: worker_upsert_sql(c, WorkerState._meta.db_table, columns),
-                )
-                heartbeat_field = fields["last_heartbeat"]
-                for hostname in known:  # a handful: one statement each
-                    values = {**rows[hostname], "hostname": hostname, "last_update": now}
-                    given_offline = values.get("offline")
-                    values["offline"] = bool(given_offline)
-                    params = {
-                        column: fields[column].get_db_prep_save(values.get(column), connection)
-                        for column in columns
-                    }
-                    floor, ahead = self._heartbeat_limits(values.get("last_heartbeat"))
-                    params["given_offline"] = given_offline
-                    params["floor"] = heartbeat_field.get_db_prep_save(floor, connection)
-                    params["ahead"] = heartbeat_field.get_db_prep_save(ahead, connection)
-                    cursor.execute(sql, [params[name] for name in order])
+                self._upsert_workers(db, cursor, {h: rows[h] for h in known})
             if empty:
-                self._insert_missing_workers(connection, cursor, empty, now)
+                self._insert_missing_workers(connection, cursor, empty, timezone.now())
             ids = {}
             table = connection.ops.quote_name(WorkerState._meta.db_table)
             for start in range(0, len(hostnames), 500):
@@ -848,6 +837,55 @@ class SnapshotWriter:
                 )
                 ids.update(cursor.fetchall())
         return ids
+
+    def _upsert_workers(self, db: str, cursor: Any, rows: Mapping[str, Mapping[str, Any]]) -> None:
+        """Merge worker ``rows`` (in hostname order) by statements of many rows each.
+
+        A statement a worker cost a round trip each: a shot that wrote 200 workers while
+        the events kept the camera's other thread busy waited for the GIL after each one
+        (:meth:`_stage`), some 2 seconds on PostgreSQL and 1 on SQLite. Consecutive rows of
+        the same shape (whether they say they are offline or not; a heartbeat of the hour
+        a clock repeats, whose floor is not itself, goes alone) share a statement, so the
+        rows are still locked in hostname order, as other cameras lock them.
+        """
+        _, WorkerState = self._models()
+        connection = connections[db]
+        fields = {f.attname: f for f in WorkerState._meta.concrete_fields if not f.primary_key}
+        columns = tuple(fields)
+        heartbeat_field = fields["last_heartbeat"]
+        now = timezone.now()
+        ahead = None
+        shapes: list[tuple[tuple[bool, bool], list[list[Any]], list[Any]]] = []
+        for hostname, given in rows.items():
+            values = {**given, "hostname": hostname, "last_update": now}
+            offline_given = values.get("offline") is not None
+            values["offline"] = bool(values.get("offline"))
+            params = [fields[c].get_db_prep_save(values.get(c), connection) for c in columns]
+            floor, ahead = self._heartbeat_limits(values.get("last_heartbeat"), ahead)
+            floor_given = floor is not values.get("last_heartbeat")
+            extra = {
+                "floor": heartbeat_field.get_db_prep_save(floor, connection),
+                "ahead": heartbeat_field.get_db_prep_save(ahead, connection),
+            }
+            shape = (offline_given, floor_given)
+            if shapes and shapes[-1][0] == shape and not floor_given:
+                shapes[-1][1].append(params)
+            else:
+                shapes.append((shape, [params], extra))
+        most = _rows_per_statement(connection, len(columns))
+        for (offline_given, floor_given), batch, extra in shapes:
+            start = 0
+            for count in _chunk_sizes(len(batch), most):
+                sql, order = self._statement(
+                    db,
+                    ("worker", count, offline_given, floor_given),
+                    lambda c, n=count, o=offline_given, f=floor_given: worker_upsert_sql(
+                        c, WorkerState._meta.db_table, columns, n, o, f
+                    ),
+                )
+                chunk = batch[start : start + count]
+                start += count
+                cursor.execute(sql, [v for row in chunk for v in row] + [extra[n] for n in order])
 
     def _insert_missing_workers(
         self, connection: Any, cursor: Any, hostnames: list[str], now: datetime
@@ -874,11 +912,13 @@ class SnapshotWriter:
             cursor.execute(head + rows + tail, [v for h in chunk for v in (h, stamp, False)])
 
     @staticmethod
-    def _heartbeat_limits(heartbeat: Any) -> list[Any]:
-        """The two times of :func:`worker_upsert_sql` for an incoming ``heartbeat``."""
+    def _heartbeat_limits(heartbeat: Any, ahead: Any = None) -> list[Any]:
+        """The two times of :func:`worker_upsert_sql` for an incoming ``heartbeat``: its
+        floor, and ``ahead`` (made now when None)."""
         from .utils import fromtimestamp
 
-        ahead = fromtimestamp(time.time() + MAX_CLOCK_SKEW)
+        if ahead is None:
+            ahead = fromtimestamp(time.time() + MAX_CLOCK_SKEW)
         if heartbeat is None:
             return [None, ahead]
         floor = heartbeat
@@ -893,13 +933,16 @@ class SnapshotWriter:
 STAGE_ROWS = 500
 
 
-def _rows_per_insert(connection: Any) -> int:
-    """How many task rows one statement of a SQLite ``connection`` (Django's) can stage."""
+def _rows_per_statement(connection: Any, width: int = len(TASK_COLUMNS)) -> int:
+    """How many rows of ``width`` values one statement of ``connection`` (Django's) takes:
+    :data:`STAGE_ROWS`, or fewer on SQLite, within the parameters it takes."""
+    if connection.vendor != "sqlite":
+        return STAGE_ROWS
     limit = 999  # SQLite's oldest default; Python 3.10 cannot read the connection's own
     number = getattr(connection.Database, "SQLITE_LIMIT_VARIABLE_NUMBER", None)
     if number is not None and hasattr(connection.connection, "getlimit"):
         limit = connection.connection.getlimit(number)
-    return max(1, min(STAGE_ROWS, limit // len(TASK_COLUMNS)))
+    return max(1, min(STAGE_ROWS, limit // width))
 
 
 def _chunk_sizes(total: int, most: int) -> Iterator[int]:
