@@ -397,7 +397,10 @@ def test_the_camera_expires_custom_states(settings, app):
     assert TaskState.objects.filter(pk=kept.pk).exists()
 
 
-def test_heartbeats_move_on_when_the_clock_goes_back_without_use_tz(settings, monkeypatch):
+@pytest.mark.parametrize("says_offline", [False, True])
+def test_heartbeats_move_on_when_the_clock_goes_back_without_use_tz(
+    settings, monkeypatch, says_offline
+):
     from datetime import datetime
     from datetime import timezone as dt_timezone
 
@@ -411,9 +414,13 @@ def test_heartbeats_move_on_when_the_clock_goes_back_without_use_tz(settings, mo
     for offset in (-30, -2, 2, 30, 600, 3599, 3700):  # 02:59:30 CEST ... 03:01:40 CET
         now = switch + offset
         monkeypatch.setattr(writer.time, "time", lambda now=now: now)
-        write_snapshot({hostname: {"last_heartbeat": fromtimestamp(now)}}, {})
-        recorded = WorkerState.objects.get(hostname=hostname).last_heartbeat
-        assert recorded == fromtimestamp(now).replace(fold=0), offset
+        row = {"last_heartbeat": fromtimestamp(now)}
+        if says_offline:  # the flag goes with the heartbeat: online, then offline
+            row["offline"] = offset > 0
+        write_snapshot({hostname: row}, {})
+        recorded = WorkerState.objects.get(hostname=hostname)
+        assert recorded.last_heartbeat == fromtimestamp(now).replace(fold=0), offset
+        assert recorded.offline is (says_offline and offset > 0), offset
 
 
 def test_mark_lost_marks_what_was_received_or_running_on_stopped_workers():

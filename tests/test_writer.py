@@ -121,9 +121,17 @@ def test_the_statement_is_compiled_once_per_connection():
 
 @pytest.mark.parametrize(
     "values",
-    [{"runtime": "fast"}, {"retries": 2**31}, {"retries": -(2**31) - 1}, {"retries": 2**70}],
+    [
+        {"runtime": "fast"},
+        {"runtime": 10**400},
+        {"retries": 2**31},
+        {"retries": -(2**31) - 1},
+        {"retries": 2**70},
+        {"retries": float("inf")},
+        {"received": "yesterday"},
+    ],
 )
-def test_values_that_are_not_numbers_or_do_not_fit_are_refused_not_stored(values):
+def test_values_of_the_wrong_kind_or_that_do_not_fit_are_refused_not_stored(values):
     # Refused on every database alike (the camera then writes the batch row by row): not
     # cut to the column's 32 bits, nor an error the camera does not know.
     with pytest.raises((ValueError, TypeError)):
@@ -136,11 +144,21 @@ def test_the_largest_numbers_the_columns_hold_are_stored_as_they_are():
     assert TaskState.objects.get(task_id="x").retries == 2**31 - 1
 
 
-@pytest.mark.parametrize("zone", ["America/New_York", "Asia/Kolkata"])
-def test_naive_times_without_use_tz_name_the_instant_the_orm_stores(settings, zone):
+@pytest.mark.parametrize(
+    ("zone", "local"),
+    [
+        ("America/New_York", datetime(2026, 3, 1, 7, 30, 15, 250000)),
+        ("Asia/Kolkata", datetime(2026, 3, 1, 7, 30, 15, 250000)),
+        # The hour Europe/Berlin's clock repeats (either pass), and the hour it skips.
+        ("Europe/Berlin", datetime(2026, 10, 25, 2, 30)),
+        ("Europe/Berlin", datetime(2026, 10, 25, 2, 30, fold=1)),
+        ("Europe/Berlin", datetime(2026, 3, 29, 2, 30)),
+        ("Europe/Berlin", datetime(2026, 3, 29, 2, 30, fold=1)),
+    ],
+)
+def test_naive_times_without_use_tz_name_the_instant_the_orm_stores(settings, zone, local):
     settings.USE_TZ = False
     settings.TIME_ZONE = zone
-    local = datetime(2026, 3, 1, 7, 30, 15, 250000)
     times = {"tstamp": local, "received": local, "started": local}
     write_snapshot({}, {"written": {"state": "SUCCESS", **times}})
     TaskState.objects.create(task_id="saved", state="SUCCESS", **times)
@@ -148,8 +166,11 @@ def test_naive_times_without_use_tz_name_the_instant_the_orm_stores(settings, zo
     with connection.cursor() as cursor:
         cursor.execute(f"SELECT COUNT(DISTINCT tstamp), COUNT(DISTINCT received) FROM {table}")
         assert cursor.fetchone() == (1, 1)  # the same instants in the database
-    written = TaskState.objects.get(task_id="written")
-    assert (written.tstamp, written.received, written.started) == (local, local, local)
+    written, saved = (TaskState.objects.get(task_id=t) for t in ("written", "saved"))
+    read = (written.tstamp, written.received, written.started)
+    assert read == (saved.tstamp, saved.received, saved.started)
+    if local.month != 3 or local.hour != 2:  # a time the clock skipped reads an hour on
+        assert read == (local, local, local)
 
 
 @pytest.mark.django_db
@@ -298,21 +319,31 @@ def test_many_workers_are_merged_by_a_few_statements_each_row_by_its_own_values(
         if n % 3 == 0:  # the recorded heartbeat is later, and its flag goes with it
             assert (worker.last_heartbeat, worker.offline) == (T0 + timedelta(minutes=1), True)
         else:
-            assert (worker.last_heartbeat, worker.offline) == (T0 + timedelta(milliseconds=n), False)
+            assert (worker.last_heartbeat, worker.offline) == (
+                T0 + timedelta(milliseconds=n),
+                False,
+            )
 
 
-def test_workers_of_one_shape_are_merged_by_one_statement_of_many_rows():
+@pytest.mark.parametrize(("most", "statements"), [(500, 1), (16, 4), (24, 3)])
+def test_workers_of_one_shape_are_merged_by_one_statement_of_many_rows(
+    monkeypatch, most, statements
+):
+    from django_celery_monitor import writer as writer_module
     from django_celery_monitor.models import WorkerState
 
+    monkeypatch.setattr(writer_module, "STAGE_ROWS", most)  # rows a statement takes at most
     beats = {f"w{n:03d}@host": T0 + timedelta(seconds=n) for n in range(64)}
+    WorkerState.objects.create(hostname="w005@host", last_heartbeat=T0 - timedelta(hours=1))
     rows = {
         h: {"last_heartbeat": beat, "offline": False, "freq": 2.0} for h, beat in beats.items()
     }
     with CaptureQueriesContext(connection) as queries:
-        write_snapshot(rows, {})
+        SnapshotWriter().write(rows, {})
     upserts = [q for q in queries.captured_queries if q["sql"].lstrip().startswith("INSERT")]
-    assert len(upserts) == 1, [q["sql"][:80] for q in upserts]
+    assert len(upserts) == statements, [q["sql"][:80] for q in upserts]
     assert dict(WorkerState.objects.values_list("hostname", "last_heartbeat")) == beats
+    assert set(WorkerState.objects.values_list("freq", "offline")) == {(2.0, False)}
 
 
 def test_the_workers_tasks_name_are_made_when_missing_and_kept_when_present():

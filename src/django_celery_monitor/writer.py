@@ -33,7 +33,7 @@ import threading
 import time
 import weakref
 import zoneinfo
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Hashable, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime, timedelta
 from datetime import timezone as dt_timezone
 from typing import Any
@@ -619,7 +619,7 @@ class SnapshotWriter:
 
     # -- tasks -----------------------------------------------------------------------------
 
-    def _statement(self, db: str, kind: str, build: Any) -> Any:
+    def _statement(self, db: str, kind: Hashable, build: Any) -> Any:
         connection = connections[db]
         # The time zone settings too: the adapters of times are made for them.
         key = (db, kind, connection.vendor, django_settings.USE_TZ, django_settings.TIME_ZONE)
@@ -872,7 +872,7 @@ class SnapshotWriter:
                 shapes[-1][1].append(params)
             else:
                 shapes.append((shape, [params], extra))
-        most = _rows_per_statement(connection, len(columns))
+        most = _rows_per_statement(connection, len(columns), more=4)  # floor, ahead: twice
         for (offline_given, floor_given), batch, extra in shapes:
             start = 0
             for count in _chunk_sizes(len(batch), most):
@@ -933,16 +933,17 @@ class SnapshotWriter:
 STAGE_ROWS = 500
 
 
-def _rows_per_statement(connection: Any, width: int = len(TASK_COLUMNS)) -> int:
-    """How many rows of ``width`` values one statement of ``connection`` (Django's) takes:
-    :data:`STAGE_ROWS`, or fewer on SQLite, within the parameters it takes."""
+def _rows_per_statement(connection: Any, width: int = len(TASK_COLUMNS), more: int = 0) -> int:
+    """How many rows of ``width`` values one statement of ``connection`` (Django's) takes,
+    with ``more`` parameters of its own: :data:`STAGE_ROWS`, or fewer on SQLite, within the
+    parameters it takes."""
     if connection.vendor != "sqlite":
         return STAGE_ROWS
     limit = 999  # SQLite's oldest default; Python 3.10 cannot read the connection's own
     number = getattr(connection.Database, "SQLITE_LIMIT_VARIABLE_NUMBER", None)
     if number is not None and hasattr(connection.connection, "getlimit"):
         limit = connection.connection.getlimit(number)
-    return max(1, min(STAGE_ROWS, limit // width))
+    return max(1, min(STAGE_ROWS, (limit - more) // width))
 
 
 def _chunk_sizes(total: int, most: int) -> Iterator[int]:
@@ -994,16 +995,21 @@ def _adapter(connection: Any, column: str) -> Any:
             and connection.vendor in ("sqlite", "mysql")
             and connection.timezone_name == "UTC"
         )
+        session_zone = None
         if not use_tz and connection.vendor == "postgresql":
             # COPY's binary form takes instants: a naive time is one of the session's time
             # zone (TIME_ZONE), as PostgreSQL reads the ORM's naive values.
-            use_tz, zone = True, zoneinfo.ZoneInfo(connection.timezone_name)
+            session_zone = zoneinfo.ZoneInfo(connection.timezone_name)
 
         def adapt_datetime(value: Any) -> Any:
             if value is None:
                 return None
+            if not isinstance(value, datetime):
+                raise TypeError(f"not a datetime: {value!r:.50}")
             if as_text and value.tzinfo is dt_timezone.utc:
                 return value.isoformat(" ")[:-6]  # str() of the naive time: without "+00:00"
+            if session_zone is not None and timezone.is_naive(value):
+                return _as_postgresql_reads(value, session_zone)
             if use_tz and timezone.is_naive(value):
                 value = timezone.make_aware(value, zone)
             return ops.adapt_datetimefield_value(value)
@@ -1016,6 +1022,14 @@ def _adapter(connection: Any, column: str) -> Any:
     if column in ("retries", "worker_id"):
         return _number(int)
     return _text
+
+
+def _as_postgresql_reads(value: datetime, zone: zoneinfo.ZoneInfo) -> datetime:
+    """The instant PostgreSQL takes a naive local time of ``zone`` for: in the hour a clock
+    repeats, and in the hour it skips, the one of the zone's standard time (the smaller
+    offset), whatever the time's ``fold`` says."""
+    first, second = value.replace(tzinfo=zone, fold=0), value.replace(tzinfo=zone, fold=1)
+    return second if second.utcoffset() < first.utcoffset() else first
 
 
 def _number(kind: type) -> Any:
@@ -1031,7 +1045,10 @@ def _number(kind: type) -> Any:
         if type(value) is not kind:
             if isinstance(value, str | bytes):
                 raise ValueError(f"not a number: {value[:50]!r}")
-            value = kind(value)
+            try:
+                value = kind(value)
+            except OverflowError as exc:  # an infinite float, an integer past floats
+                raise ValueError(f"not a number the column holds: {value!r:.50}") from exc
         if kind is int and not -MAX_INT - 1 <= value <= MAX_INT:
             raise ValueError(f"out of the range of a 32-bit column: {value}")
         return value
