@@ -69,12 +69,12 @@ def writers() -> dict[str, Any]:
     from django_celery_monitor.writer import SnapshotWriter
 
     class EmptiedOnCommit(SnapshotWriter):
-        def _copy_statements(self, connection: Any) -> tuple[str, str, str]:
-            empty, _truncate, copy = super()._copy_statements(connection)
+        def _copy_statements(self, connection: Any) -> tuple[str, str, str, list[str]]:
+            empty, _truncate, copy, types = super()._copy_statements(connection)
             create, _, delete = empty.partition("; ")
             # The form it replaced: emptied by PostgreSQL at every commit, never truncated.
             empty = f"{create} ON COMMIT DELETE ROWS; {delete}"
-            return empty, empty, copy
+            return empty, empty, copy, types
 
     return {"ours": SnapshotWriter(), "on commit": EmptiedOnCommit()}
 
