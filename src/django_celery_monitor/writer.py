@@ -760,9 +760,9 @@ class SnapshotWriter:
     def _copy(self, cursor: Any, rows: list[list[Any]]) -> None:
         """Put a batch in the session's (emptied) temporary table, by COPY (psycopg 3).
 
-        The rows go in COPY's binary form: psycopg turns a row of values into it in a fifth
-        of the time the text form takes (about 1 µs a row against 5), and the server reads
-        the times and numbers as they are instead of parsing them.
+        The rows go in COPY's binary form: psycopg turns a row of values into it in an
+        eighth of the time the text form takes (0.6 µs a row against 4.7), and the server
+        reads the times and numbers as they are instead of parsing them.
 
         The table is emptied by DELETE, and truncated once its dead rows add up to
         :data:`TRUNCATE_STAGE_AFTER`. Not at every commit (``ON COMMIT DELETE ROWS``): that
