@@ -53,10 +53,11 @@ def tune_thread_switching(interval: float = SWITCH_INTERVAL) -> float:
     statement the shot sends, and each block of a PostgreSQL ``COPY``, lets go of the GIL,
     and under load the thread handling the events then keeps it for Python's whole switch
     interval before the shot goes on. A write of 12,000 tasks to PostgreSQL that took
-    0.3 s on its own took 0.65-0.77 s beside a busy thread, and 0.42-0.44 s at 1 ms. A
-    camera fed 35,000 events a second wrote shots of up to 1.4-1.7 s instead of 3.2-3.7 s,
-    and took the events as fast. Never made longer than it was. Called by ``manage.py
-    celery_monitor``, not by the runner, which may run in someone else's process.
+    0.3 s on its own took 0.65-0.77 s beside a busy thread, and 0.42-0.44 s at 1 ms. Fed
+    35,000 events a second, one camera's shots took 90-104% of the time (the longest 1.6
+    to 3.6 s) and it fell behind in two rounds of three; at 1 ms, 78-83% (1.2-1.3 s), and
+    it kept up. Never made longer than it was. Called by ``manage.py celery_monitor``, not
+    by the runner, which may run in someone else's process.
     """
     previous = sys.getswitchinterval()
     sys.setswitchinterval(min(interval, previous))
