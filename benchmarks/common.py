@@ -699,23 +699,17 @@ def shards_supported() -> bool:
 @contextlib.contextmanager
 def camera_process() -> Iterator[None]:
     """The process settings ``manage.py celery_monitor`` makes (its garbage collector's
-    threshold, its thread switch interval), for as long as a camera runs here; then the
-    defaults again, for the others."""
+    threshold), for as long as a camera runs here; then the defaults again, for the others."""
     try:
         from django_celery_monitor.runner import tune_garbage_collector
     except ImportError:  # a version without it
         yield
         return
-    try:
-        from django_celery_monitor.runner import tune_thread_switching
-    except ImportError:  # a version without it
-        tune_thread_switching = sys.getswitchinterval
-    previous, interval = tune_garbage_collector(), tune_thread_switching()
+    previous = tune_garbage_collector()
     try:
         yield
     finally:
         gc.set_threshold(*previous)
-        sys.setswitchinterval(interval)
 
 
 def feed_with_shots(

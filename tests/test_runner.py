@@ -6,7 +6,6 @@ import gc
 import shutil
 import socket
 import subprocess
-import sys
 import threading
 import uuid as uuidlib
 
@@ -14,11 +13,7 @@ import pytest
 from celery import Celery
 
 from django_celery_monitor.models import TaskState
-from django_celery_monitor.runner import (
-    MonitorRunner,
-    tune_garbage_collector,
-    tune_thread_switching,
-)
+from django_celery_monitor.runner import MonitorRunner, tune_garbage_collector
 from tests import events
 from tests.conftest import REQUIRE_SERVICES, wait_for
 
@@ -263,17 +258,6 @@ def test_a_task_that_ends_while_the_camera_is_away_is_settled_from_the_result_ba
         assert (row.result, row.note) == ("2", RECONCILED_NOTE)
     finally:
         worker.stop()
-
-
-def test_the_camera_process_hands_the_gil_over_sooner():
-    previous = sys.getswitchinterval()
-    try:
-        assert tune_thread_switching(0.002) == previous
-        assert sys.getswitchinterval() == pytest.approx(min(0.002, previous))
-        tune_thread_switching(1.0)  # never longer than it was
-        assert sys.getswitchinterval() == pytest.approx(min(0.002, previous))
-    finally:
-        sys.setswitchinterval(previous)
 
 
 def test_the_camera_process_collects_garbage_less_often():

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import gc
 import socket
-import sys
 import threading
 from typing import Any
 
@@ -38,29 +37,6 @@ def tune_garbage_collector(threshold: int = GC_THRESHOLD) -> tuple[int, ...]:
     """
     previous = gc.get_threshold()
     gc.set_threshold(max(threshold, previous[0]), *previous[1:])
-    return previous
-
-
-#: Seconds a thread waiting for the GIL lets the one holding it run on, in a camera process
-#: (Python's default: 0.005).
-SWITCH_INTERVAL = 0.001
-
-
-def tune_thread_switching(interval: float = SWITCH_INTERVAL) -> float:
-    """Hand the GIL over sooner, in a process that runs a camera; return the old interval.
-
-    A shot is written on a thread of its own while another one handles the events. Each
-    statement the shot sends, and each block of a PostgreSQL ``COPY``, lets go of the GIL,
-    and under load the thread handling the events then keeps it for Python's whole switch
-    interval before the shot goes on. A write of 12,000 tasks to PostgreSQL that took
-    0.3 s on its own took 0.65-0.77 s beside a busy thread, and 0.42-0.44 s at 1 ms. Fed
-    35,000 events a second, one camera's shots took 90-104% of the time (the longest 1.6
-    to 3.6 s) and it fell behind in two rounds of three; at 1 ms, 78-83% (1.2-1.3 s), and
-    it kept up. Never made longer than it was. Called by ``manage.py celery_monitor``, not
-    by the runner, which may run in someone else's process.
-    """
-    previous = sys.getswitchinterval()
-    sys.setswitchinterval(min(interval, previous))
     return previous
 
 

@@ -11,7 +11,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from ...conf import get_celery_app
 from ...events import Shard
-from ...runner import MonitorRunner, tune_garbage_collector, tune_thread_switching
+from ...runner import MonitorRunner, tune_garbage_collector
 
 
 class Command(BaseCommand):
@@ -96,7 +96,6 @@ class Command(BaseCommand):
                 raise CommandError(str(exc)) from exc
         self._setup_logging(options["verbosity"])
         tune_garbage_collector()
-        tune_thread_switching()
         runner = MonitorRunner(
             app,
             freq=options["frequency"],
