@@ -855,7 +855,7 @@ class SnapshotWriter:
         heartbeat_field = fields["last_heartbeat"]
         now = timezone.now()
         ahead = None
-        shapes: list[tuple[tuple[bool, bool], list[list[Any]], list[Any]]] = []
+        shapes: list[tuple[tuple[bool, bool], list[list[Any]], dict[str, Any]]] = []
         for hostname, given in rows.items():
             values = {**given, "hostname": hostname, "last_update": now}
             offline_given = values.get("offline") is not None
