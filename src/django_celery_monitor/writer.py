@@ -852,21 +852,25 @@ class SnapshotWriter:
         connection = connections[db]
         fields = {f.attname: f for f in WorkerState._meta.concrete_fields if not f.primary_key}
         columns = tuple(fields)
+        from .utils import fromtimestamp
+
         heartbeat_field = fields["last_heartbeat"]
         now = timezone.now()
-        ahead = None
+        # A heartbeat later than this was written from a clock that ran ahead.
+        ahead = fromtimestamp(time.time() + MAX_CLOCK_SKEW)
+        shared = {"ahead": heartbeat_field.get_db_prep_save(ahead, connection)}
         shapes: list[tuple[tuple[bool, bool], list[list[Any]], dict[str, Any]]] = []
         for hostname, given in rows.items():
             values = {**given, "hostname": hostname, "last_update": now}
             offline_given = values.get("offline") is not None
             values["offline"] = bool(values.get("offline"))
             params = [fields[c].get_db_prep_save(values.get(c), connection) for c in columns]
-            floor, ahead = self._heartbeat_limits(values.get("last_heartbeat"), ahead)
-            floor_given = floor is not values.get("last_heartbeat")
-            extra = {
-                "floor": heartbeat_field.get_db_prep_save(floor, connection),
-                "ahead": heartbeat_field.get_db_prep_save(ahead, connection),
-            }
+            heartbeat = values.get("last_heartbeat")
+            floor = self._heartbeat_floor(heartbeat)
+            floor_given = floor is not heartbeat
+            extra = shared
+            if floor_given:
+                extra = {**shared, "floor": heartbeat_field.get_db_prep_save(floor, connection)}
             shape = (offline_given, floor_given)
             if shapes and shapes[-1][0] == shape and not floor_given:
                 shapes[-1][1].append(params)
@@ -912,21 +916,14 @@ class SnapshotWriter:
             cursor.execute(head + rows + tail, [v for h in chunk for v in (h, stamp, False)])
 
     @staticmethod
-    def _heartbeat_limits(heartbeat: Any, ahead: Any = None) -> list[Any]:
-        """The two times of :func:`worker_upsert_sql` for an incoming ``heartbeat``: its
-        floor, and ``ahead`` (made now when None)."""
-        from .utils import fromtimestamp
-
-        if ahead is None:
-            ahead = fromtimestamp(time.time() + MAX_CLOCK_SKEW)
-        if heartbeat is None:
-            return [None, ahead]
-        floor = heartbeat
-        if timezone.is_naive(heartbeat) and not django_settings.USE_TZ:
+    def _heartbeat_floor(heartbeat: Any) -> Any:
+        """The floor of :func:`worker_upsert_sql` for an incoming ``heartbeat``: itself,
+        but for a naive time of the hour a clock repeats."""
+        if heartbeat is not None and timezone.is_naive(heartbeat) and not django_settings.USE_TZ:
             # A naive local time: in the hour a clock repeats in autumn, a heartbeat after
             # the change reads earlier than one before it. Compared as instants instead.
-            floor = _naive_floor(heartbeat)
-        return [floor, ahead]
+            return _naive_floor(heartbeat)
+        return heartbeat
 
 
 #: SQLite: the most rows one INSERT stages (fewer when the database takes fewer parameters).
