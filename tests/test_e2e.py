@@ -208,13 +208,14 @@ def test_two_shards_of_a_real_workers_events_record_every_task_once(start_camera
     first, second = start_camera(shard="1/2"), start_camera(freq=0.35, shard="2/2")
     seen: dict[Shard, set[str]] = {first.shard: set(), second.shard: set()}
     for runner in (first, second):
-        handle = runner.camera.state.event
+        # What the receiver hands the camera's state, once it has checked it.
+        handle = runner.camera.handle_checked
 
         def noting(event, handle=handle, kept=seen[runner.shard]):
             kept.add(event.get("uuid"))
             return handle(event)
 
-        runner.camera.state.event = noting
+        runner.camera.handle_checked = noting
     celery_worker("e2e-shards@test", concurrency=2)
     sent = send_mix(300)
     expected = expected_states(sent)

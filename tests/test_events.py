@@ -132,6 +132,21 @@ def test_an_error_inside_the_state_is_counted_not_raised(monkeypatch):
     assert guard.reasons == {"Celery's State refused it": 1}
 
 
+def test_a_shielded_handler_takes_events_unchecked_and_never_raises(monkeypatch):
+    """``shield`` is for events the guard has checked already: it does not check them again,
+    and counts and drops what the state raises on."""
+    state, guard = State(), EventGuard()
+    handle = guard.shield(state.event)
+    checks = []
+    monkeypatch.setattr(guard, "check", lambda event: checks.append(event) or event)
+    assert handle(events.received("a"))[0][0].uuid == "a"
+    monkeypatch.setattr(state.Task, "event", lambda *args, **kwargs: 1 / 0, raising=True)
+    assert handle(events.received("b")) is None
+    assert checks == []
+    assert (guard.refused, guard.repaired) == (1, 0)
+    assert guard.reasons == {"Celery's State refused it": 1}
+
+
 def test_bad_events_are_logged_at_most_once_a_period(caplog):
     guard = EventGuard(log_every=3600)
     with caplog.at_level(logging.WARNING, logger="django_celery_monitor.events"):

@@ -74,6 +74,34 @@ def test_bad_events_are_repaired_or_dropped_never_fatal(app, caplog):
     assert "bad events" in caplog.text
 
 
+@pytest.mark.parametrize("shard", [None, "1/2", "2/2"])
+def test_the_receiver_checks_each_event_once_before_the_state_takes_it(app, monkeypatch, shard):
+    """What the runner's receiver hands on (checked, repaired, of its shard) reaches the
+    state without a second check; what it refuses or drops never reaches it."""
+    runner = MonitorRunner(app, shard=shard)
+    guard = runner.camera.guard
+    checked: list = []
+    check = guard.check
+    monkeypatch.setattr(
+        guard, "check", lambda event: checked.append(event.get("uuid")) or check(event)
+    )
+    ids = [f"task-{n}" for n in range(40)]
+    body = [events.received(task_id) for task_id in ids]
+    body += [events.task_event("started", "nan", ts=float("nan")), {"type": "task-received"}]
+    ids.append("nan")
+    mine = [task_id for task_id in ids if runner.shard is None or task_id in runner.shard]
+    with app.connection_for_read("memory://") as connection:
+        receiver = runner.receiver(connection)
+        receiver._receive(body, message=None)
+        receiver._receive(events.worker_event("heartbeat"), message=None)
+    assert 0 < len(mine) < len(ids) or shard is None
+    assert sorted(runner.state.tasks) == sorted(mine)
+    assert runner.state.workers  # every camera takes the workers' events
+    # Each kept event once, and the events the shard keeps for the guard to judge.
+    assert sorted(checked, key=str) == sorted([*mine, None, None], key=str)
+    assert (guard.repaired, guard.refused) == (int("nan" in mine), 1)
+
+
 def stop_runner(runner: MonitorRunner) -> None:
     runner.stop()
     runner.thread.join(30)

@@ -303,6 +303,9 @@ class Camera(Polaroid):
             return result
 
         state.event = self.guard.wrap(handle_and_note)
+        #: The entry for events this camera's receiver has checked, and kept for its shard,
+        #: already (the runner's): each event is checked once.
+        self.handle_checked = self.guard.shield(handle_and_note)
         if self.shard is not None:
             # The tasks of other shards never reach the state: their memory and their
             # writes are the other cameras'.

@@ -276,11 +276,29 @@ class EventGuard:
             try:
                 return handler(clean)
             except Exception as exc:
-                self.refuse(f"Celery's State refused it ({type(exc).__name__}: {exc})", event)
+                self._refused_by_state(exc, event)
                 return None
 
         guarded.__wrapped__ = handler  # type: ignore[attr-defined]
         return guarded
+
+    def shield(self, handler: Callable[[dict], Any]) -> Callable[[dict], Any]:
+        """Return ``handler`` for events this guard has already checked (those of a
+        :class:`SafeEventReceiver` with this guard): an event it raises on is counted and
+        dropped, as by :meth:`wrap`, but the event is not checked a second time."""
+
+        def shielded(event: dict) -> Any:
+            try:
+                return handler(event)
+            except Exception as exc:
+                self._refused_by_state(exc, event)
+                return None
+
+        shielded.__wrapped__ = handler  # type: ignore[attr-defined]
+        return shielded
+
+    def _refused_by_state(self, exc: Exception, event: Any) -> None:
+        self.refuse(f"Celery's State refused it ({type(exc).__name__}: {exc})", event)
 
 
 class SafeEventReceiver(EventReceiver):

@@ -98,6 +98,11 @@ class MonitorRunner:
         """Hand an event to the state, through the camera's guard (which never raises)."""
         self.state.event(event)
 
+    def on_checked_event(self, event: dict) -> None:
+        """Hand the state an event the receiver has checked, and kept for this camera's
+        shard, already: each event is checked once (:meth:`on_event` checks it again)."""
+        self.camera.handle_checked(event)
+
     def enable_events(self) -> None:
         """Ask every worker to send task events (they do not by default)."""
         try:
@@ -156,7 +161,7 @@ class MonitorRunner:
             }
         receiver = SafeEventReceiver(
             connection,
-            handlers={"*": self.on_event},
+            handlers={"*": self.on_checked_event},
             node_id=self.queue_name,
             app=self.app,
             **options,
