@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from celery.events.state import State
+from django.db.models import QuerySet
 
 from django_celery_monitor import stats
 from django_celery_monitor.camera import Camera
@@ -356,6 +357,51 @@ def test_the_first_roll_up_writes_minutes_for_the_last_hours_only():
     # The next roll-up goes on from the minutes' mark.
     stats.roll_up(now=NOW + timedelta(minutes=3))
     assert RollupMark.objects.get(period=60).until == datetime(2026, 3, 2, 10, 32, tzinfo=UTC)
+
+
+def test_the_camera_heartbeat_is_made_once_then_updated_by_one_statement(app):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    camera = Camera(State(), app=app, freq=1.0)
+    CameraState.objects.create(
+        key="other:1", hostname="other", pid=1, version="1", frequency=1.0, started=NOW
+    )
+    camera.record_heartbeat()
+    first = CameraState.objects.get(key=camera.camera_key()[0])
+    camera.tasks_written = 7
+    with CaptureQueriesContext(connection) as queries:
+        camera.record_heartbeat(stopped=True)
+    assert len(queries) == 1 and queries[0]["sql"].startswith("UPDATE")
+    beat = CameraState.objects.get(key=camera.camera_key()[0])
+    assert (beat.pk, beat.started, beat.tasks_written) == (first.pk, first.started, 7)
+    assert beat.stopped is not None and first.stopped is None
+    assert CameraState.objects.get(key="other:1").tasks_written == 0
+    assert CameraState.objects.count() == 2
+
+
+def test_the_camera_heartbeat_made_meanwhile_is_updated(app, monkeypatch):
+    """Should another thread make the row between the update and the insert (the last beat
+    of a stopping camera), the insert's conflict turns into an update."""
+    camera = Camera(State(), app=app, freq=1.0)
+    key = camera.camera_key()[0]
+    update = QuerySet.update
+    missed = []
+
+    def update_missing_once(self, **values):
+        if not missed:  # as if the row were not there yet; another thread makes it
+            missed.append(True)
+            CameraState.objects.create(
+                key=key, hostname="h", pid=1, version="0", frequency=9.0, started=NOW
+            )
+            return 0
+        return update(self, **values)
+
+    monkeypatch.setattr(QuerySet, "update", update_missing_once)
+    camera.tasks_written = 5
+    camera.record_heartbeat()
+    beat = CameraState.objects.get()
+    assert (beat.key, beat.frequency, beat.tasks_written) == (key, 1.0, 5)
 
 
 def test_the_camera_beats_at_most_once_a_second_while_it_writes(app, monkeypatch):

@@ -738,9 +738,29 @@ class Camera(Polaroid):
             "rows_pending": len(self.pending_tasks) + len(self.pending_workers),
         }
         try:
-            CameraState.objects.update_or_create(key=key, defaults=values)
+            self._write_heartbeat(CameraState, key, values)
         except DatabaseError:
             logger.debug("Could not write the camera's heartbeat.", exc_info=True)
+
+    @staticmethod
+    def _write_heartbeat(model: Any, key: str, values: dict[str, Any]) -> None:
+        """Update the camera's row in one statement; make it when there is none yet.
+
+        Only this process writes its row (its key names the process), so nothing need be
+        locked or read first: ``update_or_create`` took four round trips (a transaction, a
+        locking read, the write, the commit), at every shot that wrote rows.
+        """
+        from django.db import IntegrityError, router, transaction
+
+        db = router.db_for_write(model)
+        rows = model._default_manager.using(db)
+        if rows.filter(key=key).update(**values):
+            return
+        try:
+            with transaction.atomic(using=db):
+                rows.create(key=key, **values)
+        except IntegrityError:  # made meanwhile (a last beat on stopping): update it
+            rows.filter(key=key).update(**values)
 
     @staticmethod
     def camera_key() -> tuple[str, str, int]:
