@@ -106,6 +106,31 @@ def test_celery_events_camera_gets_a_receiver_with_the_cameras_shard():
     assert (receiver_class.shard, receiver_class.guard) == (Shard(2, 3), camera.guard)
 
 
+@pytest.mark.parametrize("shard", [None, "1/2"])
+def test_celery_events_camera_checks_each_event_once(monkeypatch, shard):
+    """Celery's ``evcam`` hands its receiver the state's (guarded) ``event``: the camera's
+    receiver checks each event, and the state takes it without a second check."""
+    other_app = Celery("once", broker="memory://", set_as_current=False)
+    state = State()
+    camera = Camera(state, app=other_app, shard=shard)
+    checked: list = []
+    check = camera.guard.check
+    monkeypatch.setattr(
+        camera.guard, "check", lambda event: checked.append(event.get("uuid")) or check(event)
+    )
+    receiver = other_app.events.Receiver(None, handlers={"*": state.event})
+    ids = [new_id() for _ in range(20)]
+    receiver._receive([events.received(task_id) for task_id in ids], message=None)
+    receiver._receive({**events.received("repaired"), "clock": "abc"}, message=None)
+    mine = {t for t in [*ids, "repaired"] if camera.shard is None or t in camera.shard}
+    assert 0 < len(mine) < 21 or shard is None
+    assert set(state.tasks) == mine
+    assert sorted(checked) == sorted(mine)
+    # A handler that is not the camera's is left as given.
+    other = other_app.events.Receiver(None, handlers={"*": print})
+    assert other.handlers == {"*": print}
+
+
 def test_the_command_refuses_a_bad_shard():
     with pytest.raises(CommandError, match="shard"):
         call_command("celery_monitor", "--shard", "3/2")

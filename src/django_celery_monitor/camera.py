@@ -312,10 +312,15 @@ class Camera(Polaroid):
             state.event = self.shard.filter(state.event)
         events = self.app.events
         if "Receiver" not in vars(events):  # not made yet: make it check events too
+            # Celery hands it the state's (guarded) event(): it hands on the checked form.
             events.receiver_cls = type(
                 "CameraEventReceiver",
                 (SafeEventReceiver,),
-                {"guard": self.guard, "shard": self.shard},
+                {
+                    "guard": self.guard,
+                    "shard": self.shard,
+                    "checked_forms": {state.event: self.handle_checked},
+                },
             )
 
     def _note_processed(self, hostname: str, processed: Any) -> None:

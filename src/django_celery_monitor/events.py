@@ -313,6 +313,18 @@ class SafeEventReceiver(EventReceiver):
     #: The part of the tasks the camera keeps: the task events of other shards are dropped
     #: before they are checked or timed (every shard reads every event).
     shard: Shard | None = None
+    #: Handlers that check events with this receiver's guard (and shard), each mapped to
+    #: the form that takes them checked: given one, the receiver hands on the other, and
+    #: each event is checked once.
+    checked_forms: Mapping[Callable[..., Any], Callable[..., Any]] = {}
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self.checked_forms:
+            forms = self.checked_forms
+            self.handlers = {
+                kind: forms.get(handler, handler) for kind, handler in self.handlers.items()
+            }
 
     def event_from_message(self, body: Any, *args: Any, **kwargs: Any) -> tuple[Any, Any]:
         if self.shard is not None and not self.shard.keeps(body):
