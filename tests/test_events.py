@@ -147,6 +147,19 @@ def test_a_shielded_handler_takes_events_unchecked_and_never_raises(monkeypatch)
     assert guard.reasons == {"Celery's State refused it": 1}
 
 
+def test_a_receiver_given_a_handler_that_cannot_be_hashed_keeps_it(app):
+    """Handlers are looked up among a camera's checked forms; one that cannot be a key of
+    a mapping is not one of them."""
+
+    class Unhashable(FakeHandler):
+        __hash__ = None  # type: ignore[assignment]
+
+    handler = Unhashable()
+    receiver_class = type("R", (SafeEventReceiver,), {"checked_forms": {print: len}})
+    receiver = receiver_class(None, handlers={"*": handler, "x": print}, app=app)
+    assert receiver.handlers == {"*": handler, "x": len}
+
+
 def test_bad_events_are_logged_at_most_once_a_period(caplog):
     guard = EventGuard(log_every=3600)
     with caplog.at_level(logging.WARNING, logger="django_celery_monitor.events"):

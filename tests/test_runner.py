@@ -12,6 +12,7 @@ import uuid as uuidlib
 import pytest
 from celery import Celery
 
+from django_celery_monitor.camera import Camera
 from django_celery_monitor.models import TaskState
 from django_celery_monitor.runner import MonitorRunner, tune_garbage_collector
 from tests import events
@@ -100,6 +101,32 @@ def test_the_receiver_checks_each_event_once_before_the_state_takes_it(app, monk
     # Each kept event once, and the events the shard keeps for the guard to judge.
     assert sorted(checked, key=str) == sorted([*mine, None, None], key=str)
     assert (guard.repaired, guard.refused) == (int("nan" in mine), 1)
+
+
+def test_a_camera_without_a_checked_entry_takes_the_receivers_events_by_its_state(app):
+    """A camera class that watches the events its own way (no ``handle_checked``)."""
+
+    class OwnWay(Camera):
+        def _watch_events(self) -> None:
+            pass
+
+    runner = MonitorRunner(app, camera_class=OwnWay)
+    with app.connection_for_read("memory://") as connection:
+        receiver = runner.receiver(connection)
+        receiver._receive([events.received("t1"), events.started("t1")], message=None)
+    assert runner.state.tasks["t1"].state == "STARTED"
+
+
+def test_a_task_id_the_guard_repairs_is_kept_by_one_shard_of_two(app):
+    """A lone surrogate in a task id: each shard judges the id as it came, so exactly one
+    keeps the task (as repaired)."""
+    kept = []
+    for shard in ("1/2", "2/2"):
+        runner = MonitorRunner(app, shard=shard)
+        with app.connection_for_read("memory://") as connection:
+            runner.receiver(connection)._receive(events.received("t\ud800x"), message=None)
+        kept += list(runner.state.tasks)
+    assert kept == ["t\\ud800x"]
 
 
 def stop_runner(runner: MonitorRunner) -> None:

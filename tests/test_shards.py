@@ -119,7 +119,7 @@ def test_celery_events_camera_checks_each_event_once(monkeypatch, shard):
         camera.guard, "check", lambda event: checked.append(event.get("uuid")) or check(event)
     )
     receiver = other_app.events.Receiver(None, handlers={"*": state.event})
-    ids = [new_id() for _ in range(20)]
+    ids = [f"task-{n}" for n in range(20)]  # 8 of shard 1/2, 12 of 2/2
     receiver._receive([events.received(task_id) for task_id in ids], message=None)
     receiver._receive({**events.received("repaired"), "clock": "abc"}, message=None)
     mine = {t for t in [*ids, "repaired"] if camera.shard is None or t in camera.shard}

@@ -359,6 +359,7 @@ def test_the_first_roll_up_writes_minutes_for_the_last_hours_only():
     assert RollupMark.objects.get(period=60).until == datetime(2026, 3, 2, 10, 32, tzinfo=UTC)
 
 
+@pytest.mark.django_db(transaction=True)  # as the camera's timers write it: no transaction
 def test_the_camera_heartbeat_is_made_once_then_updated_by_one_statement(app):
     from django.db import connection
     from django.test.utils import CaptureQueriesContext
@@ -402,6 +403,22 @@ def test_the_camera_heartbeat_made_meanwhile_is_updated(app, monkeypatch):
     camera.record_heartbeat()
     beat = CameraState.objects.get()
     assert (beat.key, beat.frequency, beat.tasks_written) == (key, 1.0, 5)
+
+
+def test_a_heartbeat_the_database_refuses_leaves_the_callers_transaction_usable(app):
+    from django.db import transaction
+
+    camera = Camera(State(), app=app, freq=1.0)
+    key = camera.camera_key()[0]
+    with transaction.atomic():
+        camera.record_heartbeat()
+        camera.camera_key = lambda: (key, None, 1)  # a NULL hostname: refused
+        camera.record_heartbeat()
+        assert CameraState.objects.get().hostname  # the transaction still answers
+        camera.camera_key = Camera.camera_key
+        camera.tasks_written = 3
+        camera.record_heartbeat()
+        assert CameraState.objects.get().tasks_written == 3
 
 
 def test_the_camera_beats_at_most_once_a_second_while_it_writes(app, monkeypatch):

@@ -270,9 +270,11 @@ class Camera(Polaroid):
     def _watch_events(self) -> None:
         """Put the guard in front of the state's ``event()``, and note what each event did.
 
-        Both ways of running the camera hand every event to ``state.event``: the runner, and
-        ``celery events --camera``, whose receiver Celery makes after the camera (so it is
-        made a :class:`~.events.SafeEventReceiver` with this camera's guard and shard).
+        Events go to ``state.event``, which checks them (and drops the other shards' task
+        events), or, checked already by a :class:`~.events.SafeEventReceiver` with this
+        camera's guard and shard, to :attr:`handle_checked`. Both ways of running the camera
+        use such a receiver: the runner's, and the one Celery makes after the camera for
+        ``celery events --camera``, which Celery gives ``state.event``.
         """
         state, handle = self.state, self.state.event
         dirty, last_worker_event, lock = (
@@ -755,17 +757,21 @@ class Camera(Polaroid):
         locked or read first: ``update_or_create`` took four round trips (a transaction, a
         locking read, the write, the commit), at every shot that wrote rows.
         """
-        from django.db import IntegrityError, router, transaction
+        from django.db import IntegrityError, connections, router, transaction
 
         db = router.db_for_write(model)
         rows = model._default_manager.using(db)
-        if rows.filter(key=key).update(**values):
-            return
-        try:
-            with transaction.atomic(using=db):
-                rows.create(key=key, **values)
-        except IntegrityError:  # made meanwhile (a last beat on stopping): update it
-            rows.filter(key=key).update(**values)
+        # In a caller's transaction (never the camera's own timers), a savepoint: an error
+        # leaves that transaction usable, as update_or_create's did.
+        inside = connections[db].in_atomic_block
+        with transaction.atomic(using=db) if inside else contextlib.nullcontext():
+            if rows.filter(key=key).update(**values):
+                return
+            try:
+                with transaction.atomic(using=db):
+                    rows.create(key=key, **values)
+            except IntegrityError:  # made meanwhile (a last beat on stopping): update it
+                rows.filter(key=key).update(**values)
 
     @staticmethod
     def camera_key() -> tuple[str, str, int]:

@@ -321,10 +321,15 @@ class SafeEventReceiver(EventReceiver):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         if self.checked_forms:
-            forms = self.checked_forms
             self.handlers = {
-                kind: forms.get(handler, handler) for kind, handler in self.handlers.items()
+                kind: self._checked_form(handler) for kind, handler in self.handlers.items()
             }
+
+    def _checked_form(self, handler: Any) -> Any:
+        try:
+            return self.checked_forms.get(handler, handler)
+        except TypeError:  # not hashable: not one of them
+            return handler
 
     def event_from_message(self, body: Any, *args: Any, **kwargs: Any) -> tuple[Any, Any]:
         if self.shard is not None and not self.shard.keeps(body):
