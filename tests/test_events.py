@@ -147,6 +147,18 @@ def test_a_shielded_handler_takes_events_unchecked_and_never_raises(monkeypatch)
     assert guard.reasons == {"Celery's State refused it": 1}
 
 
+def test_an_integer_past_a_floats_range_is_repaired_not_raised(app):
+    """JSON integers have no bound: a timestamp of 400 digits, in an event that needs
+    repairing anyway (its clock), is replaced, and the receiver goes on."""
+    receiver, handler = make_receiver(app)
+    huge = 10**400
+    receiver._receive({**events.received("big"), "clock": "x", "timestamp": huge}, message=None)
+    receiver._receive({**events.received("big2"), "clock": huge, "utcoffset": huge}, message=None)
+    assert [event["uuid"] for event in handler.events] == ["big", "big2"]
+    assert all(math.isfinite(event["timestamp"]) for event in handler.events)
+    assert (receiver.guard.repaired, receiver.guard.refused) == (2, 0)
+
+
 def test_a_receiver_given_a_handler_that_cannot_be_hashed_keeps_it(app):
     """Handlers are looked up among a camera's checked forms; one that cannot be a key of
     a mapping is not one of them."""

@@ -60,7 +60,12 @@ WORKER_RESERVED = _own_attributes(Worker, {"heartbeats", "event"})
 
 
 def _finite(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an integer past a float's range
+        return False
 
 
 def _id(value: Any) -> str | None:
