@@ -48,6 +48,7 @@ FIELDS = [
     "eta", "expires", "parent_id", "root_id", "root", "freq", "active", "processed",
     "loadavg", "sw_ident", "sw_ver", "sw_sys", "utcoffset", "local_received",
     "worker", "event", "heartbeats", "children", "_private",
+    "state", "monitor_events", "monitor_retries",  # the task's state, the camera's notes
 ]  # fmt: skip
 
 
@@ -111,3 +112,97 @@ def test_fuzzed_events_never_stop_the_camera_or_the_rest_of_the_batch(app, batch
             assert task.args.endswith("more characters cut]")
     for worker in WorkerState.objects.all():
         assert len(worker.hostname) <= 255 and "\x00" not in worker.hostname
+
+
+def good_task(camera: Camera, task_id: str) -> None:
+    for event in (
+        events.received(task_id, name="proj.good"),
+        events.started(task_id),
+        events.succeeded(task_id, result="'ok'"),
+    ):
+        camera.state.event(event)
+
+
+@pytest.mark.parametrize(
+    "late",
+    [
+        events.received("bad", monitor_events="x"),
+        events.received("bad", monitor_events={"succeeded": [NOW, "evil@h", {"result": "'x'"}]}),
+        events.received("bad", monitor_retries="x"),
+        events.task_event("sent", "bad", state=[]),  # after task-started: all fields copied
+        events.task_event("sent", "bad", state="SUCCESS"),
+    ],
+)
+def test_event_fields_named_like_the_tasks_state_or_the_cameras_notes_are_dropped(app, late):
+    """Celery's State copies a task event's fields onto its task: such a field would
+    replace the camera's notes or the task's state (a shot raised, and lost its rows)."""
+    camera = Camera(State(), app=app)
+    good_task(camera, "good")
+    camera.state.event(events.received("bad", name="proj.bad"))
+    camera.state.event(events.started("bad"))
+    camera.state.event(late)
+    camera.capture()
+    camera.capture()
+    assert not camera.pending_tasks
+    assert camera.guard.repaired == 1
+    rows = dict(TaskState.objects.values_list("task_id", "state"))
+    assert rows == {"good": "SUCCESS", "bad": "STARTED"}
+
+
+def test_a_task_whose_row_cannot_be_made_is_left_out_alone(app, monkeypatch, caplog):
+    """Whatever Celery's State holds, one task the camera cannot make a row of (here its
+    signature, then its row, raise) leaves the others' rows in the shot."""
+    from django_celery_monitor import camera as camera_module
+
+    camera = Camera(State(), app=app)
+    for task_id in ("a", "b", "c"):
+        camera.state.event(events.received(task_id))
+    signature, task_row = camera_module._signature, Camera.task_row
+
+    def failing_signature(task):
+        if task.uuid == "a":
+            raise RuntimeError("no signature")
+        return signature(task)
+
+    def failing_row(self, task, *args):
+        if task.uuid == "b":
+            raise RuntimeError("no row")
+        return task_row(self, task, *args)
+
+    monkeypatch.setattr(camera_module, "_signature", failing_signature)
+    monkeypatch.setattr(Camera, "task_row", failing_row)
+    camera.capture()
+    assert list(TaskState.objects.values_list("task_id", flat=True)) == ["c"]
+    assert "Could not make the row of task 'a'" in caplog.text
+    assert "Could not make the row of task 'b'" in caplog.text
+
+
+def test_a_processed_count_past_64_bits_is_left_and_events_missed_fit_the_column(app):
+    camera = Camera(State(), app=app)
+    top = 2**63 - 1
+    for processed in (0, 2**64, top, 0, top):  # 2**64: ignored; then a restart
+        camera.state.event(events.worker_event("heartbeat", processed=processed))
+        camera.worker_update_freq = 0
+        camera.capture()
+    assert not camera.pending_workers
+    assert WorkerState.objects.get(hostname=events.WORKER).events_missed == top
+
+
+def test_a_batch_the_driver_refuses_by_an_overflow_is_written_row_by_row(app, monkeypatch):
+    """SQLite's driver raises OverflowError for an integer past 64 bits: a refused batch."""
+    from django_celery_monitor import writer
+
+    write_snapshot = writer.write_snapshot
+
+    def refusing_batches(workers, tasks):
+        if len(tasks) > 1:
+            raise OverflowError("Python int too large to convert to SQLite INTEGER")
+        return write_snapshot(workers, tasks)
+
+    monkeypatch.setattr(writer, "write_snapshot", refusing_batches)
+    camera = Camera(State(), app=app)
+    for task_id in ("a", "b"):
+        camera.state.event(events.received(task_id))
+    camera.capture()
+    assert not camera.pending_tasks
+    assert TaskState.objects.count() == 2

@@ -334,6 +334,13 @@ def test_clean_timestamp_without_use_tz_is_naive_in_time_zone(settings):
 # clean_datetime
 
 
+def test_clean_datetime_of_a_value_nested_too_deep_to_show_is_none():
+    nested: list = []
+    for _ in range(100_000):
+        nested = [nested]
+    assert clean_datetime(nested) is None
+
+
 def test_clean_datetime_of_an_iso_string_with_an_offset():
     value = clean_datetime("2024-01-02T03:04:05+02:00")
     assert value == utc(2024, 1, 2, 1, 4, 5)

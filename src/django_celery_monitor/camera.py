@@ -18,7 +18,7 @@ from celery.utils.timer2 import Timer
 from django.db import DatabaseError, InterfaceError, OperationalError, ProgrammingError
 
 from .conf import MonitorSettings
-from .events import EventGuard, SafeEventReceiver, Shard
+from .events import TASK_NOTES, TASK_RETRIES, EventGuard, SafeEventReceiver, Shard
 from .redaction import Redactor
 from .sanitize import (
     MAX_INT,
@@ -51,6 +51,12 @@ HEARTBEAT_EVERY = 1.0
 ROLLUP_EVERY = 30.0
 #: Down, unreachable, or not migrated yet: worth trying again with the next shot.
 UNAVAILABLE = (OperationalError, InterfaceError, ProgrammingError)
+#: What a batch (or a row) the database, or its driver, refuses raises: the batch is written
+#: row by row, and a row refused alone is dropped. A number past a column's range is an
+#: OverflowError in some drivers (SQLite's).
+REFUSED = (DatabaseError, ValueError, TypeError, OverflowError)
+#: The largest value of a 64-bit column.
+MAX_BIGINT = 2**63 - 1
 
 
 def _signature(task: Any) -> tuple:
@@ -100,10 +106,11 @@ def _holds(stored: Any, value: Any) -> bool:
     return isinstance(value, int | float) and value == stored
 
 
-#: The attribute of a Celery Task where the camera notes the latest event of each kind.
-NOTES = "monitor_events"
+#: The attribute of a Celery Task where the camera notes the latest event of each kind (the
+#: guard drops an event field of that name, and of the next).
+NOTES = TASK_NOTES
 #: The attribute with the highest ``retries`` any task-received of the task carried.
-RETRIES = "monitor_retries"
+RETRIES = TASK_RETRIES
 #: What the events that can decide a task's state carry for its row.
 OUTCOME_FIELDS = {
     "succeeded": ("result", "runtime"),
@@ -334,7 +341,7 @@ class Camera(Polaroid):
         restarted worker: counting starts again from it, keeping what was missed before.
         Hold ``_events_lock``.
         """
-        if processed.__class__ is not int or processed < 0:
+        if processed.__class__ is not int or not 0 <= processed <= MAX_BIGINT:
             return
         seen = self._started_seen.get(hostname, 0)
         record = self._missed.get(hostname)
@@ -352,16 +359,20 @@ class Camera(Polaroid):
         changed = []
         collected, ready = self._collected, states.READY_STATES
         for uuid, task in candidates:
-            if task.state in ready:
-                # Dropped from the state after the shot (see _forget_finished). What was
-                # collected of the task before was unfinished: it changed.
-                collected.pop(uuid, None)
-                self._finished.append(uuid)
-            else:
-                signature = _signature(task)
-                if collected.get(uuid) == signature:
-                    continue
-                collected[uuid] = signature
+            try:
+                if task.state in ready:
+                    # Dropped from the state after the shot (see _forget_finished). What was
+                    # collected of the task before was unfinished: it changed.
+                    collected.pop(uuid, None)
+                    self._finished.append(uuid)
+                else:
+                    signature = _signature(task)
+                    if collected.get(uuid) == signature:
+                        continue
+                    collected[uuid] = signature
+            except Exception:
+                self._skip_task(uuid)
+                continue
             changed.append((uuid, task))
         if len(self._collected) > 2 * max(len(state.tasks), 1000):
             self._collected = {u: s for u, s in self._collected.items() if u in state.tasks}
@@ -396,7 +407,7 @@ class Camera(Polaroid):
             row["freq"] = None
         missed = self._missed.get(worker.hostname)
         if missed is not None:
-            row["events_missed"] = missed[3]
+            row["events_missed"] = min(missed[3], MAX_BIGINT)
         event = self._last_worker_event.get(worker.hostname)
         if event == "offline":
             row["offline"] = True
@@ -505,7 +516,10 @@ class Camera(Polaroid):
             for uuid, task in self._changed_tasks(state):
                 task_id = clean_id(uuid)
                 if task_id:
-                    task_rows[task_id] = self.task_row(task, limit, redactor)
+                    try:
+                        task_rows[task_id] = self.task_row(task, limit, redactor)
+                    except Exception:
+                        self._skip_task(uuid)
 
         with self._pending_lock:
             for key, row in worker_rows.items():
@@ -515,6 +529,11 @@ class Camera(Polaroid):
                 if pending is not None:
                     row = {**pending, **merge_task_values(pending, row)}
                 self.pending_tasks[task_id] = row
+
+    def _skip_task(self, uuid: Any) -> None:
+        """Leave out of this shot a task whose row cannot be made, and say so: one task that
+        Celery's State holds in a shape nothing expected never takes the others' rows down."""
+        logger.exception("Could not make the row of task %r; leaving it out of this shot.", uuid)
 
     def _limit_pending(self) -> None:
         """Drop the oldest pending rows past ``monitor_max_pending_tasks`` (database down).
@@ -578,7 +597,7 @@ class Camera(Polaroid):
                         written += write_snapshot(workers, chunk)[1]
                     except UNAVAILABLE:
                         raise
-                    except (DatabaseError, ValueError, TypeError):
+                    except REFUSED:
                         logger.exception("The database refused a batch; writing it row by row.")
                         written += self._write_one_by_one(workers, chunk)
                     workers = {}
@@ -610,7 +629,7 @@ class Camera(Polaroid):
                 written += write_snapshot(worker_row, task_row)[1]
             except UNAVAILABLE:
                 raise
-            except (DatabaseError, ValueError, TypeError):
+            except REFUSED:
                 logger.exception("Dropping a row the database refuses: %r", worker_row or task_row)
         return written
 

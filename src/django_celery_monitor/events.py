@@ -52,9 +52,17 @@ def _own_attributes(cls: type, extra: set[str]) -> frozenset[str]:
     return frozenset(names)
 
 
+#: The attributes the camera keeps on Celery's Task objects: its notes of the latest event of
+#: each kind, and the highest ``retries`` a task-received carried.
+TASK_NOTES, TASK_RETRIES = "monitor_events", "monitor_retries"
 #: Attributes of Celery's Task that an event's fields would overwrite (the State copies a
-#: task event's fields onto the task).
-TASK_RESERVED = _own_attributes(Task, {"worker", "cluster_state", "children", "merge_rules"})
+#: task event's fields onto the task). ``state`` too: an event that comes after a later
+#: state's, of a state without merge rules (task-sent, a custom state), has all its fields
+#: copied, and a field named ``state`` would set the task's state to anything.
+TASK_RESERVED = _own_attributes(
+    Task,
+    {"worker", "cluster_state", "children", "merge_rules", "state", TASK_NOTES, TASK_RETRIES},
+)
 #: The same for Celery's Worker (it copies every field of a worker event).
 WORKER_RESERVED = _own_attributes(Worker, {"heartbeats", "event"})
 

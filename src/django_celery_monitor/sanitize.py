@@ -138,7 +138,7 @@ def clean_datetime(value: Any) -> datetime | None:
     if not isinstance(value, datetime):
         try:
             value = maybe_iso8601(_to_str(value))
-        except (TypeError, ValueError, OverflowError):
+        except Exception:  # not a time; or a value whose str() raises (nested too deep)
             return None
     try:
         return correct_awareness(value)
