@@ -206,3 +206,29 @@ def test_a_batch_the_driver_refuses_by_an_overflow_is_written_row_by_row(app, mo
     camera.capture()
     assert not camera.pending_tasks
     assert TaskState.objects.count() == 2
+
+
+def test_workers_not_heard_of_for_an_hour_are_forgotten_past_a_bound(app, monkeypatch):
+    """Workers named anew at each start leave nothing behind in the camera for ever."""
+    from django_celery_monitor import camera as camera_module
+
+    monkeypatch.setattr(camera_module, "REMEMBERED_WORKERS", 3)
+    camera = Camera(State(), app=app)
+
+    def beat(hostname: str, processed: int) -> None:
+        camera.state.event(events.worker_event("heartbeat", hostname, processed=processed))
+        camera.state.event(events.started(f"{hostname}-task", hostname=hostname))
+
+    for n in range(3):
+        beat(f"old{n}@h", 1)
+    camera.capture()
+    for key, (written_at, offline) in list(camera._worker_written.items()):
+        camera._worker_written[key] = (written_at - 3601, offline)  # an hour ago
+    beat("new@h", 1)
+    camera.capture()  # 4 remembered: the old ones, quiet for an hour, are forgotten
+    assert set(camera._worker_written) == {"new@h"}
+    assert set(camera._missed) == set(camera._started_seen) == {"new@h"}
+    assert WorkerState.objects.count() == 4  # their rows stay
+    beat("old0@h", 5)  # back: counted from here on
+    camera.capture()
+    assert set(camera._worker_written) == {"new@h", "old0@h"}

@@ -57,6 +57,10 @@ UNAVAILABLE = (OperationalError, InterfaceError, ProgrammingError)
 REFUSED = (DatabaseError, ValueError, TypeError, OverflowError)
 #: The largest value of a 64-bit column.
 MAX_BIGINT = 2**63 - 1
+#: Past this many workers remembered, those not heard of for ``FORGET_WORKERS_AFTER``
+#: seconds are forgotten (their rows stay).
+REMEMBERED_WORKERS = 2_000
+FORGET_WORKERS_AFTER = 3600.0
 
 
 def _signature(task: Any) -> tuple:
@@ -507,6 +511,8 @@ class Camera(Polaroid):
                 worker_rows[key] = row
                 self._worker_written[key] = (now, offline)
         self._last_worker_event.clear()
+        if len(self._worker_written) > REMEMBERED_WORKERS:
+            self._forget_quiet_workers(now)
 
         limit = self.settings.max_text_length
         redactor = Redactor.from_settings(self.settings)
@@ -529,6 +535,25 @@ class Camera(Polaroid):
                 if pending is not None:
                     row = {**pending, **merge_task_values(pending, row)}
                 self.pending_tasks[task_id] = row
+
+    def _forget_quiet_workers(self, now: float) -> None:
+        """Forget what the camera keeps of each worker not heard of for an hour.
+
+        Workers named anew at each start (containers, autoscaled hosts) would otherwise
+        leave an entry each, for as long as the camera runs. A worker forgotten that comes
+        back counts its missed events from then on, as after the camera's own restart.
+        """
+        quiet = {
+            key
+            for key, (written_at, _) in self._worker_written.items()
+            if now - written_at > FORGET_WORKERS_AFTER
+        }
+        for key in quiet:
+            del self._worker_written[key]
+        with self._events_lock:
+            for table in (self._missed, self._started_seen):
+                for hostname in [h for h in table if clean_id(h) in quiet]:
+                    del table[hostname]
 
     def _skip_task(self, uuid: Any) -> None:
         """Leave out of this shot a task whose row cannot be made, and say so: one task that
