@@ -508,6 +508,43 @@ def test_staff_needs_the_view_permission(client, django_user_model):
     assert client.get(TASKS).status_code == 200
 
 
+@pytest.mark.parametrize(
+    ("codename", "readable"),
+    [
+        ("view_taskstate", {"tasks", "task", "dashboard", "metrics"}),
+        ("view_workerstate", {"workers"}),
+        ("view_dashboard", {"dashboard", "metrics"}),
+    ],
+)
+def test_each_endpoint_asks_the_permission_the_admin_asks_for_its_data(
+    client, django_user_model, codename, readable
+):
+    """A user who may view only the workers in the admin reads no task through the API (their
+    args and tracebacks), and one who may view only the tasks no worker list."""
+    task = make_task(
+        "FAILURE", "billing.charge", kwargs="{'password': 'hunter2'}", traceback="SECRET"
+    )
+    make_worker("secret-host@prod")
+    user = django_user_model.objects.create_user("staff", password="pw", is_staff=True)
+    user.user_permissions.add(
+        Permission.objects.get(content_type__app_label="celery_monitor", codename=codename)
+    )
+    client.force_login(user)
+    urls = {
+        "tasks": TASKS,
+        "task": f"{TASKS}{task.task_id}/",
+        "workers": "/monitor/api/workers/",
+        "dashboard": "/monitor/api/dashboard/",
+        "metrics": "/monitor/metrics",
+    }
+    answers = {name: client.get(url) for name, url in urls.items()}
+    assert {name for name, answer in answers.items() if answer.status_code == 200} == readable
+    for name in set(urls) - readable:
+        assert answers[name].status_code == 403
+        assert b"hunter2" not in answers[name].content
+        assert b"secret-host" not in answers[name].content
+
+
 @override_settings(CELERY_MONITOR_API_TOKENS=["s3cret"])
 @pytest.mark.parametrize("url", ENDPOINTS)
 def test_only_get(client, url):

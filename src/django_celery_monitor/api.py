@@ -97,7 +97,7 @@ from django.utils import timezone
 from django.utils.dateparse import parse_date, parse_datetime
 from django.views.decorators.http import require_GET
 
-from . import stats
+from . import access, stats
 from .access import staff_or_token
 from .admin.helpers import MAX_CHILDREN
 from .admin.tasks import TaskMonitor
@@ -184,9 +184,16 @@ def _answers_bad_queries(view: Callable[..., HttpResponse]) -> Callable[..., Htt
     return wrapped
 
 
-def api_view(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
-    """GET only, for staff and bearer tokens, with a 400 for a query it cannot answer."""
-    return require_GET(staff_or_token(_answers_bad_queries(view)))
+def api_view(
+    permissions: tuple[str, ...],
+) -> Callable[[Callable[..., HttpResponse]], Callable[..., HttpResponse]]:
+    """GET only, for bearer tokens and staff with one of ``permissions`` (see ``access``),
+    with a 400 for a query it cannot answer."""
+
+    def decorate(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
+        return require_GET(staff_or_token(permissions)(_answers_bad_queries(view)))
+
+    return decorate
 
 
 # -- parameters ---------------------------------------------------------------------------
@@ -334,7 +341,7 @@ def _next_url(request: HttpRequest, cursor: str) -> str:
     return request.build_absolute_uri(f"{request.path}?{query.urlencode()}")
 
 
-@api_view
+@api_view(access.TASKS)
 def task_list(request: HttpRequest) -> HttpResponse:
     """A page of the tasks the filters select, the latest first (see the module's text)."""
     limit = _limit(request)
@@ -352,7 +359,7 @@ def task_list(request: HttpRequest) -> HttpResponse:
     return json_response({"results": [_task(task) for task in page], "next": next_url})
 
 
-@api_view
+@api_view(access.TASKS)
 def task_detail(request: HttpRequest, task_id: str) -> HttpResponse:
     """One task with its traceback and the ids of the tasks it sent."""
     if "\x00" in task_id:
@@ -376,13 +383,13 @@ def task_detail(request: HttpRequest, task_id: str) -> HttpResponse:
 # -- workers and the dashboard ------------------------------------------------------------
 
 
-@api_view
+@api_view(access.WORKERS)
 def worker_list(request: HttpRequest) -> HttpResponse:
     """The workers, the latest heartbeat first."""
     return json_response({"results": stats.workers()})
 
 
-@api_view
+@api_view(access.DASHBOARD)
 def dashboard(request: HttpRequest) -> HttpResponse:
     """The dashboard's figures of one window (``?window=``, 1h by default)."""
     window = _param(request, "window") or stats.DEFAULT_WINDOW

@@ -22,7 +22,7 @@ from django.http import HttpRequest, HttpResponse
 from django.views.decorators.http import require_safe
 
 from . import stats
-from .access import staff_or_token
+from .access import DASHBOARD, staff_or_token
 
 __all__ = ["MAX_TASK_NAMES", "MonitorCollector", "metrics_view"]
 
@@ -299,7 +299,7 @@ class MonitorCollector:
             yield metric
 
 
-@staff_or_token
+@staff_or_token(DASHBOARD)
 @require_safe
 def metrics_view(request: HttpRequest) -> HttpResponse:
     """The monitor's metrics in the Prometheus text format.
