@@ -360,10 +360,13 @@ def test_under_asgi_a_client_that_leaves_stops_the_export(
 
 
 def test_csv_injection_is_neutralised(admin_client):
-    formulas = ["=1+2", "+1", "-1", "@SUM(A1)", "\tx", "\rx", '=HYPERLINK("http://x")']
+    formulas = [
+        "=1+2", "+1", "-1", "@SUM(A1)", "\tx", "\rx", '=HYPERLINK("http://x")',
+        " =1+1", "\n=1+1", "  +1", "\uff1d1+1",  # behind spaces, full-width
+    ]  # fmt: skip
     for n, formula in enumerate(formulas):
         make_task(task_id=f"{formula}-{n}", name=formula, args=formula, tstamp=timezone.now())
-    make_task(task_id="plain", name="a=b", args="(-1,)", note="x-1")
+    make_task(task_id="plain", name="a=b", args="(-1,)", note=" x-1")
 
     rows = csv_rows(export(admin_client, "csv"))
 
@@ -372,7 +375,7 @@ def test_csv_injection_is_neutralised(admin_client):
         row = cells["'" + formula]
         assert row["name"] == "'" + formula and row["task_id"].startswith("'" + formula)
     plain = cells["(-1,)"]
-    assert (plain["name"], plain["note"], plain["task_id"]) == ("a=b", "x-1", "plain")
+    assert (plain["name"], plain["note"], plain["task_id"]) == ("a=b", " x-1", "plain")
     # JSON lines are data, not a spreadsheet: the values are exported as they are.
     names = {row["name"] for row in jsonl_rows(export(admin_client, "jsonl"))}
     assert set(formulas) <= names

@@ -70,9 +70,10 @@ CHUNK_SIZE = 2000
 #: About how many characters are gathered before a piece of the response is sent: one
 #: write per row would cost a system call each in most WSGI servers.
 BUFFER_SIZE = 64 * 1024
-#: The characters that make a spreadsheet read a cell as a formula (or, tab and carriage
-#: return, that some spreadsheets strip before looking for one).
-FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+#: The characters that make a spreadsheet read a cell as a formula (their full-width forms
+#: too), or that some spreadsheets strip before looking for one (tab, carriage return, line
+#: feed); a formula behind spaces counts as well.
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r", "\n", "\uff1d", "\uff0b", "\uff0d", "\uff20")
 
 
 class Echo:
@@ -95,7 +96,11 @@ def _csv_cell(value: Any) -> Any:
     if isinstance(value, str):
         # CSV injection: a text that starts like a formula gets a leading single quote, so a
         # spreadsheet shows it as text instead of running it (=HYPERLINK(...), =cmd|...).
-        return "'" + value if value.startswith(FORMULA_STARTS) else value
+        if value.startswith(FORMULA_STARTS) or (
+            value[:1].isspace() and value.lstrip().startswith(FORMULA_STARTS)
+        ):
+            return "'" + value
+        return value
     if isinstance(value, bool):
         return "true" if value else "false"
     value = _value(value)
