@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 
@@ -12,6 +13,10 @@ from django_celery_monitor.events import EventGuard, SafeEventReceiver, clean_ev
 from tests import events
 
 pytestmark = pytest.mark.nodb
+
+
+def sha1_of(text: str) -> str:
+    return hashlib.sha1(text.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def guarded_state() -> tuple[State, EventGuard]:
@@ -58,10 +63,12 @@ def test_events_that_cannot_be_celery_events_are_refused(event, problem):
         ({"parent_id": ["x"]}, {"parent_id": None}),
         ({"utcoffset": "+2"}, {"utcoffset": None}),
         ({"worker": "w9", "event": 1, "_secret": 2}, {"worker": None, "event": None}),
-        # Lone surrogates (JSON can carry them): no encoding or log file takes them.
-        ({"hostname": "w\ud800"}, {"hostname": "w\\ud800"}),
-        ({"uuid": "a\udc80"}, {"uuid": "a\\udc80"}),
-        ({"root_id": "\udfff"}, {"root_id": "\\udfff"}),
+        # Lone surrogates (JSON can carry them): no encoding or log file takes them. An id
+        # ends with a hash of itself: it stays apart from one that spells the escape out.
+        ({"hostname": "w\ud800"}, {"hostname": "w\\ud800~" + sha1_of("w\ud800")}),
+        ({"uuid": "a\udc80"}, {"uuid": "a\\udc80~" + sha1_of("a\udc80")}),
+        ({"root_id": "\udfff"}, {"root_id": "\\udfff~" + sha1_of("\udfff")}),
+        ({"name": "n\udfff"}, {"name": "n\\udfff"}),
     ],
 )
 def test_what_can_be_repaired_is(fields, expected):

@@ -23,6 +23,7 @@ from django_celery_monitor.sanitize import (
     clean_number,
     clean_text,
     clean_timestamp,
+    escape_id,
 )
 
 MARKER = re.compile(r"\.\.\. \[(\d+) more characters cut\]$")
@@ -197,6 +198,19 @@ def test_clean_id_fits_a_smaller_column():
     cleaned = clean_id(value, max_length=36)
     assert len(cleaned) <= 36
     assert cleaned != clean_id("s" * 101, max_length=36)
+
+
+@pytest.mark.parametrize(
+    ("hostile", "literal"), [("abc\x00", "abc\\x00"), ("t\udc80", "t\\udc80")]
+)
+def test_an_id_that_needs_escaping_never_names_the_row_of_one_spelling_the_escape(
+    hostile, literal
+):
+    assert clean_id(literal) == literal
+    assert clean_id(hostile) != literal and clean_id(hostile).startswith(literal + "~")
+    assert clean_id(hostile) == clean_id(hostile)  # the same id, the same row
+    assert storable(clean_id(hostile)) and storable(escape_id(hostile))
+    assert escape_id(escape_id(hostile)) == escape_id(hostile)
 
 
 def test_clean_id_is_storable():

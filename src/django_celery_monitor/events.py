@@ -27,6 +27,8 @@ from typing import Any
 from celery.events.receiver import EventReceiver
 from celery.events.state import Task, Worker
 
+from .sanitize import escape_id
+
 __all__ = ["EventGuard", "SafeEventReceiver", "Shard", "clean_event"]
 
 logger = logging.getLogger(__name__)
@@ -205,7 +207,7 @@ def _repaired(group: str, event: Mapping) -> tuple[dict, str | None]:
     for key in ("hostname", "uuid"):  # checked by clean_event: strings
         value = event.get(key)
         if isinstance(value, str) and not _encodable(value):
-            fixed[key] = _encoded(value)
+            fixed[key] = escape_id(value)
             fixes.append(key)
     if group == "task":
         for key in ID_FIELDS:
@@ -217,7 +219,8 @@ def _repaired(group: str, event: Mapping) -> tuple[dict, str | None]:
                     fixed[key] = value
                 fixes.append(key)
             elif isinstance(event.get(key), str) and not _encodable(event[key]):
-                fixed[key] = _encoded(event[key])
+                # A parent's or root's id as its own task's id is repaired.
+                fixed[key] = _encoded(event[key]) if key == "name" else escape_id(event[key])
                 fixes.append(key)
     clean = {key: value for key, value in event.items() if key not in dropped}
     clean.update(fixed)

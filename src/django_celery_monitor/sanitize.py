@@ -76,13 +76,35 @@ def _cut(text: str, max_length: int) -> str:
     return text[:keep] + marker[: max_length - keep]
 
 
+def escape_id(text: str) -> str:
+    """``text``, an id, with NUL and lone surrogates written as escapes, fit for any database.
+
+    An id that needed escaping ends with ``~`` and a hash of the id as it came: it never
+    names the same row as an id that spells those escapes out (``abc\\x00``).
+    """
+    if "\x00" not in text and (text.isascii() or _encodable(text)):
+        return text
+    escaped = text.encode("utf-8", "backslashreplace").decode("utf-8").replace("\x00", "\\x00")
+    whole = text.encode("utf-8", "surrogatepass")
+    return f"{escaped}~{hashlib.sha1(whole, usedforsecurity=False).hexdigest()}"
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def clean_id(value: Any, max_length: int = 255) -> str | None:
     """Return a task id or hostname that fits ``max_length`` and stays unique.
 
     An id too long for the column keeps its start and ends with a hash of the whole id,
-    so two long ids never share a row.
+    so two long ids never share a row; so does an id with NUL or a lone surrogate
+    (:func:`escape_id`).
     """
-    text = clean_text(value)
+    text = escape_id(value) if value.__class__ is str else clean_text(value)
     if text is None or len(text) <= max_length:
         return text
     digest = hashlib.sha1(text.encode("utf-8"), usedforsecurity=False).hexdigest()
