@@ -27,6 +27,7 @@ from typing import Any
 from celery.events.receiver import EventReceiver
 from celery.events.state import Task, Worker
 
+from .sanitize import encodable as _encodable
 from .sanitize import escape_id
 
 __all__ = ["EventGuard", "SafeEventReceiver", "Shard", "clean_event"]
@@ -132,15 +133,6 @@ def clean_event(event: Any) -> tuple[dict | None, str | None]:
     return _repaired(group, event)
 
 
-def _encodable(text: str) -> bool:
-    """Whether ``text`` has no lone surrogate (no encoding, and no log file, takes one)."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
 def _encoded(text: str) -> str:
     """``text`` with each lone surrogate written as its escape (distinct ids stay distinct)."""
     return text.encode("utf-8", "backslashreplace").decode("utf-8")
@@ -219,7 +211,7 @@ def _repaired(group: str, event: Mapping) -> tuple[dict, str | None]:
                     fixed[key] = value
                 fixes.append(key)
             elif isinstance(event.get(key), str) and not _encodable(event[key]):
-                # A parent's or root's id as its own task's id is repaired.
+                # A parent's or root's id is repaired as the task id it names was.
                 fixed[key] = _encoded(event[key]) if key == "name" else escape_id(event[key])
                 fixes.append(key)
     clean = {key: value for key, value in event.items() if key not in dropped}

@@ -82,14 +82,15 @@ def escape_id(text: str) -> str:
     An id that needed escaping ends with ``~`` and a hash of the id as it came: it never
     names the same row as an id that spells those escapes out (``abc\\x00``).
     """
-    if "\x00" not in text and (text.isascii() or _encodable(text)):
+    if "\x00" not in text and (text.isascii() or encodable(text)):
         return text
     escaped = text.encode("utf-8", "backslashreplace").decode("utf-8").replace("\x00", "\\x00")
     whole = text.encode("utf-8", "surrogatepass")
     return f"{escaped}~{hashlib.sha1(whole, usedforsecurity=False).hexdigest()}"
 
 
-def _encodable(text: str) -> bool:
+def encodable(text: str) -> bool:
+    """Whether ``text`` has no lone surrogate (no encoding, and no log file, takes one)."""
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
