@@ -15,7 +15,16 @@ from celery.events.state import TASK_EVENT_TO_STATE
 from celery.utils.imports import symbol_by_name
 from celery.utils.log import get_logger
 from celery.utils.timer2 import Timer
-from django.db import DatabaseError, InterfaceError, OperationalError, ProgrammingError
+from django.db import (
+    DatabaseError,
+    IntegrityError,
+    InterfaceError,
+    OperationalError,
+    ProgrammingError,
+    connections,
+    router,
+    transaction,
+)
 
 from .conf import MonitorSettings
 from .events import TASK_NOTES, TASK_RETRIES, EventGuard, SafeEventReceiver, Shard
@@ -659,8 +668,6 @@ class Camera(Polaroid):
         return written
 
     def _close_broken_connection(self) -> None:
-        from django.db import connections
-
         for connection in connections.all(initialized_only=True):
             if not connection.in_atomic_block:
                 connection.close_if_unusable_or_obsolete()
@@ -801,8 +808,6 @@ class Camera(Polaroid):
         locked or read first: ``update_or_create`` took four round trips (a transaction, a
         locking read, the write, the commit), at every shot that wrote rows.
         """
-        from django.db import IntegrityError, connections, router, transaction
-
         db = router.db_for_write(model)
         rows = model._default_manager.using(db)
         # In a caller's transaction (never the camera's own timers), a savepoint: an error
@@ -895,8 +900,6 @@ class Camera(Polaroid):
         connections were closed (the settling of unfinished tasks, half a second after
         the camera started) would open one again, and leave it open when the thread ends.
         """
-        from django.db import connections
-
         for timer in (self.timer, getattr(self, "cleanup_timer", None)):
             if timer is None:
                 continue

@@ -52,7 +52,7 @@ from django.utils import timezone
 
 from .conf import MonitorSettings, monitor_settings
 from .sanitize import MAX_CLOCK_SKEW, MAX_INT
-from .utils import posix_timestamp
+from .utils import fromtimestamp, posix_timestamp
 
 logger = logging.getLogger(__name__)
 
@@ -852,8 +852,6 @@ class SnapshotWriter:
         connection = connections[db]
         fields = {f.attname: f for f in WorkerState._meta.concrete_fields if not f.primary_key}
         columns = tuple(fields)
-        from .utils import fromtimestamp
-
         heartbeat_field = fields["last_heartbeat"]
         now = timezone.now()
         # A heartbeat later than this was written from a clock that ran ahead.
