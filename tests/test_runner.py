@@ -104,7 +104,8 @@ def test_the_receiver_checks_each_event_once_before_the_state_takes_it(app, monk
 
 
 def test_a_camera_without_a_checked_entry_takes_the_receivers_events_by_its_state(app):
-    """A camera class that watches the events its own way (no ``handle_checked``)."""
+    """A camera class that watches the events its own way: its ``handle_checked`` hands the
+    receiver's events to ``state.event``."""
 
     class OwnWay(Camera):
         def _watch_events(self) -> None:

@@ -287,6 +287,16 @@ class Camera(Polaroid):
 
     # -- seeing what changed ---------------------------------------------------------------
 
+    def handle_checked(self, event: dict) -> Any:
+        """Take an event that a :class:`~.events.SafeEventReceiver` with this camera's guard
+        and shard has checked already.
+
+        :meth:`_watch_events` replaces this with the state's handler behind the guard's
+        shield, without the second check; a camera that watches the events its own way
+        hands them to ``state.event``.
+        """
+        return self.state.event(event)
+
     def _watch_events(self) -> None:
         """Put the guard in front of the state's ``event()``, and note what each event did.
 
@@ -325,9 +335,9 @@ class Camera(Polaroid):
             return result
 
         state.event = self.guard.wrap(handle_and_note)
-        #: The entry for events this camera's receiver has checked, and kept for its shard,
-        #: already (the runner's): each event is checked once.
-        self.handle_checked = self.guard.shield(handle_and_note)
+        # The entry for events this camera's receiver has checked, and kept for its shard,
+        # already (the runner's): each event is checked once.
+        self.handle_checked = self.guard.shield(handle_and_note)  # type: ignore[method-assign]
         if self.shard is not None:
             # The tasks of other shards never reach the state: their memory and their
             # writes are the other cameras'.

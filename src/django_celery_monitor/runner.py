@@ -100,16 +100,8 @@ class MonitorRunner:
 
     def on_checked_event(self, event: dict) -> None:
         """Hand the state an event the receiver has checked, and kept for this camera's
-        shard, already: each event is checked once (:meth:`on_event` checks it again).
-
-        A camera without a checked entry (a subclass that watches the events its own way)
-        gets it by ``state.event``.
-        """
-        handle = getattr(self.camera, "handle_checked", None)
-        if handle is None:
-            self.state.event(event)
-        else:
-            handle(event)
+        shard, already: each event is checked once (:meth:`on_event` checks it again)."""
+        self.camera.handle_checked(event)
 
     def enable_events(self) -> None:
         """Ask every worker to send task events (they do not by default)."""
