@@ -39,6 +39,7 @@ from datetime import timezone as dt_timezone
 from typing import Any
 
 from celery import states
+from django.apps import apps
 from django.conf import settings as django_settings
 from django.db import (
     DatabaseError,
@@ -465,12 +466,12 @@ class SnapshotWriter:
         #: Per database, the workers' keys as last written (SQLite: see :meth:`_write_sqlite`).
         self._worker_ids: dict[str, dict[str, int]] = {}
 
-    # Models are imported late: this module is imported by the managers the models use.
+    # The models come from the app registry, not by import: the models' managers hand
+    # writes to this module (``update_state``, and the cleanup waits for the writes).
     @staticmethod
     def _models() -> tuple[Any, Any]:
-        from .models import TaskState, WorkerState
-
-        return TaskState, WorkerState
+        config = apps.get_containing_app_config(__name__)
+        return config.get_model("TaskState"), config.get_model("WorkerState")
 
     def database(self) -> str:
         TaskState, _ = self._models()
