@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import re
 import uuid
+import zoneinfo
 from datetime import timedelta
 from html import unescape
 
@@ -365,6 +366,30 @@ def test_filter_by_date_and_drill_down(admin_client):
     assert list(response.context["cl"].result_list) == [old]
     html = admin_client.get(TASKS).content.decode()
     assert 'class="toplinks"' in html
+
+
+@pytest.mark.parametrize("parts", [("year",), ("year", "month"), ("year", "month", "day")])
+def test_the_date_drill_down_reads_a_range_of_the_local_time(admin_client, parts):
+    # Just after midnight in Berlin on the 1st of January: the day before in UTC.
+    berlin = zoneinfo.ZoneInfo("Europe/Berlin")
+    inside = make_task(tstamp=datetime.datetime(2025, 1, 1, 0, 30, tzinfo=berlin))
+    make_task(tstamp=datetime.datetime(2024, 12, 31, 23, 30, tzinfo=berlin))
+    make_task(tstamp=datetime.datetime(2026, 1, 1, 0, 30, tzinfo=berlin))
+    if len(parts) > 1:
+        make_task(tstamp=datetime.datetime(2025, 2, 1, 0, 30, tzinfo=berlin))
+    if len(parts) > 2:
+        make_task(tstamp=datetime.datetime(2025, 1, 2, 0, 30, tzinfo=berlin))
+    params = {f"tstamp__{part}": {"year": 2025, "month": 1, "day": 1}[part] for part in parts}
+
+    with CaptureQueriesContext(connection) as queries:
+        response = admin_client.get(TASKS, params)
+
+    assert list(response.context["cl"].result_list) == [inside]
+    listed = [q["sql"] for q in queries if 'FROM "celery_monitor_taskstate"' in q["sql"]]
+    listed += [q["sql"] for q in queries if "FROM `celery_monitor_taskstate`" in q["sql"]]
+    assert listed
+    for sql in listed:
+        assert "extract" not in sql.lower(), sql
 
 
 def test_search_by_task_id_name_and_hostname(admin_client):

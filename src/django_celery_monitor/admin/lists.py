@@ -72,7 +72,16 @@ class MonitorList(ChangeList):
             # No database stores a NUL byte, and PostgreSQL refuses even to compare with one.
             raise IncorrectLookupParameters("A NUL character in the query string.")
         self._check_drilldown(request)
-        filters = super().get_filters(request)
+        # Django turns its own date hierarchy's year, month and day into a range of the
+        # column (in the current time zone), which the column's index serves. Left as they
+        # are, a month or a day is an EXTRACT of every row: on SQLite, a Python function
+        # called on each of them (a day of a million rows took seconds). Django does the
+        # same for this drill-down, once the list's filters have taken their parameters.
+        hierarchy, self.date_hierarchy = self.date_hierarchy, self.model_admin.date_drilldown
+        try:
+            filters = super().get_filters(request)
+        finally:
+            self.date_hierarchy = hierarchy
         self.remaining_lookup_params = filters[2]
         return filters
 
