@@ -327,6 +327,7 @@ def pages() -> list[tuple[str, str, str | None]]:
     """(label, url, a text the page must contain) of each page timed."""
     from django.db.models import Max, Min
     from django.urls import reverse
+    from django.utils import timezone
 
     from django_celery_monitor.models import TaskState, WorkerState
 
@@ -338,6 +339,10 @@ def pages() -> list[tuple[str, str, str | None]]:
     failed = TaskState.objects.filter(pk__gte=middle, state="FAILURE").order_by("pk").first()
     worker = WorkerState.objects.get(hostname=WORKERS[3])
     name = TASK_NAMES[4][0]
+    when = timezone.localtime(task.tstamp)
+    today = timezone.localdate()
+    week = f"tstamp__gte={today - timedelta(days=7)}&tstamp__lt={today + timedelta(days=1)}"
+    day = f"tstamp__year={when.year}&tstamp__month={when.month}&tstamp__day={when.day}"
     return [
         ("task list", tasks, None),
         ("filter state=FAILURE", f"{tasks}?state__exact=FAILURE", None),
@@ -351,6 +356,17 @@ def pages() -> list[tuple[str, str, str | None]]:
         ("search every name: shop", f"{tasks}?q=shop", "shop."),
         ("search every host: celery", f"{tasks}?q=celery", "celery@"),
         ("page 50", f"{tasks}?p=49", None),
+        # The column headers (o: the index in the list's columns, the checkbox first).
+        ("sort by state", f"{tasks}?o=1", None),
+        ("sort by name", f"{tasks}?o=3", None),
+        ("sort by time, oldest first", f"{tasks}?o=4", None),
+        ("filter name, sort by state", f"{tasks}?name={name}&o=-1", name),
+        ("filter name and state", f"{tasks}?name={name}&state__exact=FAILURE", name),
+        ("filter worker and state", f"{tasks}?worker={worker.pk}&state__exact=SUCCESS",
+         worker.hostname),
+        ("filter lost", f"{tasks}?lost=1", None),
+        ("filter past 7 days", f"{tasks}?{week}", None),
+        ("drill down to a day", f"{tasks}?{day}", None),
         ("task detail", reverse("admin:celery_monitor_taskstate_change", args=[failed.pk]),
          failed.task_id),
         ("worker list", workers, WORKERS[0]),
