@@ -115,6 +115,15 @@ def test_the_lookups_of_names_use_an_index(rows):
         ),
         # The lost filter of the list, latest first.
         ("cm_task_lost_idx", lambda: TaskState.objects.filter(lost=True).order_by("-tstamp")),
+        # ... as the list reads it: the latest first, then the highest key.
+        (
+            "cm_task_lost_idx",
+            lambda: (
+                TaskState.objects.filter(hidden=False, lost=True)
+                .select_related("worker")
+                .order_by("-tstamp", "-pk")[:100]
+            ),
+        ),
         # A task's children on its page and in the API.
         ("cm_task_parent_idx", lambda: TaskState.objects.filter(parent_id="a-parent")),
         (
@@ -131,7 +140,7 @@ def test_the_lookups_use_the_partial_indexes(index, rows):
             task_id=f"t-{n}",
             state="SUCCESS",
             tstamp=INSTANT,
-            parent_id="a-parent" if n % 2 else None,
+            parent_id="a-parent" if n % 10 == 1 else None,
             hidden=n % 3 == 0,
             lost=n % 5 == 0,
         )

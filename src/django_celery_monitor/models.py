@@ -186,8 +186,10 @@ class TaskState(models.Model):
                 where=models.Q(hidden=True),
                 whole_fields=["hidden"],
             ),
+            # By time ascending: read backwards, SQLite's index then gives the list's order
+            # (the latest first, then the highest key), which it does not when descending.
             PartialIndex(
-                fields=["-tstamp"],
+                fields=["tstamp"],
                 name="cm_task_lost_idx",
                 where=models.Q(lost=True),
                 whole_fields=["lost", "-tstamp"],
