@@ -236,6 +236,24 @@ def test_the_state_filter_counts_the_tasks_of_each_state(admin_client):
     assert greyed_states(response) == ["PENDING", "RECEIVED", "REJECTED", "RETRY", "REVOKED"]
 
 
+@pytest.mark.parametrize("few_rows", [0, 3, 4, 2000])
+def test_a_short_list_is_counted_from_its_rows_a_long_one_a_state_at_a_time(
+    admin_client, monkeypatch, few_rows
+):
+    monkeypatch.setattr(monitor_admin.StateFilter, "few_rows", few_rows)
+    for n, state in enumerate(["SUCCESS", "STARTED", "STARTED", "RECEIVED", "SUCCESS"]):
+        make_task(state, lost=n > 0)
+
+    with CaptureQueriesContext(connection) as queries:
+        counts = state_filter(admin_client.get(TASKS, {"lost": "1"}))
+
+    assert (counts["STARTED"], counts["RECEIVED"], counts["SUCCESS"]) == ("2", "1", "1")
+    assert counts["FAILURE"] == "0"
+    grouped = any("cm_few GROUP BY" in q["sql"] for q in queries)
+    per_state = any("cm_count_" in q["sql"] for q in queries)
+    assert (grouped, per_state) == ((True, False) if few_rows >= 4 else (True, True))
+
+
 def test_the_state_filter_of_an_empty_table(admin_client):
     response = admin_client.get(TASKS)
 
@@ -258,6 +276,7 @@ def test_the_state_filter_shows_the_cap_when_a_state_has_more_tasks(admin_client
 
 def test_the_cap_is_shown_with_a_thousands_separator(admin_client, monkeypatch):
     monkeypatch.setattr(monitor_admin.StateFilter, "count_cap", 1000)
+    monkeypatch.setattr(monitor_admin.filters, "few_counts", lambda *args: None)
     monkeypatch.setattr(monitor_admin.filters, "capped_counts", lambda qs, field, values, cap: {
         value: 1001 if value == "SUCCESS" else 999 for value in values
     })  # fmt: skip
@@ -311,8 +330,9 @@ def test_the_state_filter_offers_the_custom_states_in_the_table(admin_client, mo
 
 
 def test_the_state_filter_costs_a_bounded_number_of_queries(
-    admin_client, django_assert_max_num_queries
+    admin_client, django_assert_max_num_queries, monkeypatch
 ):
+    monkeypatch.setattr(monitor_admin.StateFilter, "few_rows", 50)  # 300 rows: a long list
     worker = make_worker()
     states = ["SUCCESS", "FAILURE", "STARTED", "RETRY"] + [f"CUSTOM{n}" for n in range(30)]
     TaskState.objects.bulk_create(
@@ -325,7 +345,7 @@ def test_the_state_filter_costs_a_bounded_number_of_queries(
     for params in ({}, {"state": "SUCCESS"}, {"name": "t1", "q": "t"}, {"state": "CUSTOM7"}):
         # The session, the user, the filters' choices, the search's lookups, the count, the
         # rows, the dates: the same few statements whatever the rows.
-        with django_assert_max_num_queries(13) as queries:
+        with django_assert_max_num_queries(14) as queries:
             response = admin_client.get(TASKS, params)
         offered = state_filter(response)
         # Celery's 8 states and the first 20 custom ones, and the one chosen if not among them.
@@ -390,6 +410,88 @@ def test_the_date_drill_down_reads_a_range_of_the_local_time(admin_client, parts
     assert listed
     for sql in listed:
         assert "extract" not in sql.lower(), sql
+
+
+def some_tasks_of_several_states():
+    """Tasks of five states, some at the same time, of two names."""
+    start = timezone.now() - timedelta(hours=1)
+    states_ = ["SUCCESS", "FAILURE", "STARTED", "RETRY", "PROGRESS"]
+    for n in range(40):
+        make_task(
+            state=states_[(n * 7) % 5 if n % 3 else 0],
+            name=f"tests.tasks.n{n % 2}",
+            tstamp=start + timedelta(seconds=n // 4),  # four tasks a second: ties
+        )
+
+
+@pytest.mark.parametrize(
+    "ordering",
+    [
+        ("state", "-tstamp", "-pk"),
+        ("-state", "-tstamp", "-pk"),
+        ("state", "tstamp", "pk"),
+        ("-state", "tstamp", "-pk"),
+        ("-state", "-tstamp", "-tstamp", "-pk"),
+    ],
+)
+def test_a_page_sorted_by_state_is_read_a_state_at_a_time_in_the_same_order(ordering):
+    from django_celery_monitor.admin.queries import value_page
+
+    some_tasks_of_several_states()
+    for queryset in (
+        TaskState.objects.filter(hidden=False),
+        TaskState.objects.filter(hidden=False, name="tests.tasks.n1"),
+        TaskState.objects.filter(hidden=False, state="FAILURE"),
+        TaskState.objects.filter(name="nothing"),
+    ):
+        ordered = queryset.order_by(*ordering)
+        everything = list(ordered.values_list("pk", flat=True))
+        for bottom, top in [(0, 3), (0, 100), (2, 9), (5, 21), (17, 18), (30, 60), (45, 50)]:
+            page = value_page(ordered, "state", bottom, top)
+            assert page is not None
+            assert [task.pk for task in page] == everything[bottom:top], (bottom, top)
+
+
+def test_a_page_sorted_otherwise_is_left_to_the_database():
+    from django_celery_monitor.admin.queries import value_page
+
+    tasks = TaskState.objects.all()
+    assert value_page(tasks.order_by("-tstamp", "-pk"), "state", 0, 10) is None
+    assert value_page(tasks.order_by("state", "name"), "state", 0, 10) is None
+    assert value_page(tasks.order_by("state", "-tstamp")[:5], "state", 0, 10) is None
+    assert value_page(tasks.order_by("name", "-pk"), "name", 0, 10) is None  # nullable
+
+
+@pytest.mark.parametrize("order", ["1.-4", "-1.-4", "1.4", "-1.4"])
+def test_the_list_sorted_by_state_shows_the_rows_in_that_order(admin_client, order):
+    some_tasks_of_several_states()
+    first, *_rest = order.split(".")
+    by_time = "tstamp" if order.endswith(".4") else "-tstamp"
+    state = "-state" if first.startswith("-") else "state"
+    for params, rows in [
+        ({}, TaskState.objects.all()),
+        ({"name": "tests.tasks.n0"}, TaskState.objects.filter(name="tests.tasks.n0")),
+    ]:
+        expected = list(rows.order_by(state, by_time, "-pk").values_list("pk", flat=True))
+        with CaptureQueriesContext(connection) as queries:
+            response = admin_client.get(TASKS, {"o": order, **params})
+        assert [task.pk for task in response.context["cl"].result_list] == expected
+        assert any("UNION ALL" in query["sql"] for query in queries)
+
+
+def test_a_column_the_list_does_not_sort_by_is_not_sorted_by_from_the_query_string(
+    admin_client,
+):
+    first = make_task(worker=make_worker("b@test"), tstamp=timezone.now() - timedelta(hours=1))
+    second = make_task(worker=make_worker("a@test"))
+
+    with CaptureQueriesContext(connection) as queries:
+        response = admin_client.get(TASKS, {"o": "5"})  # the worker's column
+
+    assert list(response.context["cl"].result_list) == [second, first]
+    assert not any("hostname" in q["sql"].split("ORDER BY")[-1] for q in queries)
+    names = [task.name for task in admin_client.get(TASKS, {"o": "-3"}).context["cl"].result_list]
+    assert names == sorted(names, reverse=True)
 
 
 def test_search_by_task_id_name_and_hostname(admin_client):

@@ -9,7 +9,7 @@ from django.utils.translation import gettext_lazy as _
 
 from ..models import ALL_STATES, TaskState, WorkerState
 from .lists import MonitorList
-from .queries import capped_counts, states_present
+from .queries import capped_counts, few_counts, states_present
 
 
 class StateFilter(admin.SimpleListFilter):
@@ -23,6 +23,8 @@ class StateFilter(admin.SimpleListFilter):
     parameter_name = "state"
     #: The most tasks counted per state; above, the filter shows "1,000+".
     count_cap = 1000
+    #: A list of at most this many rows is counted from its rows (``few_counts``).
+    few_rows = 2000
     #: The most states outside Celery's own the filter offers.
     max_custom_states = 20
 
@@ -49,6 +51,9 @@ class StateFilter(admin.SimpleListFilter):
         """How many tasks of each state the list would show, each up to ``count_cap + 1``."""
         queryset = changelist.queryset_without(self.request, self.expected_parameters())
         states_ = [state for state, _title in self.lookup_choices]
+        few = few_counts(queryset, "state", self.few_rows)
+        if few is not None:
+            return {state: few.get(state, 0) for state in states_}
         return capped_counts(queryset, "state", states_, self.count_cap)
 
     def choices(self, changelist):

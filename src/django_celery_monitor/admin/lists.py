@@ -16,7 +16,7 @@ from django.utils.functional import cached_property
 from django.utils.text import capfirst
 from django.utils.translation import gettext
 
-from .queries import branch_page
+from .queries import branch_page, value_page
 
 try:
     from django.contrib.admin.utils import build_q_object_from_lookup_parameters
@@ -28,6 +28,8 @@ class CappedPaginator(Paginator):
     """A paginator that counts at most ``cap`` rows, so a page never counts a whole table."""
 
     cap = 10_000
+    #: A column of few values whose sorted pages are read a value at a time (``value_page``).
+    value_field: str | None = None
 
     @cached_property
     def count(self) -> int:
@@ -51,6 +53,8 @@ class CappedPaginator(Paginator):
         if top + self.orphans >= self.count:
             top = self.count
         rows = branch_page(self.object_list, bottom, top)
+        if rows is None and self.value_field is not None:
+            rows = value_page(self.object_list, self.value_field, bottom, top)
         if rows is None:
             return super().page(number)
         return self._get_page(rows, number, self)
@@ -66,6 +70,17 @@ class MonitorList(ChangeList):
     @property
     def count_capped(self) -> bool:
         return getattr(self.paginator, "capped", False)
+
+    def get_ordering_field(self, field_name: Any) -> Any:
+        """The field a column sorts by: none for a column not in ``sortable_by``.
+
+        The admin offers only those columns' headers, but takes any column's place from the
+        query string (``?o=5``): sorted by the worker's hostname, a list of a million tasks
+        is a sort of every row.
+        """
+        if self.sortable_by is not None and field_name not in self.sortable_by:
+            return None
+        return super().get_ordering_field(field_name)
 
     def get_filters(self, request: HttpRequest) -> Any:
         if any("\x00" in value for values in request.GET.lists() for value in values[1]):

@@ -112,6 +112,32 @@ def capped_counts(
     return counts
 
 
+def few_counts(queryset: models.QuerySet, field: str, most: int) -> dict[str, int] | None:
+    """How many rows of ``queryset`` have each value of ``field``, if it has ``most`` rows
+    at most; None if it has more.
+
+    One statement, which reads at most ``most + 1`` rows in the list's own order (by the
+    index that serves the list's page) and groups them. Counting a few rows (the lost
+    tasks, a name and a worker) a value at a time, by the index on ``field``, reads every
+    row of each value that the other filters turn down: to find no lost task among a
+    million, SQLite read the 900,000 successes.
+    """
+    if getattr(queryset.query, _BRANCHES, None) is not None:
+        return None  # a search of several branches, in order, would sort every row it matches
+    db = queryset.db
+    rows = queryset.values_list(field)[: most + 1]
+    try:
+        sql, params = rows.query.get_compiler(using=db).as_sql()
+    except EmptyResultSet:
+        return {}
+    quote = connections[db].ops.quote_name
+    column = quote(queryset.model._meta.get_field(field).column)
+    with connections[db].cursor() as cursor:
+        cursor.execute(f"SELECT {column}, COUNT(*) FROM ({sql}) cm_few GROUP BY {column}", params)
+        counts = dict(cursor.fetchall())
+    return counts if sum(counts.values()) <= most else None
+
+
 #: A search whose word matches rows by several indexes (two task names, a name and a worker)
 #: is read a branch at a time (see :func:`branch_page`), when it has at most this many
 #: branches, and a page reads at most ``MAX_BRANCH_ROWS`` rows of them in all.
@@ -180,3 +206,69 @@ def branch_page(queryset: models.QuerySet, bottom: int, top: int) -> models.Quer
     # One statement: the page of the rows whose key is among the branches' first rows.
     candidates = RawSQL(" UNION ALL ".join(parts), params)
     return queryset.filter(pk__in=candidates)[bottom:top]
+
+
+#: A list sorted by a column of few values (the state) is read a value at a time (see
+#: :func:`value_page`) when the table has at most this many of them.
+MAX_VALUES = 40
+#: What may follow that column in the list's order: each value's rows are read in it from
+#: the index on (column, time), forwards or backwards.
+_VALUE_PAGE_THEN = frozenset({"tstamp", "pk", "id"})
+
+
+def value_page(
+    queryset: models.QuerySet, field: str, bottom: int, top: int
+) -> models.QuerySet | None:
+    """Rows ``bottom`` to ``top`` of a list sorted by ``field`` first, read a value at a time.
+
+    None unless the list is sorted by ``field`` (either way), then by time and key only.
+
+    The index on (state, time) gives one state's rows by time in both directions, but all
+    the rows in one order only: sorted by state descending, then the latest first, a
+    database reads and sorts every row of the first state it meets (900,000 rows, 2.4 s on
+    SQLite). Here each state's rows are counted up to ``top`` (one statement), which says
+    which states the page takes and from which of their rows; each state's part is read
+    from its index, and the page is the union of the parts, in one statement.
+    """
+    query = queryset.query
+    ordering = list(query.order_by)
+    if not ordering or not isinstance(ordering[0], str) or ordering[0].lstrip("-") != field:
+        return None
+    if (
+        queryset.model._meta.get_field(field).null
+        or any(
+            not isinstance(part, str) or part.lstrip("-") not in _VALUE_PAGE_THEN
+            for part in ordering[1:]
+        )
+        or query.extra_order_by
+        or not query.standard_ordering
+        or query.combinator
+        or query.is_sliced
+        or query.distinct
+    ):
+        return None
+    values = values_present(queryset, field, MAX_VALUES + 1)  # in the database's order
+    if len(values) > MAX_VALUES:
+        return None
+    if ordering[0].startswith("-"):
+        values.reverse()
+    counts = capped_counts(queryset, field, values, top)
+    db = queryset.db
+    base = queryset.order_by(*ordering[1:]).values_list("pk")
+    parts, params, seen = [], [], 0
+    for value in values:
+        found = counts[value]
+        if seen + found > bottom:
+            part = base.filter(**{field: value})[max(0, bottom - seen) : top - seen]
+            try:
+                sql, part_params = part.query.get_compiler(using=db).as_sql()
+            except EmptyResultSet:
+                continue
+            parts.append(f"SELECT * FROM ({sql}) cm_value_{len(parts)}")
+            params.extend(part_params)
+        seen += found
+        if seen >= top:
+            break
+    if not parts:
+        return queryset.none()
+    return queryset.filter(pk__in=RawSQL(" UNION ALL ".join(parts), params))[: top - bottom]

@@ -41,6 +41,7 @@ from .helpers import (
     _task_name,
     _when,
 )
+from .lists import CappedPaginator
 from .queries import hostnames_starting, prefix_q, search_terms, values_present, with_branches
 
 
@@ -63,6 +64,12 @@ class RateLimitForm(forms.Form):
             raise forms.ValidationError(
                 _("Enter a number, optionally followed by /s, /m or /h."), code="invalid"
             ) from None
+
+
+class TaskPaginator(CappedPaginator):
+    """The task list's pages: sorted by state, read a state at a time."""
+
+    value_field = "state"
 
 
 @admin.register(TaskState)
@@ -99,6 +106,7 @@ class TaskMonitor(TaskExportMixin, ModelMonitor):
     # Each served by an index; sorting millions of rows by runtime or hostname is not.
     sortable_by = ("state_badge", "task_display", "when")
     list_select_related = ("worker",)
+    paginator = TaskPaginator
     actions = [
         "revoke_tasks",
         "terminate_tasks",
