@@ -345,7 +345,7 @@ def pages() -> list[tuple[str, str, str | None]]:
     day = f"tstamp__year={when.year}&tstamp__month={when.month}&tstamp__day={when.day}"
     return [
         ("task list", tasks, None),
-        ("filter state=FAILURE", f"{tasks}?state__exact=FAILURE", None),
+        ("filter state=FAILURE", f"{tasks}?state=FAILURE", None),
         ("filter name", f"{tasks}?name={name}", name),
         ("filter worker", f"{tasks}?worker={worker.pk}", worker.hostname),
         ("search full task id", f"{tasks}?q={task.task_id}", task.task_id),
@@ -356,14 +356,17 @@ def pages() -> list[tuple[str, str, str | None]]:
         ("search every name: shop", f"{tasks}?q=shop", "shop."),
         ("search every host: celery", f"{tasks}?q=celery", "celery@"),
         ("page 50", f"{tasks}?p=49", None),
-        # The column headers (o: the index in the list's columns, the checkbox first).
-        ("sort by state", f"{tasks}?o=1", None),
-        ("sort by name", f"{tasks}?o=3", None),
+        # The column headers, as their links sort (o: the columns' places in the list, the
+        # checkbox first; the list's own order, by time, follows the one clicked).
+        ("sort by state", f"{tasks}?o=1.-4", None),
+        ("sort by state, descending", f"{tasks}?o=-1.-4", None),
+        ("sort by name", f"{tasks}?o=3.-4", None),
+        ("sort by name, descending", f"{tasks}?o=-3.-4", None),
         ("sort by time, oldest first", f"{tasks}?o=4", None),
-        ("filter name, sort by state", f"{tasks}?name={name}&o=-1", name),
-        ("filter name and state", f"{tasks}?name={name}&state__exact=FAILURE", name),
-        ("filter worker and state", f"{tasks}?worker={worker.pk}&state__exact=SUCCESS",
-         worker.hostname),
+        ("sort by state, oldest first", f"{tasks}?o=1.4", None),
+        ("filter name, sort by state", f"{tasks}?name={name}&o=-1.-4", name),
+        ("filter name and state", f"{tasks}?name={name}&state=FAILURE", name),
+        ("filter worker and state", f"{tasks}?worker={worker.pk}&state=SUCCESS", worker.hostname),
         ("filter lost", f"{tasks}?lost=1", None),
         ("filter past 7 days", f"{tasks}?{week}", None),
         ("drill down to a day", f"{tasks}?{day}", None),
