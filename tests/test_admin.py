@@ -306,6 +306,9 @@ def test_the_state_counts_follow_the_other_filters_and_the_search(admin_client):
     # The state's own filter does not narrow its counts: the other states stay reachable.
     failed = state_filter(admin_client.get(TASKS, {"state": "FAILURE", "name": "proj.a"}))
     assert (failed["SUCCESS"], failed["FAILURE"]) == ("2", "1")
+    # Nor does a lookup of the state in the query string.
+    exact = state_filter(admin_client.get(TASKS, {"state__exact": "FAILURE", "name": "proj.a"}))
+    assert (exact["SUCCESS"], exact["FAILURE"]) == ("2", "1")
     # Nothing matches: every state shows 0.
     nothing = admin_client.get(TASKS, {"worker": "nope"})
     assert set(state_filter(nothing).values()) == {"0"}
