@@ -9,7 +9,9 @@ from datetime import timezone as dt_timezone
 
 import pytest
 from django.contrib.auth.models import Permission
+from django.db import connection, models
 from django.test import override_settings
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from django_celery_monitor import stats
@@ -222,6 +224,31 @@ def test_cursor_pages_give_every_task_once_in_order(admin_client):
     # The same page gives the same cursor, and the filters are kept in the next URL.
     assert walk(admin_client, {"limit": 100})[1] == cursors
     assert "limit=100" in cursors[0]
+
+
+def test_the_pages_of_a_search_of_several_names_read_each_one_from_its_index(admin_client):
+    shop = make_worker("shop-host@host")
+    TaskState.objects.bulk_create(
+        TaskState(
+            task_id=f"task-{i:03}",
+            state="SUCCESS",
+            name=["shop.search.one", "shop.search.two", "other.task"][i % 3],
+            worker=shop if i % 7 == 0 else None,
+            tstamp=T0 + timedelta(seconds=i % 9),
+        )
+        for i in range(120)
+    )
+    matching = TaskState.objects.filter(
+        models.Q(name__startswith="shop.") | models.Q(worker=shop)
+    ).order_by("-tstamp", "-pk")
+    expected = list(matching.values_list("task_id", flat=True))
+
+    with CaptureQueriesContext(connection) as queries:
+        found, cursors = walk(admin_client, {"q": "shop", "limit": 25})
+
+    assert found == expected
+    assert len(cursors) == len(expected) // 25
+    assert sum("cm_branch_" in q["sql"] for q in queries) == len(cursors) + 1
 
 
 def test_the_next_page_does_not_move_when_newer_tasks_come(admin_client):

@@ -100,6 +100,7 @@ from django.views.decorators.http import require_GET
 from . import access, stats
 from .access import staff_or_token
 from .admin.helpers import MAX_CHILDREN
+from .admin.queries import branch_page
 from .admin.tasks import TaskMonitor
 from .models import TaskState, WorkerState
 
@@ -295,9 +296,11 @@ def _after(tstamp: datetime.datetime, pk: int) -> models.Q:
 # -- tasks --------------------------------------------------------------------------------
 
 
-def _tasks(request: HttpRequest) -> models.QuerySet:
-    """The tasks that the filters of the request select, in no order."""
+def _tasks(request: HttpRequest, after: models.Q | None = None) -> models.QuerySet:
+    """The tasks that the filters of the request select (and ``after``), in no order."""
     tasks = TaskState.objects.filter(hidden=False)
+    if after is not None:
+        tasks = tasks.filter(after)
     state, name = _param(request, "state"), _param(request, "name")
     if state is not None:
         tasks = tasks.filter(state=state)
@@ -346,12 +349,12 @@ def task_list(request: HttpRequest) -> HttpResponse:
     """A page of the tasks the filters select, the latest first (see the module's text)."""
     limit = _limit(request)
     cursor = _param(request, "cursor")
-    tasks = _tasks(request)
-    if cursor is not None:
-        tasks = tasks.filter(_after(*decode_cursor(cursor)))
-    page = list(
-        tasks.select_related("worker").defer("traceback").order_by("-tstamp", "-pk")[: limit + 1]
-    )
+    # The cursor's bound before the search: a search of several task names or workers then
+    # reads each one's tasks from its own index (``branch_page``), as the admin's list does.
+    tasks = _tasks(request, _after(*decode_cursor(cursor)) if cursor is not None else None)
+    ordered = tasks.select_related("worker").defer("traceback").order_by("-tstamp", "-pk")
+    branches = branch_page(ordered, 0, limit + 1)
+    page = list(branches if branches is not None else ordered[: limit + 1])
     next_url = None
     if len(page) > limit:
         page = page[:limit]
