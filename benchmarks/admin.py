@@ -29,6 +29,7 @@ import time
 import uuid
 from datetime import datetime, timedelta
 from pathlib import Path
+from urllib.parse import quote
 
 import django
 from django.conf import settings
@@ -389,10 +390,25 @@ def dashboard_pages() -> list[tuple[str, str, str | None]]:
         for window in ("15m", "1h", "24h", "7d")
     ]
     found.append(("dashboard live data 7d", f"{data}?window=7d", name))
+    from django.utils import timezone
+
+    from django_celery_monitor.api import encode_cursor
+    from django_celery_monitor.models import TaskState
+
+    hour_ago = quote((timezone.now() - timedelta(hours=1)).isoformat())
+    middle = TaskState.objects.order_by("-tstamp", "-pk")[500_000:500_001].first() or (
+        TaskState.objects.order_by("tstamp").first()
+    )
+    cursor = encode_cursor(middle.tstamp, middle.pk) if middle else ""
     api = [
         ("api tasks", "/monitor/api/tasks/?limit=100", '"results"'),
         ("api tasks state=FAILURE", "/monitor/api/tasks/?state=FAILURE&limit=100", "FAILURE"),
         ("api tasks name", f"/monitor/api/tasks/?name={name}&limit=100", name),
+        ("api tasks search", "/monitor/api/tasks/?q=shop.search&limit=100", "shop.search"),
+        ("api tasks hostname", f"/monitor/api/tasks/?hostname={WORKERS[3]}&limit=100", WORKERS[3]),
+        ("api tasks lost", "/monitor/api/tasks/?lost=1&limit=100", '"results"'),
+        ("api tasks since 1 h", f"/monitor/api/tasks/?since={hour_ago}&limit=100", '"results"'),
+        ("api tasks, a later page", f"/monitor/api/tasks/?limit=100&cursor={cursor}", '"results"'),
         ("api dashboard 7d", "/monitor/api/dashboard/?window=7d", name),
         ("metrics", "/monitor/metrics", "celery_monitor_tasks_total"),
         ("health", "/monitor/health/", "status"),
