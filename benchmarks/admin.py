@@ -13,6 +13,7 @@ the writer's longest stall and the total time.
     .venv/bin/python benchmarks/admin.py --postgresql        # PGHOST/PGPORT/PGUSER
     .venv/bin/python benchmarks/admin.py --all --rows 50000  # both, a quick run
     .venv/bin/python benchmarks/admin.py --rows 50000 --explain   # the SQL of each page
+    .venv/bin/python benchmarks/admin.py --workers 20000 --no-purge  # many workers
 """
 
 from __future__ import annotations
@@ -615,7 +616,7 @@ def run(options) -> None:
     from django_celery_monitor.models import TaskState
 
     backend = "postgresql" if options.postgresql else "sqlite"
-    print(f"== {backend}, {options.rows:,} tasks")
+    print(f"== {backend}, {options.rows:,} tasks, {len(WORKERS):,} workers")
     if options.reuse and TaskState.objects.exists():
         print(f"reused the {TaskState.objects.count():,} tasks in the database")
     else:
@@ -674,7 +675,18 @@ def main() -> None:
     parser.add_argument("--no-purge", action="store_true", help="time the pages only")
     parser.add_argument("--no-pages", action="store_true", help="time the purge only")
     parser.add_argument("--no-analyze", action="store_true", help="skip ANALYZE")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=len(WORKERS),
+        help="worker rows, the tasks spread over them (containers named anew at each start "
+        "leave thousands)",
+    )
     options = parser.parse_args()
+    if options.workers != len(WORKERS):
+        WORKERS[:] = [
+            f"celery@worker-{n}.prod.shop.internal" for n in range(1, options.workers + 1)
+        ]
     if options.all:
         rest = [arg for arg in sys.argv[1:] if arg != "--all"]
         for flag in ("--sqlite", "--postgresql"):

@@ -512,12 +512,17 @@ def test_search_by_task_id_name_and_hostname(admin_client):
     assert not admin_client.get(WORKERS, {"q": "me@"}).context["cl"].result_list
 
 
-@pytest.mark.parametrize("max_names", [1000, 1])
+@pytest.mark.parametrize(
+    ("max_names", "max_workers"), [(1000, 1000), (1, 1000), (1000, 1), (1000, 0)]
+)
 def test_search_matches_as_described_whatever_the_number_of_names(
-    admin_client, monkeypatch, max_names
+    admin_client, monkeypatch, max_names, max_workers
 ):
-    # With more names than MAX_SEARCH_NAMES, names are matched by prefix in the database.
+    # With more names than MAX_SEARCH_NAMES, names are matched by prefix in the database;
+    # with more workers than MAX_SEARCH_WORKERS, hostnames too, in the workers' table, and
+    # when more than that many match, by a subquery.
     monkeypatch.setattr(monitor_admin.tasks, "MAX_SEARCH_NAMES", max_names)
+    monkeypatch.setattr(monitor_admin.tasks, "MAX_SEARCH_WORKERS", max_workers)
     alpha, beta = make_worker("Alpha-1@host"), make_worker("beta-2@host")
     tasks = [
         make_task(task_id="0a1b2c3d-0000-4000-8000-000000000001", name="proj.Mail.send",
