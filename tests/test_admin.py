@@ -520,7 +520,7 @@ def test_search_matches_as_described_whatever_the_number_of_names(
 ):
     # With more names than MAX_SEARCH_NAMES, names are matched by prefix in the database;
     # with more workers than MAX_SEARCH_WORKERS, hostnames too, in the workers' table, and
-    # when more than that many match, by a subquery.
+    # when more than that many match, across the join.
     monkeypatch.setattr(monitor_admin.tasks, "MAX_SEARCH_NAMES", max_names)
     monkeypatch.setattr(monitor_admin.tasks, "MAX_SEARCH_WORKERS", max_workers)
     alpha, beta = make_worker("Alpha-1@host"), make_worker("beta-2@host")

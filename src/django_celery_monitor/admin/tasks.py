@@ -11,6 +11,7 @@ from django.contrib import admin, messages
 from django.contrib.admin.templatetags.admin_urls import admin_urlname
 from django.db import connections, models
 from django.db.models.functions import Lower
+from django.db.models.lookups import StartsWith
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
 from django.urls import reverse
@@ -213,8 +214,12 @@ class TaskMonitor(TaskExportMixin, ModelMonitor):
             )
             workers = list(matching.values_list("pk", flat=True)[: MAX_SEARCH_WORKERS + 1])
             if len(workers) > MAX_SEARCH_WORKERS:
-                q |= models.Q(worker_id__in=matching.values("pk"))
-                branches.append(models.Q(worker_id__in=matching.values("pk")))
+                # A word most workers start with ("celery"): the rows in date order, their
+                # worker's hostname checked one by one, find a page soonest (76 ms on SQLite
+                # for 20,000 workers, where the tasks of each worker's index took 2.5 s).
+                folded = StartsWith(Lower("worker__hostname"), term.lower())
+                q |= models.Q(folded)
+                branches.append(models.Q(folded))
                 workers = []
         if workers:
             q |= models.Q(worker_id__in=workers)
