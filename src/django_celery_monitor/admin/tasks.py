@@ -217,9 +217,12 @@ class TaskMonitor(TaskExportMixin, ModelMonitor):
                 # A word most workers start with ("celery"): the rows in date order, their
                 # worker's hostname checked one by one, find a page soonest (76 ms on SQLite
                 # for 20,000 workers, where the tasks of each worker's index took 2.5 s).
-                folded = StartsWith(Lower("worker__hostname"), term.lower())
-                q |= models.Q(folded)
-                branches.append(models.Q(folded))
+                if vendor == "mysql":  # hostnames compared byte for byte
+                    folded = models.Q(StartsWith(Lower("worker__hostname"), term.lower()))
+                else:  # SQLite: 125 ms with its LIKE (no case for ASCII), 573 with LOWER()
+                    folded = models.Q(worker__hostname__istartswith=term)
+                q |= folded
+                branches.append(folded)
                 workers = []
         if workers:
             q |= models.Q(worker_id__in=workers)
