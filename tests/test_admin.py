@@ -14,6 +14,7 @@ from django.contrib.admin.models import CHANGE, LogEntry
 from django.contrib.auth.models import Permission, User
 from django.contrib.messages import get_messages
 from django.db import connection
+from django.http import QueryDict
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
@@ -374,6 +375,16 @@ def test_filter_by_worker_and_name(admin_client):
     assert admin_client.get(TASKS, {"worker": "nope"}).context["cl"].result_count == 0
 
 
+def test_clearing_the_filters_keeps_the_date_drill_down(admin_client):
+    make_task(state="FAILURE", tstamp=datetime.datetime(2024, 5, 3, 12, tzinfo=datetime.UTC))
+    params = {"state": "FAILURE", "tstamp__year": "2024", "tstamp__month": "5"}
+
+    cl = admin_client.get(TASKS, params).context["cl"]
+
+    cleared = QueryDict(cl.clear_all_filters_qs.lstrip("?"))
+    assert dict(cleared.items()) == {"tstamp__year": "2024", "tstamp__month": "5"}
+
+
 def test_filter_by_date_and_drill_down(admin_client):
     old = make_task(tstamp=timezone.now() - timedelta(days=30))
     new = make_task()
@@ -485,13 +496,15 @@ def test_the_list_sorted_by_state_shows_the_rows_in_that_order(admin_client, ord
 def test_a_column_the_list_does_not_sort_by_is_not_sorted_by_from_the_query_string(
     admin_client,
 ):
-    first = make_task(worker=make_worker("b@test"), tstamp=timezone.now() - timedelta(hours=1))
-    second = make_task(worker=make_worker("a@test"))
+    # The later event first, though its row was made first (the key's order is not the list's).
+    later = make_task(worker=make_worker("b@test"), tstamp=timezone.now())
+    earlier = make_task(worker=make_worker("a@test"), tstamp=timezone.now() - timedelta(hours=1))
 
     with CaptureQueriesContext(connection) as queries:
         response = admin_client.get(TASKS, {"o": "5"})  # the worker's column
 
-    assert list(response.context["cl"].result_list) == [second, first]
+    assert list(response.context["cl"].result_list) == [later, earlier]
+    assert list(admin_client.get(TASKS, {"o": "2"}).context["cl"].result_list) == [later, earlier]
     assert not any("hostname" in q["sql"].split("ORDER BY")[-1] for q in queries)
     names = [task.name for task in admin_client.get(TASKS, {"o": "-3"}).context["cl"].result_list]
     assert names == sorted(names, reverse=True)

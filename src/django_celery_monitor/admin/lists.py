@@ -10,7 +10,7 @@ from django.contrib.admin.options import IncorrectLookupParameters
 from django.contrib.admin.views.main import ChangeList
 from django.core.paginator import Paginator
 from django.db import models
-from django.http import HttpRequest
+from django.http import HttpRequest, QueryDict
 from django.utils import formats, timezone
 from django.utils.functional import cached_property
 from django.utils.text import capfirst
@@ -70,6 +70,30 @@ class MonitorList(ChangeList):
     @property
     def count_capped(self) -> bool:
         return getattr(self.paginator, "capped", False)
+
+    def get_queryset(self, request: HttpRequest, *args: Any, **kwargs: Any) -> models.QuerySet:
+        queryset = super().get_queryset(request, *args, **kwargs)
+        self._keep_drilldown_when_cleared(request)
+        return queryset
+
+    def _keep_drilldown_when_cleared(self, request: HttpRequest) -> None:
+        """Keep the drill-down's year, month and day in the link that clears the filters.
+
+        Django puts the range they were turned into there (``tstamp__gte``, ``__lt``),
+        which the date filter of the list then takes for its own: the list stayed within
+        the month while neither the drill-down nor the date filter showed it.
+        """
+        field = self.model_admin.date_drilldown
+        keys = [f"{field}__{part}" for part in ("year", "month", "day")] if field else []
+        drilled = {key: request.GET[key] for key in keys if key in request.GET}
+        if not drilled:
+            return
+        query = QueryDict(self.clear_all_filters_qs.lstrip("?"), mutable=True)
+        for key in (f"{field}__gte", f"{field}__lt"):
+            query.pop(key, None)
+        for key, value in drilled.items():
+            query[key] = value
+        self.clear_all_filters_qs = "?" + query.urlencode()
 
     def get_ordering_field(self, field_name: Any) -> Any:
         """The field a column sorts by: none for a column not in ``sortable_by``.

@@ -209,6 +209,7 @@ class TaskMonitor(TaskExportMixin, ModelMonitor):
             # for a task id among a million tasks and 20,000 workers).
             matching = (
                 WorkerState.objects.using(db)
+                .order_by()
                 .annotate(folded=Lower("hostname"))
                 .filter(folded__startswith=term.lower())
             )
