@@ -7,7 +7,8 @@ counts that stop at a cap.
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 from django.core.exceptions import EmptyResultSet, FieldError
 from django.db import connections, models
@@ -161,6 +162,38 @@ def with_branches(
     return searched
 
 
+def _plain(query: Any) -> bool:
+    """Whether ``query`` is a list's plain query: in its own order, on its own rows, not cut
+    already."""
+    return not (
+        not query.standard_ordering
+        or query.extra_order_by
+        or query.combinator
+        or query.is_sliced
+        or query.distinct
+    )
+
+
+def _union_page(
+    queryset: models.QuerySet, parts: Iterable[models.QuerySet], alias: str
+) -> models.QuerySet:
+    """The rows of ``queryset`` whose key one of ``parts`` (querysets of keys) reads, in one
+    statement: the UNION ALL of the parts, each read from its own index. A part that can
+    match nothing is left out; with none left, no row."""
+    db = queryset.db
+    sqls, params = [], []
+    for part in parts:
+        try:
+            sql, part_params = part.query.get_compiler(using=db).as_sql()
+        except EmptyResultSet:
+            continue
+        sqls.append(f"SELECT * FROM ({sql}) {alias}_{len(sqls)}")
+        params.extend(part_params)
+    if not sqls:
+        return queryset.none()
+    return queryset.filter(pk__in=RawSQL(" UNION ALL ".join(sqls), params))
+
+
 def branch_page(queryset: models.QuerySet, bottom: int, top: int) -> models.QuerySet | None:
     """Rows ``bottom`` to ``top`` of a search noted by :func:`with_branches`, or None.
 
@@ -180,32 +213,19 @@ def branch_page(queryset: models.QuerySet, bottom: int, top: int) -> models.Quer
         query.where != where
         or not ordering
         or len(branches) * top > MAX_BRANCH_ROWS
-        # Only the list's plain query: in its own order, on its own rows, not cut already.
-        or not query.standard_ordering
-        or query.extra_order_by
-        or query.combinator
-        or query.is_sliced
-        or query.distinct
+        or not _plain(query)
     ):
         return None
-    db = queryset.db
-    base = models.QuerySet(queryset.model, query=base_query.chain(), using=db)
+    base = models.QuerySet(queryset.model, query=base_query.chain(), using=queryset.db)
     base = base.order_by(*ordering).values_list("pk")
-    parts, params = [], []
-    for number, branch in enumerate(branches):
-        try:
-            sql, branch_params = base.filter(branch)[:top].query.get_compiler(using=db).as_sql()
-        except EmptyResultSet:
-            continue
-        except FieldError:  # an order by something added after the search
-            return None
-        parts.append(f"SELECT * FROM ({sql}) cm_branch_{number}")
-        params.extend(branch_params)
-    if not parts:
-        return queryset.none()
     # One statement: the page of the rows whose key is among the branches' first rows.
-    candidates = RawSQL(" UNION ALL ".join(parts), params)
-    return queryset.filter(pk__in=candidates)[bottom:top]
+    try:
+        rows = _union_page(
+            queryset, (base.filter(branch)[:top] for branch in branches), "cm_branch"
+        )
+    except FieldError:  # an order by something added after the search
+        return None
+    return rows[bottom:top]
 
 
 #: A list sorted by a column of few values (the state) is read a value at a time (see
@@ -240,11 +260,7 @@ def value_page(
             not isinstance(part, str) or part.lstrip("-") not in _VALUE_PAGE_THEN
             for part in ordering[1:]
         )
-        or query.extra_order_by
-        or not query.standard_ordering
-        or query.combinator
-        or query.is_sliced
-        or query.distinct
+        or not _plain(query)
     ):
         return None
     values = values_present(queryset, field, MAX_VALUES + 1)  # in the database's order
@@ -253,22 +269,13 @@ def value_page(
     if ordering[0].startswith("-"):
         values.reverse()
     counts = capped_counts(queryset, field, values, top)
-    db = queryset.db
     base = queryset.order_by(*ordering[1:]).values_list("pk")
-    parts, params, seen = [], [], 0
+    parts, seen = [], 0
     for value in values:
         found = counts[value]
         if seen + found > bottom:
-            part = base.filter(**{field: value})[max(0, bottom - seen) : top - seen]
-            try:
-                sql, part_params = part.query.get_compiler(using=db).as_sql()
-            except EmptyResultSet:
-                continue
-            parts.append(f"SELECT * FROM ({sql}) cm_value_{len(parts)}")
-            params.extend(part_params)
+            parts.append(base.filter(**{field: value})[max(0, bottom - seen) : top - seen])
         seen += found
         if seen >= top:
             break
-    if not parts:
-        return queryset.none()
-    return queryset.filter(pk__in=RawSQL(" UNION ALL ".join(parts), params))[: top - bottom]
+    return _union_page(queryset, parts, "cm_value")[: top - bottom]
