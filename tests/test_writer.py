@@ -366,6 +366,72 @@ def test_the_workers_tasks_name_are_made_when_missing_and_kept_when_present():
         assert TaskState.objects.get(task_id=task_id).worker_id == rows[values["worker"]]
 
 
+def test_a_write_naming_workers_that_exist_reads_them_and_inserts_none():
+    from django_celery_monitor.models import WorkerState
+
+    WorkerState.objects.create(hostname="w1@h")
+    tasks = {str(uuidlib.uuid4()): {"state": "STARTED", "tstamp": T0, "worker": "w1@h"}}
+    with CaptureQueriesContext(connection) as queries:
+        ids, _ = write_snapshot({}, tasks)
+    table = WorkerState._meta.db_table
+    writes = [
+        q["sql"] for q in queries.captured_queries
+        if table in q["sql"] and not q["sql"].lstrip().upper().startswith("SELECT")
+    ]  # fmt: skip
+    assert writes == []
+    assert ids == {"w1@h": WorkerState.objects.get().pk}
+    assert TaskState.objects.get().worker_id == ids["w1@h"]
+
+
+@pytest.mark.django_db(transaction=True)  # two connections, each with its transaction
+def test_a_write_naming_a_worker_does_not_wait_for_another_writers_open_transaction():
+    """Another camera's transaction, still open, wrote a task of the worker: on MySQL and
+    MariaDB its check of the foreign key holds a lock on the worker's row. A write naming
+    the same worker goes on without waiting for that transaction to end."""
+    import threading
+
+    from django.db import connections, transaction
+
+    if connection.vendor == "sqlite":
+        pytest.skip("SQLite lets one writer in at a time")
+    write_snapshot({}, {str(uuidlib.uuid4()): {"state": "RECEIVED", "tstamp": T0,
+                                                "worker": "w1@h"}})  # fmt: skip
+    holding, release, failed = threading.Event(), threading.Event(), []
+
+    def other_camera() -> None:
+        try:
+            with transaction.atomic():
+                tasks = {str(uuidlib.uuid4()): {"state": "STARTED", "tstamp": T0,
+                                                "worker": "w1@h"}}  # fmt: skip
+                write_snapshot({}, tasks)
+                holding.set()
+                release.wait(30)
+        except BaseException as exc:
+            failed.append(exc)
+            holding.set()
+        finally:
+            connections.close_all()
+
+    thread = threading.Thread(target=other_camera)
+    thread.start()
+    try:
+        assert holding.wait(30) and not failed, failed
+        with connection.cursor() as cursor:
+            if connection.vendor == "mysql":
+                cursor.execute("SET SESSION innodb_lock_wait_timeout = 1")
+            else:
+                cursor.execute("SET lock_timeout = '1s'")
+        task_id = str(uuidlib.uuid4())
+        write_snapshot({}, {task_id: {"state": "SUCCESS", "tstamp": T0, "worker": "w1@h"}})
+    finally:
+        release.set()
+        thread.join(30)
+        connection.close()  # the session's lock timeout goes with it
+    assert not failed, failed
+    assert TaskState.objects.get(task_id=task_id).worker.hostname == "w1@h"
+    assert TaskState.objects.count() == 3
+
+
 @pytest.mark.django_db(transaction=True)  # another connection holds the write lock
 def test_sqlite_stages_a_batch_while_another_writer_holds_the_lock():
     import sqlite3

@@ -821,22 +821,39 @@ class SnapshotWriter:
         _, WorkerState = self._models()
         connection = connections[db]
         hostnames = sorted(rows)
+        table = connection.ops.quote_name(WorkerState._meta.db_table)
         with connection.cursor() as cursor:
             known = [h for h in hostnames if rows[h]]
-            empty = [h for h in hostnames if not rows[h]]
             if known:
                 self._upsert_workers(db, cursor, {h: rows[h] for h in known})
-            if empty:
-                self._insert_missing_workers(connection, cursor, empty, timezone.now())
-            ids = {}
-            table = connection.ops.quote_name(WorkerState._meta.db_table)
-            for start in range(0, len(hostnames), 500):
-                chunk = hostnames[start : start + 500]
-                marks = ", ".join("%s" for _ in chunk)
-                cursor.execute(
-                    f"SELECT hostname, id FROM {table} WHERE hostname IN ({marks})", chunk
-                )
-                ids.update(cursor.fetchall())
+            # The workers the tasks name are read first, and only those missing are
+            # inserted. An insert of a row that exists locks it on MySQL and MariaDB (for
+            # an update), until this transaction commits, and waits for the transactions
+            # whose task rows name the worker (their check of the foreign key holds a
+            # lock on it) to end: the shots of two cameras waited for each other's.
+            ids = self._worker_keys(connection, cursor, table, hostnames)
+            missing = [h for h in hostnames if h not in ids and not rows[h]]
+            if missing:
+                self._insert_missing_workers(connection, cursor, missing, timezone.now())
+                # A worker another camera inserted since this transaction's first read:
+                # MySQL's locking read sees the row as committed, not as that read did.
+                ids.update(self._worker_keys(connection, cursor, table, missing, latest=True))
+        return ids
+
+    @staticmethod
+    def _worker_keys(
+        connection: Any, cursor: Any, table: str, hostnames: list[str], latest: bool = False
+    ) -> dict[str, int]:
+        """The keys of the worker rows of ``hostnames`` that exist."""
+        lock = " LOCK IN SHARE MODE" if latest and connection.vendor == "mysql" else ""
+        ids = {}
+        for start in range(0, len(hostnames), 500):
+            chunk = hostnames[start : start + 500]
+            marks = ", ".join("%s" for _ in chunk)
+            cursor.execute(
+                f"SELECT hostname, id FROM {table} WHERE hostname IN ({marks}){lock}", chunk
+            )
+            ids.update(cursor.fetchall())
         return ids
 
     def _upsert_workers(self, db: str, cursor: Any, rows: Mapping[str, Mapping[str, Any]]) -> None:
