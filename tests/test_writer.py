@@ -369,6 +369,8 @@ def test_the_workers_tasks_name_are_made_when_missing_and_kept_when_present():
 def test_a_write_naming_workers_that_exist_reads_them_and_inserts_none():
     from django_celery_monitor.models import WorkerState
 
+    if connection.vendor == "sqlite":
+        pytest.skip("SQLite's writer writes first (the next test)")
     WorkerState.objects.create(hostname="w1@h")
     tasks = {str(uuidlib.uuid4()): {"state": "STARTED", "tstamp": T0, "worker": "w1@h"}}
     with CaptureQueriesContext(connection) as queries:
@@ -381,6 +383,30 @@ def test_a_write_naming_workers_that_exist_reads_them_and_inserts_none():
     assert writes == []
     assert ids == {"w1@h": WorkerState.objects.get().pk}
     assert TaskState.objects.get().worker_id == ids["w1@h"]
+
+
+@pytest.mark.django_db(transaction=True)  # another connection holds the write lock
+def test_sqlite_a_write_naming_a_worker_waits_for_another_writers_lock_and_goes_on():
+    """A SQLite transaction that read before it wrote could not wait for the write lock
+    another process held: SQLite refused its write at once (database is locked)."""
+    import sqlite3
+    import threading
+
+    if connection.vendor != "sqlite":
+        pytest.skip("the lock of a SQLite file")
+    write_snapshot({}, {str(uuidlib.uuid4()): {"state": "RECEIVED", "tstamp": T0,
+                                                "worker": "w1@h"}})  # fmt: skip
+    other = sqlite3.connect(connection.settings_dict["NAME"], timeout=0, check_same_thread=False)
+    other.execute("BEGIN IMMEDIATE")
+    release = threading.Timer(0.5, other.rollback)
+    release.start()
+    task_id = str(uuidlib.uuid4())
+    try:
+        write_snapshot({}, {task_id: {"state": "SUCCESS", "tstamp": T0, "worker": "w1@h"}})
+    finally:
+        release.join()
+        other.close()
+    assert TaskState.objects.get(task_id=task_id).worker.hostname == "w1@h"
 
 
 @pytest.mark.django_db(transaction=True)  # two connections, each with its transaction

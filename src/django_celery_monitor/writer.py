@@ -826,6 +826,14 @@ class SnapshotWriter:
             known = [h for h in hostnames if rows[h]]
             if known:
                 self._upsert_workers(db, cursor, {h: rows[h] for h in known})
+            if connection.vendor == "sqlite":
+                # Written first: a transaction that reads and then writes asks SQLite for
+                # more than the lock it holds, which fails at once (database is locked)
+                # while another process holds the write lock and waits for its readers.
+                empty = [h for h in hostnames if not rows[h]]
+                if empty:
+                    self._insert_missing_workers(connection, cursor, empty, timezone.now())
+                return self._worker_keys(connection, cursor, table, hostnames)
             # The workers the tasks name are read first, and only those missing are
             # inserted. An insert of a row that exists locks it on MySQL and MariaDB (for
             # an update), until this transaction commits, and waits for the transactions
