@@ -263,11 +263,14 @@ _STAGED_ROWS: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
 TRUNCATE_STAGE_AFTER = 5_000
 
 
-def task_upsert_sql(connection: Any, table: str, source: str | None = None) -> str:
+def task_upsert_sql(
+    connection: Any, table: str, source: str | None = None, key: str | None = None
+) -> str:
     """Return the UPSERT that merges task rows into ``table`` by :data:`TASK_RULES`.
 
     The rows are those of ``source`` (a SELECT of :data:`TASK_COLUMNS`, in task id order) or,
-    by default, one row of parameters.
+    by default, one row of parameters; with ``key`` (MySQL), a row's primary key comes
+    first: NULL for a task not recorded yet.
     """
     d = _Dialect(connection, table, "task_id")
     new, old = d.new, d.old
@@ -312,7 +315,8 @@ def task_upsert_sql(connection: Any, table: str, source: str | None = None) -> s
     # Only rows that change are written (PostgreSQL keeps no dead copy of the others, and
     # the count of written rows means something).
     where = " OR ".join(d.differs(sql, old(column)) for column, sql in assignments)
-    return d.insert(TASK_COLUMNS, assignments, where, source)
+    columns = (key, *TASK_COLUMNS) if key else TASK_COLUMNS
+    return d.insert(columns, assignments, where, source)
 
 
 def batch_source(connection: Any, model: Any) -> tuple[str, str]:
@@ -634,7 +638,8 @@ class SnapshotWriter:
         def build(connection: Any) -> tuple[str, list[Any], str]:
             TaskState, _ = self._models()
             form, source = batch_source(connection, TaskState)
-            sql = task_upsert_sql(connection, TaskState._meta.db_table, source or None)
+            key = TaskState._meta.pk.column if connection.vendor == "mysql" else None
+            sql = task_upsert_sql(connection, TaskState._meta.db_table, source or None, key)
             if form == "staged":
                 # Run without parameters, which Django then sends as it is, where it would
                 # search the long statement for its marks on every shot: %% stands for %.
@@ -698,6 +703,9 @@ class SnapshotWriter:
                     self._execute_prepared(cursor, sql)
                 elif form == "arrays":
                     cursor.execute(sql, [list(column) for column in zip(*chunk, strict=True)])
+                elif connection.vendor == "mysql":
+                    keys = self._task_keys(connection, cursor, [row[0] for row in chunk])
+                    cursor.executemany(sql, [[keys.get(row[0]), *row] for row in chunk])
                 else:
                     cursor.executemany(sql, chunk)
                 written += cursor.rowcount if cursor.rowcount >= 0 else len(chunk)
@@ -706,6 +714,32 @@ class SnapshotWriter:
             # the count says how many rows were merged, not which of them changed.
             written = len(rows)
         return written
+
+    def _task_keys(self, connection: Any, cursor: Any, task_ids: list[str]) -> dict[str, int]:
+        """The primary keys of the rows of ``task_ids`` recorded already (MySQL).
+
+        Read without a lock, for the merge to name the rows by them. A row the merge finds
+        by its task id alone (the unique index) is locked with the gap before it in that
+        index, until the transaction commits: a new task of another camera (another shard)
+        whose id falls in that gap waits for it. Found by its primary key, the row alone
+        is locked. A row recorded meanwhile by another camera, or deleted and recorded
+        again, is still found by its task id.
+        """
+        TaskState, _ = self._models()
+        quote = connection.ops.quote_name
+        table = quote(TaskState._meta.db_table)
+        pk = quote(TaskState._meta.pk.column)
+        keys: dict[str, int] = {}
+        for start in range(0, len(task_ids), 500):
+            chunk = task_ids[start : start + 500]
+            marks = ", ".join("%s" for _ in chunk)
+            cursor.execute(
+                f"SELECT {quote('task_id')}, {pk} FROM {table}"
+                f" WHERE {quote('task_id')} IN ({marks})",
+                chunk,
+            )
+            keys.update(cursor.fetchall())
+        return keys
 
     @staticmethod
     def _stage(cursor: Any, rows: list[list[Any]]) -> None:
