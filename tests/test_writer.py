@@ -105,15 +105,51 @@ def test_a_batch_is_a_handful_of_statements_with_no_read_of_the_tasks():
     sql = [q["sql"] for q in queries.captured_queries]
     task_statements = [s for s in sql if "celery_monitor_taskstate" in s]
     reads = [s for s in task_statements if s.lstrip().upper().startswith("SELECT")]
-    if connection.vendor == "mysql":
-        # The keys of the rows recorded already, read without a lock (see the next test).
-        assert reads and all(s.startswith("SELECT `task_id`, `id` FROM") for s in reads)
-    else:
-        assert not reads
+    # MySQL reads the keys of the unfinished tasks it wrote, without a lock (next tests).
+    assert not reads
     assert not any("FOR UPDATE" in s.upper() or "SHARE MODE" in s.upper() for s in reads)
     assert not any("FOR UPDATE" in s.upper() for s in sql)
     assert len(sql) <= 12, sql
     assert TaskState.objects.filter(state="SUCCESS").count() == 300
+
+
+def test_mysql_reads_the_keys_of_the_unfinished_tasks_it_wrote_and_of_no_other():
+    if connection.vendor != "mysql":
+        pytest.skip("MySQL's merge names the recorded rows by their keys")
+    writer = SnapshotWriter()
+    writer.write({}, {"t1": {"state": "RECEIVED", "tstamp": T0},
+                      "t2": {"state": "SUCCESS", "tstamp": T0}})  # fmt: skip
+    later = T0 + timedelta(seconds=1)
+    with CaptureQueriesContext(connection) as queries:
+        writer.write({}, {"t1": {"state": "SUCCESS", "tstamp": later},
+                          "t2": {"state": "STARTED", "tstamp": later},
+                          "t3": {"state": "STARTED", "tstamp": later}})  # fmt: skip
+    reads = [q["sql"] for q in queries.captured_queries if q["sql"].startswith("SELECT `task_id`")]
+    assert len(reads) == 1 and "IN ('t1')" in reads[0], reads
+    assert "FOR UPDATE" not in reads[0] and "SHARE" not in reads[0]
+    # By the states written: t1 finished; t2's late event is remembered (a hint, bounded).
+    assert writer._unfinished["default"] == {"t2": None, "t3": None}
+    assert dict(TaskState.objects.values_list("task_id", "state")) == {
+        "t1": "SUCCESS", "t2": "SUCCESS", "t3": "STARTED"
+    }  # fmt: skip
+
+
+def test_the_unfinished_tasks_remembered_are_bounded_the_oldest_forgotten_first(monkeypatch):
+    from django_celery_monitor import writer as writer_module
+
+    monkeypatch.setattr(writer_module, "MAX_UNFINISHED", 10)
+    writer = SnapshotWriter()
+    state_at = writer_module.TASK_COLUMNS.index("state")
+
+    def row(task_id: str, state: str) -> list:
+        values = [None] * len(writer_module.TASK_COLUMNS)
+        values[0], values[state_at] = task_id, state
+        return values
+
+    writer._note_unfinished("db", [row(f"t{n:02d}", "STARTED") for n in range(11)])
+    assert list(writer._unfinished["db"]) == [f"t{n:02d}" for n in range(6, 11)]
+    writer._note_unfinished("db", [row("t07", "FAILURE"), row("t11", "RECEIVED")])
+    assert list(writer._unfinished["db"]) == ["t06", "t08", "t09", "t10", "t11"]
 
 
 @pytest.mark.django_db(transaction=True)  # two connections, each with its transaction
@@ -176,9 +212,7 @@ def test_a_row_deleted_or_made_again_since_its_key_was_read_is_merged_by_its_tas
         TaskState.objects.all().delete()
     else:
         TaskState.objects.filter(pk=old_key).update(id=old_key + 1000)
-    monkeypatch.setattr(
-        SnapshotWriter, "_task_keys", lambda self, *args: {"t1": old_key}, raising=False
-    )
+    monkeypatch.setattr(SnapshotWriter, "_task_keys", lambda self, *args: {"t1": old_key})
     write_snapshot({}, {"t1": {"state": "SUCCESS", "tstamp": T0 + timedelta(seconds=1)}})
     row = TaskState.objects.get(task_id="t1")
     assert row.state == "SUCCESS"
