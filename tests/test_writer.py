@@ -105,9 +105,8 @@ def test_a_batch_is_a_handful_of_statements_with_no_read_of_the_tasks():
     sql = [q["sql"] for q in queries.captured_queries]
     task_statements = [s for s in sql if "celery_monitor_taskstate" in s]
     reads = [s for s in task_statements if s.lstrip().upper().startswith("SELECT")]
-    # MySQL reads the keys of the unfinished tasks it wrote, without a lock (next tests).
+    # None of these tasks was written before: not even MySQL reads a key (next tests).
     assert not reads
-    assert not any("FOR UPDATE" in s.upper() or "SHARE MODE" in s.upper() for s in reads)
     assert not any("FOR UPDATE" in s.upper() for s in sql)
     assert len(sql) <= 12, sql
     assert TaskState.objects.filter(state="SUCCESS").count() == 300
@@ -164,6 +163,8 @@ def test_a_new_task_does_not_wait_for_another_writers_merge_of_the_task_next_to_
     if connection.vendor == "sqlite":
         pytest.skip("SQLite lets one writer in at a time")
     recorded_id, new_id = "task-b", "task-a"
+    # Written unfinished by the writer the other camera's thread uses too (the process's):
+    # it knows the row, as a camera knows the rows it wrote.
     write_snapshot({}, {recorded_id: {"state": "RECEIVED", "tstamp": T0}})
     holding, release, failed = threading.Event(), threading.Event(), []
 
@@ -206,6 +207,8 @@ def test_a_row_deleted_or_made_again_since_its_key_was_read_is_merged_by_its_tas
 ):
     """The key a write read may be gone when it merges (the purge deleted the row, or
     another camera recorded the task again under a new key): the row is still merged."""
+    if connection.vendor != "mysql":
+        pytest.skip("MySQL's merge names the recorded rows by their keys")
     write_snapshot({}, {"t1": {"state": "RECEIVED", "tstamp": T0, "name": "proj.a"}})
     old_key = TaskState.objects.get().pk
     if stale == "deleted":
@@ -479,8 +482,8 @@ def test_the_workers_tasks_name_are_made_when_missing_and_kept_when_present():
 def test_a_write_naming_workers_that_exist_reads_them_and_inserts_none():
     from django_celery_monitor.models import WorkerState
 
-    if connection.vendor == "sqlite":
-        pytest.skip("SQLite's writer writes first (the next test)")
+    if connection.vendor != "mysql":
+        pytest.skip("SQLite and PostgreSQL insert the workers first (DO NOTHING)")
     WorkerState.objects.create(hostname="w1@h")
     tasks = {str(uuidlib.uuid4()): {"state": "STARTED", "tstamp": T0, "worker": "w1@h"}}
     with CaptureQueriesContext(connection) as queries:

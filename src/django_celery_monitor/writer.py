@@ -5,9 +5,10 @@ and PostgreSQL, ``INSERT ... ON DUPLICATE KEY UPDATE`` on MySQL and MariaDB, com
 database connection, and fed a batch in the database's bulk form (a temporary table, filled
 by multi-row INSERTs on SQLite and by COPY on psycopg 3; arrays on psycopg 2; a multi-row
 ``VALUES`` on mysqlclient). Its update clause is the merge: the database applies it to the
-recorded row, so nothing is read before the write, no row is locked for longer than its own
-statement, and several cameras can write the same rows at once (a row's merge is one atomic
-statement, and merging the same values twice changes nothing).
+recorded row, so no row's values are read before the write, and several cameras can write
+the same rows at once (a row's merge is one atomic statement, and merging the same values
+twice changes nothing). On MySQL and MariaDB the keys of some rows, and of the workers, are
+read first, without a lock, so that a write locks fewer rows (:meth:`SnapshotWriter._task_keys`).
 
 The rules (:data:`TASK_RULES`) are written once and turned both into SQL and into the Python
 merge the camera applies to the rows it still holds:
@@ -272,7 +273,7 @@ def task_upsert_sql(
 
     The rows are those of ``source`` (a SELECT of :data:`TASK_COLUMNS`, in task id order) or,
     by default, one row of parameters; with ``key`` (MySQL), a row's primary key comes
-    first: NULL for a task not recorded yet.
+    first: NULL where the writer does not know it (the row is then found by its task id).
     """
     d = _Dialect(connection, table, "task_id")
     new, old = d.new, d.old
@@ -732,7 +733,9 @@ class SnapshotWriter:
         index, until the transaction commits: a new task of another camera (another shard)
         whose id falls in that gap waits for it. Found by its primary key, the row alone
         is locked. A row recorded meanwhile by another camera, or deleted and recorded
-        again, is still found by its task id.
+        again, is still found by its task id. A key read here never names another task's
+        row: keys are only ever given out once, and the one read for a task is its row's
+        or a freed one.
 
         Only the tasks this writer wrote unfinished are looked up: the others are new,
         mostly (a shot of 20,000 tasks' events found 7% of its rows recorded). Reading the
@@ -769,6 +772,8 @@ class SnapshotWriter:
                 if row[_STATE_AT] in states.READY_STATES:
                     recent.pop(row[0], None)
                 else:
+                    # Moved to the end: the oldest go first, by their last write.
+                    recent.pop(row[0], None)
                     recent[row[0]] = None
             if len(recent) > MAX_UNFINISHED:
                 for task_id in list(itertools.islice(recent, len(recent) - MAX_UNFINISHED // 2)):
@@ -893,19 +898,22 @@ class SnapshotWriter:
             known = [h for h in hostnames if rows[h]]
             if known:
                 self._upsert_workers(db, cursor, {h: rows[h] for h in known})
-            if connection.vendor == "sqlite":
-                # Written first: a transaction that reads and then writes asks SQLite for
-                # more than the lock it holds, which fails at once (database is locked)
+            if connection.vendor != "mysql":
+                # Written first. On SQLite, a transaction that reads and then writes asks
+                # for more than the lock it holds, which fails at once (database is locked)
                 # while another process holds the write lock and waits for its readers.
+                # PostgreSQL's DO NOTHING locks no row; a read first would only let the
+                # snapshot of REPEATABLE READ miss a worker another camera inserts next.
                 empty = [h for h in hostnames if not rows[h]]
                 if empty:
                     self._insert_missing_workers(connection, cursor, empty, timezone.now())
                 return self._worker_keys(connection, cursor, table, hostnames)
-            # The workers the tasks name are read first, and only those missing are
-            # inserted. An insert of a row that exists locks it on MySQL and MariaDB (for
-            # an update), until this transaction commits, and waits for the transactions
-            # whose task rows name the worker (their check of the foreign key holds a
-            # lock on it) to end: the shots of two cameras waited for each other's.
+            # MySQL: the workers the tasks name are read first, and only those missing are
+            # inserted. An insert of a row that exists locks it (for an update) until this
+            # transaction commits, and waits for the transactions whose task rows name the
+            # worker (their check of the foreign key holds a lock on it) to end: the shots
+            # of two cameras waited for each other's. (At SERIALIZABLE the reads lock too;
+            # a deadlock between two cameras is then written again.)
             ids = self._worker_keys(connection, cursor, table, hostnames)
             missing = [h for h in hostnames if h not in ids and not rows[h]]
             if missing:
