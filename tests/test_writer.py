@@ -151,27 +151,20 @@ def test_the_unfinished_tasks_remembered_are_bounded_the_oldest_forgotten_first(
     assert list(writer._unfinished["db"]) == ["t06", "t08", "t09", "t10", "t11"]
 
 
-@pytest.mark.django_db(transaction=True)  # two connections, each with its transaction
-def test_a_new_task_does_not_wait_for_another_writers_merge_of_the_task_next_to_it():
-    """Another camera's transaction, still open, merged into a recorded task: a new task
-    whose id comes just before that one's goes in without waiting for it. (Found by its
-    task id alone, MySQL and MariaDB locked the recorded row with the gap before it.)"""
+@contextlib.contextmanager
+def another_camera_writing(tasks: dict[str, dict]) -> Iterator[None]:
+    """Run the block while another thread's write of ``tasks`` holds its transaction open,
+    with this connection waiting a second at most for a lock (then the write fails)."""
     import threading
 
     from django.db import connections, transaction
 
-    if connection.vendor == "sqlite":
-        pytest.skip("SQLite lets one writer in at a time")
-    recorded_id, new_id = "task-b", "task-a"
-    # Written unfinished by the writer the other camera's thread uses too (the process's):
-    # it knows the row, as a camera knows the rows it wrote.
-    write_snapshot({}, {recorded_id: {"state": "RECEIVED", "tstamp": T0}})
     holding, release, failed = threading.Event(), threading.Event(), []
 
     def other_camera() -> None:
         try:
             with transaction.atomic():
-                write_snapshot({}, {recorded_id: {"state": "STARTED", "tstamp": T0}})
+                write_snapshot({}, tasks)
                 holding.set()
                 release.wait(30)
         except BaseException as exc:
@@ -189,12 +182,27 @@ def test_a_new_task_does_not_wait_for_another_writers_merge_of_the_task_next_to_
                 cursor.execute("SET SESSION innodb_lock_wait_timeout = 1")
             else:
                 cursor.execute("SET lock_timeout = '1s'")
-        write_snapshot({}, {new_id: {"state": "SUCCESS", "tstamp": T0}})
+        yield
     finally:
         release.set()
         thread.join(30)
         connection.close()  # the session's lock timeout goes with it
     assert not failed, failed
+
+
+@pytest.mark.django_db(transaction=True)  # two connections, each with its transaction
+def test_a_new_task_does_not_wait_for_another_writers_merge_of_the_task_next_to_it():
+    """Another camera's transaction, still open, merged into a recorded task: a new task
+    whose id comes just before that one's goes in without waiting for it. (Found by its
+    task id alone, MySQL and MariaDB locked the recorded row with the gap before it.)"""
+    if connection.vendor == "sqlite":
+        pytest.skip("SQLite lets one writer in at a time")
+    recorded_id, new_id = "task-b", "task-a"
+    # Written unfinished by the writer the other camera's thread uses too (the process's):
+    # it knows the row, as a camera knows the rows it wrote.
+    write_snapshot({}, {recorded_id: {"state": "RECEIVED", "tstamp": T0}})
+    with another_camera_writing({recorded_id: {"state": "STARTED", "tstamp": T0}}):
+        write_snapshot({}, {new_id: {"state": "SUCCESS", "tstamp": T0}})
     assert dict(TaskState.objects.values_list("task_id", "state")) == {
         recorded_id: "STARTED",
         new_id: "SUCCESS",
@@ -527,46 +535,14 @@ def test_a_write_naming_a_worker_does_not_wait_for_another_writers_open_transact
     """Another camera's transaction, still open, wrote a task of the worker: on MySQL and
     MariaDB its check of the foreign key holds a lock on the worker's row. A write naming
     the same worker goes on without waiting for that transaction to end."""
-    import threading
-
-    from django.db import connections, transaction
-
     if connection.vendor == "sqlite":
         pytest.skip("SQLite lets one writer in at a time")
     write_snapshot({}, {str(uuidlib.uuid4()): {"state": "RECEIVED", "tstamp": T0,
                                                 "worker": "w1@h"}})  # fmt: skip
-    holding, release, failed = threading.Event(), threading.Event(), []
-
-    def other_camera() -> None:
-        try:
-            with transaction.atomic():
-                tasks = {str(uuidlib.uuid4()): {"state": "STARTED", "tstamp": T0,
-                                                "worker": "w1@h"}}  # fmt: skip
-                write_snapshot({}, tasks)
-                holding.set()
-                release.wait(30)
-        except BaseException as exc:
-            failed.append(exc)
-            holding.set()
-        finally:
-            connections.close_all()
-
-    thread = threading.Thread(target=other_camera)
-    thread.start()
-    try:
-        assert holding.wait(30) and not failed, failed
-        with connection.cursor() as cursor:
-            if connection.vendor == "mysql":
-                cursor.execute("SET SESSION innodb_lock_wait_timeout = 1")
-            else:
-                cursor.execute("SET lock_timeout = '1s'")
-        task_id = str(uuidlib.uuid4())
+    other = {str(uuidlib.uuid4()): {"state": "STARTED", "tstamp": T0, "worker": "w1@h"}}
+    task_id = str(uuidlib.uuid4())
+    with another_camera_writing(other):
         write_snapshot({}, {task_id: {"state": "SUCCESS", "tstamp": T0, "worker": "w1@h"}})
-    finally:
-        release.set()
-        thread.join(30)
-        connection.close()  # the session's lock timeout goes with it
-    assert not failed, failed
     assert TaskState.objects.get(task_id=task_id).worker.hostname == "w1@h"
     assert TaskState.objects.count() == 3
 
