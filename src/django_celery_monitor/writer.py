@@ -746,22 +746,8 @@ class SnapshotWriter:
             task_ids = [task_id for task_id in task_ids if task_id in recent]
         if not task_ids:
             return {}
-        connection = connections[db]
         TaskState, _ = self._models()
-        quote = connection.ops.quote_name
-        table = quote(TaskState._meta.db_table)
-        pk = quote(TaskState._meta.pk.column)
-        keys: dict[str, int] = {}
-        for start in range(0, len(task_ids), 500):
-            chunk = task_ids[start : start + 500]
-            marks = ", ".join("%s" for _ in chunk)
-            cursor.execute(
-                f"SELECT {quote('task_id')}, {pk} FROM {table}"
-                f" WHERE {quote('task_id')} IN ({marks})",
-                chunk,
-            )
-            keys.update(cursor.fetchall())
-        return keys
+        return _keys(cursor, TaskState, "task_id", task_ids)
 
     def _note_unfinished(self, db: str, rows: list[list[Any]]) -> None:
         """Remember the tasks of ``rows`` (written) that are not finished, and forget the
@@ -769,11 +755,10 @@ class SnapshotWriter:
         with self._unfinished_lock:
             recent = self._unfinished.setdefault(db, {})
             for row in rows:
-                if row[_STATE_AT] in states.READY_STATES:
-                    recent.pop(row[0], None)
-                else:
-                    # Moved to the end: the oldest go first, by their last write.
-                    recent.pop(row[0], None)
+                # Taken out, and put back at the end while unfinished: the oldest go
+                # first, by their last write.
+                recent.pop(row[0], None)
+                if row[_STATE_AT] not in states.READY_STATES:
                     recent[row[0]] = None
             if len(recent) > MAX_UNFINISHED:
                 for task_id in list(itertools.islice(recent, len(recent) - MAX_UNFINISHED // 2)):
@@ -893,7 +878,6 @@ class SnapshotWriter:
         _, WorkerState = self._models()
         connection = connections[db]
         hostnames = sorted(rows)
-        table = connection.ops.quote_name(WorkerState._meta.db_table)
         with connection.cursor() as cursor:
             known = [h for h in hostnames if rows[h]]
             if known:
@@ -907,36 +891,20 @@ class SnapshotWriter:
                 empty = [h for h in hostnames if not rows[h]]
                 if empty:
                     self._insert_missing_workers(connection, cursor, empty, timezone.now())
-                return self._worker_keys(connection, cursor, table, hostnames)
+                return _keys(cursor, WorkerState, "hostname", hostnames)
             # MySQL: the workers the tasks name are read first, and only those missing are
             # inserted. An insert of a row that exists locks it (for an update) until this
             # transaction commits, and waits for the transactions whose task rows name the
             # worker (their check of the foreign key holds a lock on it) to end: the shots
             # of two cameras waited for each other's. (At SERIALIZABLE the reads lock too;
             # a deadlock between two cameras is then written again.)
-            ids = self._worker_keys(connection, cursor, table, hostnames)
+            ids = _keys(cursor, WorkerState, "hostname", hostnames)
             missing = [h for h in hostnames if h not in ids and not rows[h]]
             if missing:
                 self._insert_missing_workers(connection, cursor, missing, timezone.now())
                 # A worker another camera inserted since this transaction's first read:
                 # MySQL's locking read sees the row as committed, not as that read did.
-                ids.update(self._worker_keys(connection, cursor, table, missing, latest=True))
-        return ids
-
-    @staticmethod
-    def _worker_keys(
-        connection: Any, cursor: Any, table: str, hostnames: list[str], latest: bool = False
-    ) -> dict[str, int]:
-        """The keys of the worker rows of ``hostnames`` that exist."""
-        lock = " LOCK IN SHARE MODE" if latest and connection.vendor == "mysql" else ""
-        ids = {}
-        for start in range(0, len(hostnames), 500):
-            chunk = hostnames[start : start + 500]
-            marks = ", ".join("%s" for _ in chunk)
-            cursor.execute(
-                f"SELECT hostname, id FROM {table} WHERE hostname IN ({marks}){lock}", chunk
-            )
-            ids.update(cursor.fetchall())
+                ids.update(_keys(cursor, WorkerState, "hostname", missing, " LOCK IN SHARE MODE"))
         return ids
 
     def _upsert_workers(self, db: str, cursor: Any, rows: Mapping[str, Mapping[str, Any]]) -> None:
@@ -1040,6 +1008,23 @@ def _rows_per_statement(connection: Any, width: int = len(TASK_COLUMNS), more: i
     if number is not None and hasattr(connection.connection, "getlimit"):
         limit = connection.connection.getlimit(number)
     return max(1, min(STAGE_ROWS, (limit - more) // width))
+
+
+def _keys(cursor: Any, model: Any, column: str, values: list[str], lock: str = "") -> dict:
+    """The primary keys of ``model``'s rows whose ``column`` is one of ``values``, by value:
+    a SELECT of 500 values at a time (with ``lock`` after it: MySQL's locking read)."""
+    quote = cursor.db.ops.quote_name
+    table, pk = quote(model._meta.db_table), quote(model._meta.pk.column)
+    keys = {}
+    for start in range(0, len(values), 500):
+        chunk = values[start : start + 500]
+        marks = ", ".join("%s" for _ in chunk)
+        cursor.execute(
+            f"SELECT {quote(column)}, {pk} FROM {table} WHERE {quote(column)} IN ({marks}){lock}",
+            chunk,
+        )
+        keys.update(cursor.fetchall())
+    return keys
 
 
 def _chunk_sizes(total: int, most: int) -> Iterator[int]:
