@@ -14,6 +14,7 @@ import os
 import queue
 import random
 import shutil
+import signal
 import statistics
 import sys
 import tempfile
@@ -462,6 +463,7 @@ class Database:
     """
 
     def __init__(self, backend: str, sqlite_journal: str = "delete") -> None:
+        exit_on_sigterm()
         self.backend = backend
         self.tmp = tempfile.mkdtemp(prefix="cm_bench_")
         self.prefix = f"cm_bench_{os.getpid()}"
@@ -572,6 +574,24 @@ class Database:
             conn.commit()
         finally:
             conn.close()
+
+
+def exit_on_sigterm() -> None:
+    """Make SIGTERM end this process as Ctrl-C does, by an exception: the ``finally`` of a
+    benchmark then drops the databases and the files it made (``kill``, ``timeout`` and
+    service managers send SIGTERM, and a process ended by it leaves them behind).
+
+    Only when nothing else handles the signal, on the main thread (where Python runs
+    handlers).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _exit_for_signal)
+
+
+def _exit_for_signal(signum: int, frame: Any) -> None:
+    sys.exit(128 + signum)
 
 
 def close_connections() -> None:
@@ -814,8 +834,11 @@ def spawn_and_time(
     feed them)."""
     context = multiprocessing.get_context("spawn")
     ready, results, go = context.Queue(), context.Queue(), context.Event()
+    # Daemons: the parent stopped (say, by SIGTERM) does not wait for them on its way out;
+    # they end with it.
     processes = [
-        context.Process(target=target, args=(*args, ready, go, results)) for args in arguments
+        context.Process(target=target, args=(*args, ready, go, results), daemon=True)
+        for args in arguments
     ]
     for process in processes:
         process.start()

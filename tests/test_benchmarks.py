@@ -6,8 +6,11 @@ benchmarks, not timed tests). Each uses a SQLite file of its own, never the test
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -91,6 +94,36 @@ def test_admin_times_each_page_and_the_purge():
         assert any(line.startswith(page) for line in pages), output
     assert "purge: longest statement" in output
     assert ", 0 failed" in output  # the camera's writes during the purge all went through
+
+
+def test_a_benchmark_stopped_by_sigterm_removes_what_it_made(tmp_path):
+    """``kill`` or ``timeout`` stops a benchmark as Ctrl-C does: its temporary files (and
+    databases) go, and the camera processes it started end with it."""
+    skips = [option for measure in ("ours", "1.1.2", "flower", "state")
+             for option in ("--skip", measure)]  # fmt: skip
+    command = [sys.executable, str(BENCHMARKS / "ingest.py"), "--tasks", "50000",
+               "--shards", "2", "--rounds", "20", *skips]  # fmt: skip
+    process = subprocess.Popen(
+        command,
+        cwd=BENCHMARKS.parent,
+        env={**os.environ, "TMPDIR": str(tmp_path)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        # Migrated, and its camera processes started (their databases copied from it).
+        while not list(tmp_path.glob("cm_bench_*/run-*.sqlite3")):
+            assert process.poll() is None, process.communicate()[0]
+            assert time.monotonic() < deadline, "the benchmark did not start"
+            time.sleep(0.05)
+        process.terminate()
+        output, _ = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode == 128 + signal.SIGTERM, output
+    assert list(tmp_path.iterdir()) == [], output
 
 
 def test_staging_compares_the_two_ways_of_emptying_postgresqls_temporary_table():
