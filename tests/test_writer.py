@@ -506,6 +506,32 @@ def test_a_write_naming_workers_that_exist_reads_them_and_inserts_none():
     assert TaskState.objects.get().worker_id == ids["w1@h"]
 
 
+@pytest.mark.parametrize("spelling", ["celery@HOST1", "celery@host1", "Celery@Host1 "])
+def test_hostnames_spelled_otherwise_are_other_workers_on_every_database(spelling):
+    """Hostnames are compared byte for byte everywhere (on MySQL and MariaDB too, whose
+    default collations ignore case and trailing spaces): each spelling is a worker of its
+    own, its tasks name its row, and later shots insert nothing again."""
+    from django_celery_monitor.models import WorkerState
+
+    stored = WorkerState.objects.create(hostname="Celery@Host1")
+    task = {"state": "STARTED", "tstamp": T0, "worker": spelling}
+    ids, _ = write_snapshot({}, {"t1": task})
+    other = WorkerState.objects.get(hostname=spelling)
+    assert other.pk != stored.pk and ids == {spelling: other.pk}
+    beat = {"last_heartbeat": T0, "offline": False, "freq": 2.0}
+    with CaptureQueriesContext(connection) as queries:
+        later, _ = write_snapshot({spelling: beat}, {"t2": {**task, "state": "SUCCESS"}})
+        again, _ = write_snapshot({}, {"t3": task})
+    assert later == again == ids
+    assert sorted(TaskState.objects.values_list("worker_id", flat=True)) == [other.pk] * 3
+    assert WorkerState.objects.get(pk=other.pk).last_heartbeat == T0
+    assert WorkerState.objects.get(pk=stored.pk).last_heartbeat is None
+    if connection.vendor == "mysql":  # read, found: never inserted again
+        table = WorkerState._meta.db_table
+        sql = [q["sql"] for q in queries.captured_queries if table in q["sql"]]
+        assert not [q for q in sql if q.lstrip().upper().startswith("INSERT") and "freq" not in q]
+
+
 @pytest.mark.django_db(transaction=True)  # another connection holds the write lock
 def test_sqlite_a_write_naming_a_worker_waits_for_another_writers_lock_and_goes_on():
     """A SQLite transaction that read before it wrote could not wait for the write lock
