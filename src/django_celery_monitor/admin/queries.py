@@ -165,12 +165,8 @@ def with_branches(
 def _plain(query: Any) -> bool:
     """Whether ``query`` is a list's plain query: in its own order, on its own rows, not cut
     already."""
-    return not (
-        not query.standard_ordering
-        or query.extra_order_by
-        or query.combinator
-        or query.is_sliced
-        or query.distinct
+    return bool(query.standard_ordering) and not (
+        query.extra_order_by or query.combinator or query.is_sliced or query.distinct
     )
 
 
