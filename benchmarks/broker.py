@@ -1,14 +1,17 @@
-"""What one camera and each of ``--shards`` shards spend per event, on a real Redis broker.
+"""What one camera and each of ``--shards`` cameras spend per event, on a real broker.
 
 ``ingest.py`` and ``rate.py`` hand the events to the cameras' State. Through a broker, each
-camera also reads and decodes every event message: Redis sends each one to every
-subscriber (PUB/SUB), so every shard pays for all of them and then keeps its own tasks.
+camera also reads and decodes the event messages it gets. Shards get every one: Redis sends
+each message to every subscriber (PUB/SUB), RabbitMQ to every shard's queue; each shard pays
+for all of them, then keeps its own tasks. On RabbitMQ, cameras given one queue name
+(``--split queue``) share that queue instead: each gets some of the messages, and decodes
+only those.
 Here the stream of ``ingest.py`` (``--tasks`` tasks over ``--workers`` workers) is
-published to Redis at ``--rate`` events a second, as busy prefork workers send it: each
-worker's task events of a 10 ms tick in one message (up to 24, Celery's buffer), its worker
-events alone. It goes to one camera, then to ``--shards`` camera processes, each run as
-``manage.py celery_monitor --frequency 1`` runs it (the receiver, the guard, the shard, a
-shot a second).
+published to the broker (``--broker``: a Redis or RabbitMQ URL) at ``--rate`` events a
+second, as busy prefork workers send it: each worker's task events of a 10 ms tick in one
+message (up to 24, Celery's buffer), its worker events alone. It goes to one camera, then
+to ``--shards`` camera processes, each run as ``manage.py celery_monitor --frequency 1``
+runs it (the receiver, the guard, the shard or the shared queue, a shot a second).
 
 Each camera process reports the CPU time it used from the moment the stream began until
 its last rows were written (its last shot, taken when its last message came), per event of
@@ -20,11 +23,14 @@ printed); the rows are checked after each run.
 
     .venv/bin/python benchmarks/broker.py               # SQLite; Redis at BENCH_REDIS_URL
     .venv/bin/python benchmarks/broker.py --postgresql --rounds 3
+    .venv/bin/python benchmarks/broker.py --broker amqp://guest:guest@127.0.0.1:5673//
+    .venv/bin/python benchmarks/broker.py --split queue --broker amqp://127.0.0.1:5673//
 """
 
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import os
 import sys
 import threading
@@ -67,22 +73,25 @@ def messages(events: list[dict], rate: int) -> list[tuple[float, str, Any]]:
     return out
 
 
-def reachable(url: str) -> str | None:
-    """Why Redis at ``url`` cannot be used, or None."""
-    import redis
+def broker_name(url: str) -> str:
+    return "RabbitMQ" if url.startswith(("amqp", "pyamqp")) else "Redis"
 
-    client = redis.Redis.from_url(url, socket_connect_timeout=2)
+
+def reachable(url: str) -> str | None:
+    """Why the broker at ``url`` cannot be used, or None."""
+    from kombu import Connection
+
     try:
-        client.ping()
+        with Connection(url, connect_timeout=2) as connection:
+            connection.ensure_connection(max_retries=1)
     except Exception as exc:
-        return f"no Redis at {url} ({type(exc).__name__}: {exc})"
-    finally:
-        client.close()
+        return f"no {broker_name(url)} at {url} ({type(exc).__name__}: {exc})"
     return None
 
 
 #: Published until every camera has heard one: Redis drops what is published before a
-#: receiver subscribes, which it does only as it starts to listen.
+#: receiver subscribes, which it does only as it starts to listen (and RabbitMQ what is
+#: published before its queue is bound).
 PROBE = {"type": "benchmark-probe"}
 
 
@@ -122,9 +131,13 @@ def probe(url: str, stop: threading.Event) -> None:
         producer.connection.close()
 
 
-def camera_process(database, stream_params, shard, url, expected, ready, go, results) -> None:
-    """One camera, run as the command runs it, until ``expected`` messages came and its last
-    rows are written: its CPU time (and its shots'), and when its rows were written."""
+def camera_process(
+    database, stream_params, shard, url, queue, received, expected, ready, go, results
+) -> None:
+    """One camera, run as the command runs it, reading the event queue ``queue`` (on
+    RabbitMQ), until the cameras together counted ``expected`` messages in ``received`` (each
+    of them all of them, or their share of one queue) and its last rows are written: its CPU
+    time (and its shots'), and when its rows were written."""
 
     def prepare():
         common.configure_django(database)
@@ -132,7 +145,6 @@ def camera_process(database, stream_params, shard, url, expected, ready, go, res
 
         from django_celery_monitor.runner import MonitorRunner
 
-        all_in = threading.Event()
         counts = {"messages": 0, "shots": 0.0}
         heard = threading.Event()
 
@@ -147,14 +159,19 @@ def camera_process(database, stream_params, shard, url, expected, ready, go, res
                         return
                     receive(body, message)
                     counts["messages"] += 1
-                    if counts["messages"] >= expected:
-                        all_in.set()
+                    with received.get_lock():
+                        received.value += 1
 
                 receiver._receive = counted  # the consumer is made after this
                 return receiver
 
         app = Celery("bench", broker=url, set_as_current=False)
-        runner = Runner(app, freq=1.0, shard=f"{shard[0]}/{shard[1]}" if shard else None)
+        # Each shard reads a queue of its own (as by default); cameras that share the
+        # work otherwise share ``queue``.
+        name = f"{queue}.shard{shard[0]}of{shard[1]}" if shard else queue
+        runner = Runner(
+            app, freq=1.0, shard=f"{shard[0]}/{shard[1]}" if shard else None, queue_name=name
+        )
         capture = runner.camera.capture
 
         def timed_capture(force: bool = False) -> int:
@@ -172,8 +189,13 @@ def camera_process(database, stream_params, shard, url, expected, ready, go, res
 
         def work() -> dict[str, float]:
             cpu = time.process_time()
-            if not all_in.wait(3600):
-                raise RuntimeError("the stream never ended")
+            deadline = time.monotonic() + 3600
+            # Every camera counts its messages in ``received``: it is whole when each shard
+            # has counted all of them, or when the cameras of one queue have between them.
+            while received.value < expected:
+                if time.monotonic() > deadline:
+                    raise RuntimeError("the stream never ended")
+                time.sleep(0.005)
             last = time.perf_counter()
             timed_capture(force=True)
             report = {
@@ -190,9 +212,15 @@ def camera_process(database, stream_params, shard, url, expected, ready, go, res
     common._timed_process(prepare, ready, go, results, finish=common.close_connections)
 
 
-def run(db, stream, published, url, count) -> tuple[list[dict], float]:
-    """``count`` cameras fed ``published`` through Redis: each one's report, and the
-    database server's CPU time meanwhile."""
+def run(db, stream, published, url, count, split) -> tuple[list[dict], float]:
+    """``count`` cameras fed ``published`` through the broker: each one's report, and the
+    database server's CPU time meanwhile. With ``split`` "queue" (and more than one camera)
+    they share one queue, otherwise each is a shard."""
+    shared = split == "queue" and count > 1
+    # The queues of this run alone (RabbitMQ keeps them a while after their readers leave).
+    queue = f"celery_monitor.benchmark.{os.getpid()}.{time.monotonic_ns()}"
+    received = multiprocessing.get_context("spawn").Value("q", 0)
+    expected = len(published) * (1 if shared else count)
     stop_probing = threading.Event()
     probing = threading.Thread(target=probe, args=(url, stop_probing), daemon=True)
     probing.start()
@@ -203,13 +231,31 @@ def run(db, stream, published, url, count) -> tuple[list[dict], float]:
             count,
             camera_process,
             url,
-            len(published),
+            queue,
+            received,
+            expected,
             started=lambda: publish(url, published, stop_probing),
+            shards=not shared,
         )
     finally:
         stop_probing.set()
         probing.join()
+        delete_queues(url, queue, count)
     return reports, server
+
+
+def delete_queues(url: str, queue: str, count: int) -> None:
+    """Delete the event queues of a run on RabbitMQ (the shared one, or each shard's)."""
+    if broker_name(url) != "RabbitMQ":
+        return
+    from kombu import Connection
+
+    names = [f"celeryev.{queue}"]
+    names += [f"celeryev.{queue}.shard{k}of{count}" for k in range(1, count + 1)]
+    with Connection(url) as connection:
+        channel = connection.channel()
+        for name in names:
+            channel.queue_delete(name)
 
 
 def main() -> None:
@@ -217,7 +263,16 @@ def main() -> None:
         description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
     common.add_database_options(parser, allow_all=False)
-    parser.add_argument("--broker", default=DEFAULT_BROKER, help="a Redis URL")
+    parser.add_argument(
+        "--broker", default=DEFAULT_BROKER, help="a Redis or RabbitMQ (amqp://) URL"
+    )
+    parser.add_argument(
+        "--split",
+        choices=("shards", "queue"),
+        default="shards",
+        help="how the cameras share the work: as shards (--shard K/N), or by reading one "
+        "queue (RabbitMQ only)",
+    )
     parser.add_argument("--tasks", type=int, default=30_000, help="tasks in the stream")
     parser.add_argument("--workers", type=int, default=8)
     parser.add_argument("--rate", type=int, default=10_000, help="events a second")
@@ -225,9 +280,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seed", type=int, default=1)
     options = parser.parse_args()
-    backend, n = options.backend, options.shards
+    backend, n, broker = options.backend, options.shards, broker_name(options.broker)
+    if options.split == "queue" and broker != "RabbitMQ":
+        parser.error("--split queue: only RabbitMQ lets cameras share a queue")
     if common.skipped(backend, reachable(options.broker)):
         return
+    cameras = "shards" if options.split == "shards" else "cameras sharing a queue"
     db = common.Database(backend, options.sqlite_journal)
     db.setup()
     try:
@@ -236,9 +294,9 @@ def main() -> None:
         published = messages(events, options.rate)
         print(
             f"{backend}: {options.tasks:,} tasks, {len(events):,} events over "
-            f"{options.workers} workers in {len(published):,} messages, published to Redis "
-            f"at {options.rate:,} ev/s; 1 camera against {n}; {options.rounds} round(s)"
-            + common.journal_note(backend, options.sqlite_journal),
+            f"{options.workers} workers in {len(published):,} messages, published to "
+            f"{broker} at {options.rate:,} ev/s; 1 camera against {n} {cameras}; "
+            f"{options.rounds} round(s)" + common.journal_note(backend, options.sqlite_journal),
             flush=True,
         )
         per_event: dict[int, list[float]] = {1: [], n: []}
@@ -246,7 +304,7 @@ def main() -> None:
         for round_ in range(options.rounds):
             figures = {}
             for count in (1, n) if round_ % 2 == 0 else (n, 1):
-                reports, server = run(db, stream, published, options.broker, count)
+                reports, server = run(db, stream, published, options.broker, count, options.split)
                 busiest = max(report["cpu"] for report in reports)
                 figures[count] = busiest
                 per_event[count].append(busiest / len(events) * 1e6)
@@ -264,13 +322,15 @@ def main() -> None:
             gains.append(figures[1] / figures[n])
         one, many = common.median(per_event[1]), common.median(per_event[n])
         gain = common.median(gains)
+        way = broker if options.split == "shards" else f"{broker}, one queue"
+        each = "shard" if options.split == "shards" else "camera"
         print(
-            f"{backend:<11}through Redis: 1 camera {one:.1f} us/event, the busiest of {n} "
-            f"shards {many:.1f} us/event (CPU time per event of the stream)  "
-            f"1 camera/shard {common.ratio(gain)}",
+            f"{backend:<11}through {way}: 1 camera {one:.1f} us/event, the busiest of {n} "
+            f"{cameras} {many:.1f} us/event (CPU time per event of the stream)  "
+            f"1 camera/{each} {common.ratio(gain)}",
             flush=True,
         )
-        print(f"summary: {backend}: through Redis, 1 camera/busiest shard {common.ratio(gain)}")
+        print(f"summary: {backend}: through {way}, 1 camera/busiest {each} {common.ratio(gain)}")
     finally:
         db.teardown()
 

@@ -878,19 +878,20 @@ def camera_processes(
     target: Any,
     *args: Any,
     started: Callable[[], Any] | None = None,
+    shards: bool = True,
 ) -> tuple[float, float, float, list[Any]]:
     """``count`` camera processes (``target``: the shards 1/count to count/count, or one
-    camera without a shard) on a fresh database, each fed the whole stream; once the rows
-    are checked, the wall time, the CPU time of the processes, that of the database servers
-    running here meanwhile, and what each one's work returned. ``target(database,
-    stream_params, shard, *args, ready, go, results)``; ``started`` as for
-    :func:`spawn_and_time`."""
+    camera without a shard; without ``shards``, cameras that are not shards) on a fresh
+    database, each fed the whole stream; once the rows are checked, the wall time, the CPU
+    time of the processes, that of the database servers running here meanwhile, and what
+    each one's work returned. ``target(database, stream_params, shard, *args, ready, go,
+    results)``; ``started`` as for :func:`spawn_and_time`."""
     database = db.fresh()
     close_connections()
-    shards = [(k, count) if count > 1 else None for k in range(1, count + 1)]
+    parts = [(k, count) if count > 1 and shards else None for k in range(1, count + 1)]
     server = server_cpu_seconds()
     seconds, cpu, returned = spawn_and_time(
-        target, [(database, stream.params(), shard, *args) for shard in shards], started
+        target, [(database, stream.params(), part, *args) for part in parts], started
     )
     # The server's CPU time also counts the few statements of the processes' start and end.
     server = server_cpu_seconds() - server

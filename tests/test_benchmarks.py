@@ -154,3 +154,25 @@ def test_broker_times_one_camera_and_two_shards_through_redis(redis_url):
     runs = [line for line in output.splitlines() if line.startswith("  round 1: ")]
     assert len(runs) == 2, output  # one camera, then two shards
     assert summary(output).startswith("summary: sqlite: through Redis, 1 camera/busiest shard ")
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("split", ["shards", "queue"])
+def test_broker_times_one_camera_and_two_through_rabbitmq(rabbitmq_url, split):
+    """On RabbitMQ each shard reads a queue of its own, or the cameras share one queue (each
+    gets some of the messages): either way the rows of every task are checked."""
+    output = run("broker.py", "--tasks", "300", "--rate", "2000", "--rounds", "1",
+                 "--broker", rabbitmq_url, "--split", split)  # fmt: skip
+    runs = [line for line in output.splitlines() if line.startswith("  round 1: ")]
+    assert len(runs) == 2, output
+    way = "RabbitMQ" if split == "shards" else "RabbitMQ, one queue"
+    each = "shard" if split == "shards" else "camera"
+    assert summary(output).startswith(f"summary: sqlite: through {way}, 1 camera/busiest {each} ")
+
+
+def test_broker_refuses_to_share_a_queue_on_redis(redis_url):
+    done = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "broker.py"), "--split", "queue", "--broker", redis_url],
+        cwd=BENCHMARKS.parent, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 2 and "only RabbitMQ lets cameras share a queue" in done.stderr

@@ -248,6 +248,7 @@ def test_on_rabbitmq_nothing_is_lost_while_the_camera_restarts(rabbitmq_url, tmp
         return check
 
     worker = WorkerProcess("rabbitmq@test", tmp_path / "worker.log", broker_url=rabbitmq_url)
+    second = None
     try:
         first = start_camera()
         worker.wait_ready(app=app)
@@ -267,10 +268,16 @@ def test_on_rabbitmq_nothing_is_lost_while_the_camera_restarts(rabbitmq_url, tmp
         wait_for(lambda: processed() >= 5 + 26 + 1, timeout=60, message="the worker to finish")
         assert not TaskState.objects.filter(task_id__in=list(away)).exists()
 
-        start_camera()
+        second = start_camera()
         wait_for(recorded(away), timeout=60, message="every task run while the camera was away")
     finally:
         worker.stop()
+        if second is not None:
+            stop_runner(second)  # before its queue goes: it would declare it again
+        # The camera's durable queue outlives it (for a day by default), and would gather
+        # every event the next tests send.
+        with app.connection_for_write() as connection:
+            connection.default_channel.queue_delete(f"celeryev.{queue_name}")
 
 
 @pytest.mark.e2e
