@@ -119,6 +119,25 @@ def test_a_late_event_never_regresses_a_finished_task(state, camera):
     assert task.tstamp.timestamp() == pytest.approx(now)
 
 
+@pytest.mark.parametrize("together", [True, False])
+def test_a_clients_task_sent_timed_after_the_workers_events_never_wins(state, camera, together):
+    """Celery times task-sent after the message went, by the client's clock: it may come
+    later than the worker's received and started, in the same shot or a later one."""
+    tid, now = new_id(), time.time()
+    feed(state, events.received(tid, ts=now + 0.002), events.started(tid, ts=now + 0.003))
+    if not together:
+        shutter(camera)
+    feed(state, events.task_event("sent", tid, "client@web", now + 0.005, name="proj.add"))
+    shutter(camera)
+    task = row(tid)
+    assert (task.state, task.worker.hostname) == ("STARTED", events.WORKER)
+    assert task.tstamp.timestamp() == pytest.approx(now + 0.003)
+    # The worker's later events, timed before the client's, still move the task on.
+    feed(state, events.succeeded(tid, ts=now + 0.004))
+    shutter(camera)
+    assert row(tid).state == "SUCCESS"
+
+
 def test_a_retried_task_moves_on_and_keeps_its_retries(state, camera):
     tid = new_id()
     feed(

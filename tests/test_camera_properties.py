@@ -2,9 +2,11 @@
 
 A task runs in one to three attempts, each on any of three workers; every attempt but the
 last is retried, the last one ends (succeeded, failed, revoked) or is still received or
-running. Its events arrive in any order, some twice, with shots after random prefixes. The
-row must end in the state Celery's precedence gives the final attempt, on that attempt's
-worker, with everything the events carried.
+running. A client may send an attempt (task-sent), by a clock of its own: its event may
+be timed after the worker's (the client's clock runs ahead, or it sent the event after the
+message went, as Celery does). Its events arrive in any order, some twice, with shots
+after random prefixes. The row must end in the state Celery's precedence gives the final
+attempt, on that attempt's worker, with everything the events carried.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from tests import events
 pytestmark = pytest.mark.django_db
 
 WORKERS = ("w1@host", "w2@host", "w3@host")
+CLIENT = "client@web"
 ENDINGS = ("succeeded", "failed", "revoked", "started", "received")
 EXPECTED_STATE = {
     "succeeded": "SUCCESS",
@@ -68,6 +71,15 @@ def histories(draw) -> History:
         received = add(
             "received", host, name="proj.fetch", args="('url',)", kwargs="{}", retries=attempt
         )
+        if draw(st.booleans()):
+            # The client's clock: behind, or ahead of the worker's by up to seconds.
+            skew = draw(st.sampled_from([-0.4, 0.0005, 0.002, 4.0]))
+            history.events.append(
+                events.task_event(
+                    "sent", history.task_id, CLIENT, received + skew, name="proj.fetch",
+                    args="('url',)", kwargs="{}", retries=attempt,
+                )
+            )  # fmt: skip
         if not final:
             add("started", host)
             add("retried", host, exception=f"IOError({attempt})", traceback="tb")

@@ -164,8 +164,10 @@ def decide(task: Any) -> tuple[str, str, float, str | None, dict] | None:
     Celery's State lets a task-retried (and any custom state) replace a finished state, so
     a late retried event of an earlier attempt would take a finished task back. Here a
     finished event always decides (by Celery's precedence when there are several); else the
-    latest event does, the higher precedence at the same time. None when the camera saw
-    none of the task's events (they reached the state before the camera watched it).
+    latest event does, the higher precedence at the same time, but a client's task-sent
+    (PENDING) only when there is no other: its time is the client's, and may come after the
+    worker's (as :func:`~.writer.incoming_state_wins`). None when the camera saw none of the
+    task's events (they reached the state before the camera watched it).
     """
     notes = task.__dict__.get(NOTES)
     if not notes:
@@ -174,9 +176,10 @@ def decide(task: Any) -> tuple[str, str, float, str | None, dict] | None:
         if subject in notes:
             return (state, subject, *notes[subject])
 
-    def order(item: tuple[str, tuple]) -> tuple[float, int]:
+    def order(item: tuple[str, tuple]) -> tuple[bool, float, int]:
         subject, (timestamp, _hostname, _outcome) = item
-        return timestamp, -states.precedence(_state_of(subject))
+        state = _state_of(subject)
+        return state != states.PENDING, timestamp, -states.precedence(state)
 
     subject, (timestamp, hostname, outcome) = max(notes.items(), key=order)
     return _state_of(subject), subject, timestamp, hostname, outcome

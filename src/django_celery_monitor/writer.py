@@ -92,7 +92,6 @@ TASK_RULES: dict[str, str] = {
     "hidden": CLEARED,
     "lost": CLEARED,
     "note": NOTE,
-    # Last: MySQL applies its assignments in order, and these two decide the others.
     "state": WINNER,
     "tstamp": WINNER,
 }
@@ -136,16 +135,21 @@ def incoming_state_wins(
 
     A finished state (SUCCESS, FAILURE, REVOKED) always beats an unfinished one, and among
     finished states Celery's precedence decides (SUCCESS, then FAILURE, then REVOKED): a late
-    or redelivered event never takes a finished task back. Among unfinished states the later
-    event wins (a retried task is received and started again; a late task-retried of an
-    earlier attempt loses to the attempt that followed it), and at the same time, or when the
-    times are unknown, Celery's rules: the higher precedence wins and RETRY always moves on.
+    or redelivered event never takes a finished task back. PENDING (a client's task-sent)
+    beats no other state, whatever the times: the client times it by its own clock, and
+    after it sent the message, so it may come later than the worker's received or started.
+    Among the other unfinished states the later event wins (a retried task is received and
+    started again; a late task-retried of an earlier attempt loses to the attempt that
+    followed it), and at the same time, or when the times are unknown, Celery's rules: the
+    higher precedence wins and RETRY always moves on.
     """
     if current is None:
         return True
     old, new = state_rank(current), state_rank(incoming)
     if old >= READY_RANK or new >= READY_RANK:
         return new >= old
+    if (current == states.PENDING) != (incoming == states.PENDING):
+        return incoming != states.PENDING
     then, now = _instant(current_tstamp), _instant(incoming_tstamp)
     if then is not None and now is not None and then != now:
         return now > then
@@ -266,6 +270,10 @@ _STAGED_ROWS: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
 TRUNCATE_STAGE_AFTER = 5_000
 
 
+#: MySQL: the session variable that holds, for the row being merged, whether it wins.
+MYSQL_WINS = "@celery_monitor_wins"
+
+
 def task_upsert_sql(
     connection: Any, table: str, source: str | None = None, key: str | None = None
 ) -> str:
@@ -278,12 +286,20 @@ def task_upsert_sql(
     d = _Dialect(connection, table, "task_id")
     new, old = d.new, d.old
     new_rank, old_rank = _rank_sql(new("state")), _rank_sql(old("state"))
-    wins = (
+    pending = _literal(states.PENDING)
+    decided = (
         f"(CASE WHEN {new_rank} >= {READY_RANK} OR {old_rank} >= {READY_RANK}"
         f" THEN {new_rank} >= {old_rank}"
+        # A client's PENDING beats no other state, whatever its time (incoming_state_wins).
+        f" WHEN ({new('state')} = {pending}) <> ({old('state')} = {pending})"
+        f" THEN {new('state')} <> {pending}"
         f" WHEN {new('tstamp')} <> {old('tstamp')} THEN {new('tstamp')} > {old('tstamp')}"
         f" ELSE {new_rank} >= {old_rank} END)"
     )
+    # MySQL applies its assignments in order, each column seeing the ones before it as
+    # they now are: whether the incoming row wins is decided once, by the first assignment
+    # (from the recorded state and time as they were), and every column reads that.
+    wins = MYSQL_WINS if d.mysql else decided
     assignments = []
     for column, rule in TASK_RULES.items():
         n, o = new(column), old(column)
@@ -306,14 +322,10 @@ def task_upsert_sql(
                 f"CASE WHEN {wins} AND {n} IS NOT NULL THEN {n}"
                 f" WHEN {wins} AND {o} = {_literal(STALE_NOTE)} THEN NULL ELSE {o} END"
             )
-        if d.mysql and column == "tstamp":
-            # MySQL has already set the state: the time follows it. The incoming state is
-            # there now when it won, or when it was the recorded one (then the later time
-            # wins, among unfinished states).
-            sql = (
-                f"CASE WHEN {old('state')} = {new('state')}"
-                f" AND ({new_rank} >= {READY_RANK} OR {n} >= {o}) THEN {n} ELSE {o} END"
-            )
+        if d.mysql and not assignments:
+            # Both branches are the column's rule: the condition is evaluated for each row
+            # (it sets the variable) whatever the column's values.
+            sql = f"CASE WHEN ({MYSQL_WINS} := {decided}) IS NULL THEN {sql} ELSE {sql} END"
         assignments.append((column, sql))
     # Only rows that change are written (PostgreSQL keeps no dead copy of the others, and
     # the count of written rows means something).
