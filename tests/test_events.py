@@ -218,3 +218,18 @@ def test_the_receiver_survives_what_celerys_own_receiver_raises_on(app):
     assert [event["uuid"] for event in handler.events] == ["x", "y", "good", "x"]
     assert receiver.guard.refused == 2
     assert receiver.guard.repaired == 3
+
+
+@pytest.mark.parametrize("hours_east", [2, -5, 9])
+def test_a_workers_time_zone_does_not_move_its_events_times(app, hours_east):
+    """A worker in another time zone than the camera's sends the same instants
+    (time.time()): Celery's receiver would shift them by the difference of the offsets."""
+    from celery.utils.time import utcoffset
+
+    receiver, handler = make_receiver(app)
+    event = events.received("tz")
+    sent_at = event["timestamp"]
+    # Celery's utcoffset is in hours west of UTC.
+    receiver._receive({**event, "utcoffset": utcoffset() - hours_east}, message=None)
+    assert [e["timestamp"] for e in handler.events] == [sent_at]
+    assert receiver.guard.refused == 0

@@ -349,6 +349,10 @@ class SafeEventReceiver(EventReceiver):
         clean = self.guard.check(body)
         if clean is None:
             return None, None
+        # An event's timestamp is the sender's time.time(): the same instant in every time
+        # zone. Celery's receiver would move it by the difference between the sender's UTC
+        # offset and this host's, hours away for a worker in another time zone.
+        kwargs["localize"] = False
         try:
             return super().event_from_message(clean, *args, **kwargs)
         except Exception as exc:
