@@ -547,6 +547,28 @@ def test_a_worker_that_says_goodbye_is_offline_at_once(state, camera):
     assert WorkerState.objects.get().is_alive()
 
 
+def test_a_goodbye_noted_while_a_shot_runs_is_written_by_the_next(state, camera, monkeypatch):
+    """The event hook notes a worker's goodbye once the state has taken it (and forgotten
+    the worker), outside the state's lock: a shot may run in between."""
+    camera.worker_update_freq = 0
+    feed(state, events.worker_event("heartbeat"))
+    shutter(camera)
+    feed(state, events.worker_event("heartbeat", "w2@h"))
+    type(state).event(state, events.worker_event("offline"))  # taken, not noted yet
+    worker_row = camera.worker_row
+
+    def noted_meanwhile(worker):
+        camera._last_worker_event[events.WORKER] = "offline"  # as the hook does, late
+        return worker_row(worker)
+
+    monkeypatch.setattr(camera, "worker_row", noted_meanwhile)
+    shutter(camera)  # w2 only: the state has forgotten the worker
+    assert not WorkerState.objects.get(hostname=events.WORKER).offline
+    monkeypatch.setattr(camera, "worker_row", worker_row)
+    shutter(camera)
+    assert WorkerState.objects.get(hostname=events.WORKER).offline
+
+
 def test_task_events_do_not_overwrite_the_worker_heartbeat_period(state, camera):
     feed(state, events.worker_event("heartbeat", freq=5.0))
     shutter(camera)

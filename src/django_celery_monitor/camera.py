@@ -516,8 +516,12 @@ class Camera(Polaroid):
 
         now = time.monotonic()
         workers = dict(state.workers.items())
+        # The event hook notes a worker's last event under its own lock, once the state has
+        # taken the event (and let go of its lock): a note may come while this shot runs.
+        with self._events_lock:
+            noted = dict(self._last_worker_event)
         # Celery's State forgets a worker that says goodbye when it was not in the state.
-        for hostname, event in self._last_worker_event.items():
+        for hostname, event in noted.items():
             if event == "offline" and hostname not in workers:
                 workers[hostname] = state.Worker(hostname)
         worker_rows = {}
@@ -532,7 +536,12 @@ class Camera(Polaroid):
             if due or offline != was_offline:
                 worker_rows[key] = row
                 self._worker_written[key] = (now, offline)
-        self._last_worker_event.clear()
+        with self._events_lock:
+            # What was noted since the shot read the notes is the next shot's to write (an
+            # offline worker the state has forgotten already).
+            for hostname, event in noted.items():
+                if self._last_worker_event.get(hostname) == event:
+                    del self._last_worker_event[hostname]
         if len(self._worker_written) > REMEMBERED_WORKERS:
             self._forget_quiet_workers(now)
 
