@@ -1269,6 +1269,13 @@ CRAFTED_TASK_PARAMS = [
     {"hidden": "maybe"},
     {"retries__gt": "many"},
     {"_changelist_filters": "state=%00"},
+    # Year 1 in the project's time zone (east of UTC) is before year 1 in UTC.
+    {"tstamp__gte": "0001-01-01"},
+    {"tstamp__lt": "0001-01-01 00:00:00"},
+    {"tstamp": "0001-01-01 00:30:00"},
+    {"last_heartbeat__gte": "0001-01-01"},
+    {"tstamp__gte": "not a date"},
+    {"q": " ".join(["a"] * 1000)},
 ]
 
 
@@ -1339,3 +1346,14 @@ def test_control_actions_require_the_csrf_token(
     response = client.post(url, {"action": action, "index": "0", "_selected_action": [make().pk]})
     assert response.status_code == 403
     assert sent == [] and not LogEntry.objects.exists()
+
+
+def test_a_search_takes_up_to_twenty_words(admin_client):
+    from django_celery_monitor.admin.queries import MAX_SEARCH_WORDS
+
+    task = make_task(name="proj.tasks.alpha")
+    words = " ".join([task.task_id[:8]] * MAX_SEARCH_WORDS)
+    for url, found in ((TASKS, [task]), (WORKERS, [])):
+        assert list(admin_client.get(url, {"q": words}).context["cl"].result_list) == found
+        response = admin_client.get(url, {"q": f"{words} more"})
+        assert response.status_code == 302 and response.url.endswith("?e=1")

@@ -361,6 +361,8 @@ def test_a_tampered_cursor_is_refused(admin_client, cursor):
         ({"name": "proj\x00add"}, "the query contains a NUL character"),
         ({"q": "\x00"}, "the query contains a NUL character"),
         ({"state\x00": "SUCCESS"}, "the query contains a NUL character"),
+        ({"q": " ".join(["a"] * 21)}, "A search takes at most 20 words."),
+        ({"q": " ".join(["a"] * 500)}, "A search takes at most 20 words."),
     ],
 )  # fmt: skip
 def test_bad_input_is_a_400(admin_client, params, error):

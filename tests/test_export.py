@@ -437,6 +437,8 @@ def test_anonymous_and_non_staff_are_sent_to_the_login(client, django_user_model
         {"tstamp__gte": "garbage"},
         {"retries__gt": "many"},
         {"no_such_field": "1"},
+        {"tstamp__gte": "0001-01-01"},  # before year 1 in UTC
+        {"q": " ".join(["a"] * 21)},
     ],
 )
 def test_a_bad_filter_gives_400(admin_client, tasks, params):

@@ -100,7 +100,7 @@ from django.views.decorators.http import require_GET
 from . import access, stats
 from .access import staff_or_token
 from .admin.helpers import MAX_CHILDREN
-from .admin.queries import branch_page
+from .admin.queries import TooManyWords, branch_page
 from .admin.tasks import TaskMonitor
 from .models import TaskState, WorkerState
 
@@ -326,9 +326,12 @@ def _tasks(request: HttpRequest, after: models.Q | None = None) -> models.QueryS
         tasks = tasks.filter(tstamp__lt=_datetime("until", until))
     search = _param(request, "q")
     if search is not None:
-        tasks, _duplicates = TaskMonitor(TaskState, admin.site).get_search_results(
-            request, tasks, search
-        )
+        try:
+            tasks, _duplicates = TaskMonitor(TaskState, admin.site).get_search_results(
+                request, tasks, search
+            )
+        except TooManyWords as exc:
+            raise BadQuery(str(exc)) from None
     return tasks
 
 

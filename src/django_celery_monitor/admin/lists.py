@@ -8,6 +8,7 @@ from typing import Any
 from django.conf import settings
 from django.contrib.admin.options import IncorrectLookupParameters
 from django.contrib.admin.views.main import ChangeList
+from django.core.exceptions import FieldDoesNotExist, ValidationError
 from django.core.paginator import Paginator
 from django.db import models
 from django.http import HttpRequest, QueryDict
@@ -22,6 +23,9 @@ try:
     from django.contrib.admin.utils import build_q_object_from_lookup_parameters
 except ImportError:  # pragma: no cover  (Django < 5.0)
     build_q_object_from_lookup_parameters = None
+
+#: The lookups of a date or time filter whose value is a date or a time ("": exact).
+TIME_LOOKUPS = frozenset({"", "exact", "gt", "gte", "lt", "lte"})
 
 
 class CappedPaginator(Paginator):
@@ -111,6 +115,7 @@ class MonitorList(ChangeList):
             # No database stores a NUL byte, and PostgreSQL refuses even to compare with one.
             raise IncorrectLookupParameters("A NUL character in the query string.")
         self._check_drilldown(request)
+        self._check_times(request)
         # Django turns its own date hierarchy's year, month and day into a range of the
         # column (in the current time zone), which the column's index serves. Left as they
         # are, a month or a day is an EXTRACT of every row: on SQLite, a Python function
@@ -181,6 +186,30 @@ class MonitorList(ChangeList):
             raise IncorrectLookupParameters(str(exc)) from None
         if not 1970 <= parts["year"] <= 9998:
             raise IncorrectLookupParameters(f"The year {parts['year']} is out of range.")
+
+    def _check_times(self, request: HttpRequest) -> None:
+        """Refuse a bound of a date or time filter (``tstamp__gte=``) that the database
+        cannot take (the admin answers ``?e=1``): a date near either end of the calendar,
+        read in the current time zone, lands outside it on its way to UTC."""
+        for key, values in request.GET.lists():
+            name, _, lookup = key.partition("__")
+            if lookup not in TIME_LOOKUPS:
+                continue
+            try:
+                field = self.model._meta.get_field(name)
+            except FieldDoesNotExist:
+                continue
+            if not isinstance(field, models.DateField):  # a DateTimeField is one too
+                continue
+            for value in values:
+                try:
+                    moment = field.to_python(value)
+                    if isinstance(moment, datetime.datetime) and settings.USE_TZ:
+                        if timezone.is_naive(moment):
+                            moment = timezone.make_aware(moment)
+                        moment.astimezone(datetime.timezone.utc)
+                except (ValidationError, ValueError, OverflowError):
+                    raise IncorrectLookupParameters(f"{key}={value!r}") from None
 
     def date_bounds(self, field: str, year: str | None, month: str | None) -> tuple[Any, Any]:
         """The first and the last date of the table's rows, in the chosen year or month.

@@ -10,6 +10,7 @@ import sys
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from django.contrib.admin.options import IncorrectLookupParameters
 from django.core.exceptions import EmptyResultSet, FieldError
 from django.db import connections, models
 from django.db.models.expressions import RawSQL
@@ -72,14 +73,29 @@ def hostnames_starting(workers: models.QuerySet, term: str, limit: int) -> list[
     return [pk for pk, hostname in rows if hostname.casefold().startswith(folded)]
 
 
+#: The most words a search takes: each is looked up (in several indexes) and adds a
+#: condition to the list's query, whose depth SQLite bounds (about a thousand).
+MAX_SEARCH_WORDS = 20
+
+
+class TooManyWords(IncorrectLookupParameters, ValueError):
+    """A search of more than :data:`MAX_SEARCH_WORDS` words."""
+
+
 def search_terms(search_term: str) -> list[str]:
-    """The words of a search, quoted phrases kept whole (as Django's admin splits them)."""
+    """The words of a search, quoted phrases kept whole (as Django's admin splits them).
+
+    Raises :class:`TooManyWords` past :data:`MAX_SEARCH_WORDS` words (the admin answers
+    ``?e=1``, the API 400).
+    """
     terms = []
     for bit in smart_split(search_term):
         if bit.startswith(('"', "'")) and bit[0] == bit[-1]:
             bit = unescape_string_literal(bit)
         if bit:
             terms.append(bit)
+            if len(terms) > MAX_SEARCH_WORDS:
+                raise TooManyWords(f"A search takes at most {MAX_SEARCH_WORDS} words.")
     return terms
 
 
