@@ -1275,6 +1275,10 @@ CRAFTED_TASK_PARAMS = [
     {"tstamp": "0001-01-01 00:30:00"},
     {"last_heartbeat__gte": "0001-01-01"},
     {"tstamp__gte": "not a date"},
+    {"tstamp__in": "2026-01-01 00:00:00,0001-01-01 00:00:00"},
+    {"received__year": "0"},
+    {"received__year": "1"},
+    {"started__year": "10000"},
     {"q": " ".join(["a"] * 1000)},
 ]
 
@@ -1357,3 +1361,31 @@ def test_a_search_takes_up_to_twenty_words(admin_client):
         assert list(admin_client.get(url, {"q": words}).context["cl"].result_list) == found
         response = admin_client.get(url, {"q": f"{words} more"})
         assert response.status_code == 302 and response.url.endswith("?e=1")
+
+
+def test_a_date_filter_is_read_in_the_projects_time_zone_whatever_zone_is_active(admin_client):
+    """Django reads a naive time in the project's time zone (not the active one): year 1
+    in Berlin is before year 1 in UTC, even while UTC is active."""
+    from django.utils import timezone as tz
+
+    make_task(tstamp=timezone.now())
+    with tz.override(zoneinfo.ZoneInfo("UTC")):
+        response = admin_client.get(TASKS, {"tstamp__gte": "0001-01-01"})
+    assert response.status_code == 302 and response.url.endswith("?e=1")
+
+
+def test_a_time_with_a_zone_without_use_tz_is_refused(admin_client, settings):
+    settings.USE_TZ = False
+    response = admin_client.get(TASKS, {"tstamp__gte": "2026-01-01T00:00:00+01:00"})
+    assert response.status_code == 302 and response.url.endswith("?e=1")
+    assert admin_client.get(TASKS, {"tstamp__gte": "2026-01-01 00:00:00"}).status_code == 200
+
+
+def test_the_workers_autocomplete_answers_a_search_of_too_many_words(admin_client):
+    worker = make_worker("auto@test")
+    url = reverse("admin:autocomplete")
+    params = {"app_label": "celery_monitor", "model_name": "taskstate", "field_name": "worker"}
+    found = admin_client.get(url, {**params, "term": "auto"})
+    assert [r["id"] for r in found.json()["results"]] == [str(worker.pk)]
+    response = admin_client.get(url, {**params, "term": " ".join(["auto"] * 21)})
+    assert response.status_code == 200 and response.json()["results"] == []

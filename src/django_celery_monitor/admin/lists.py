@@ -28,6 +28,21 @@ except ImportError:  # pragma: no cover  (Django < 5.0)
 TIME_LOOKUPS = frozenset({"", "exact", "gt", "gte", "lt", "lte"})
 
 
+def _storable(moment: Any) -> None:
+    """Raise ValueError or OverflowError for a time the database cannot be given: as
+    Django's ``DateTimeField`` prepares it (a naive time in the project's time zone), then
+    in UTC; with ``USE_TZ = False``, one that names a time zone."""
+    if not isinstance(moment, datetime.datetime):
+        return
+    if not settings.USE_TZ:
+        if timezone.is_aware(moment):
+            raise ValueError("a time with a time zone, and USE_TZ is False")
+        return
+    if timezone.is_naive(moment):
+        moment = timezone.make_aware(moment, timezone.get_default_timezone())
+    moment.astimezone(datetime.timezone.utc)
+
+
 class CappedPaginator(Paginator):
     """A paginator that counts at most ``cap`` rows, so a page never counts a whole table."""
 
@@ -188,12 +203,16 @@ class MonitorList(ChangeList):
             raise IncorrectLookupParameters(f"The year {parts['year']} is out of range.")
 
     def _check_times(self, request: HttpRequest) -> None:
-        """Refuse a bound of a date or time filter (``tstamp__gte=``) that the database
-        cannot take (the admin answers ``?e=1``): a date near either end of the calendar,
-        read in the current time zone, lands outside it on its way to UTC."""
+        """Refuse a date or time of a filter (``tstamp__gte=``, ``received__in=``,
+        ``started__year=``) that the database cannot take (the admin answers ``?e=1``).
+
+        A date near either end of the calendar, read in the project's time zone, lands
+        outside it on its way to UTC; without time zones, a time that names one is refused
+        by the database's driver.
+        """
         for key, values in request.GET.lists():
             name, _, lookup = key.partition("__")
-            if lookup not in TIME_LOOKUPS:
+            if lookup not in TIME_LOOKUPS and lookup not in ("in", "year"):
                 continue
             try:
                 field = self.model._meta.get_field(name)
@@ -203,11 +222,12 @@ class MonitorList(ChangeList):
                 continue
             for value in values:
                 try:
-                    moment = field.to_python(value)
-                    if isinstance(moment, datetime.datetime) and settings.USE_TZ:
-                        if timezone.is_naive(moment):
-                            moment = timezone.make_aware(moment)
-                        moment.astimezone(datetime.timezone.utc)
+                    if lookup == "year":
+                        if not 2 <= int(value) <= 9998:
+                            raise ValueError(value)
+                        continue
+                    for part in value.split(",") if lookup == "in" else [value]:
+                        _storable(field.to_python(part))
                 except (ValidationError, ValueError, OverflowError):
                     raise IncorrectLookupParameters(f"{key}={value!r}") from None
 

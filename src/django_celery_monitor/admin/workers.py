@@ -40,7 +40,7 @@ from .helpers import (
     _short_id,
     _when,
 )
-from .queries import search_terms
+from .queries import TooManyWords, search_terms
 
 #: The worker actions that differ only in the control call they broadcast and what they say:
 #: the action's name, its description, the name of the function of ``control`` it calls
@@ -679,8 +679,16 @@ class WorkerMonitor(ModelMonitor):
         """
         if tuple(self.get_search_fields(request)) != ("^hostname",) or not search_term:
             return super().get_search_results(request, queryset, search_term)
+        try:
+            terms = search_terms(search_term)
+        except TooManyWords:
+            resolved = getattr(request, "resolver_match", None)
+            if getattr(resolved, "url_name", None) == "autocomplete":
+                # Django's autocomplete (a task's worker) answers no error but a 500.
+                return queryset.none(), False
+            raise
         queryset = queryset.alias(hostname_lower=Lower("hostname"))
-        for term in search_terms(search_term):
+        for term in terms:
             queryset = queryset.filter(hostname_lower__startswith=term.lower())
         return queryset, False
 
