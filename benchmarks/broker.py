@@ -185,17 +185,20 @@ def camera_process(
         thread = threading.Thread(target=runner.run, name="camera", daemon=True)
         thread.start()
         if not heard.wait(30):
-            raise RuntimeError(f"the camera heard nothing from Redis at {url} in 30 s")
+            raise RuntimeError(f"the camera heard nothing from the broker at {url} in 30 s")
 
         def work() -> dict[str, float]:
             cpu = time.process_time()
-            deadline = time.monotonic() + 3600
             # Every camera counts its messages in ``received``: it is whole when each shard
             # has counted all of them, or when the cameras of one queue have between them.
-            while received.value < expected:
-                if time.monotonic() > deadline:
-                    raise RuntimeError("the stream never ended")
+            # A minute without a message: a camera failed (the parent says which).
+            count, moved = received.value, time.monotonic()
+            while count < expected:
                 time.sleep(0.005)
+                if received.value != count:
+                    count, moved = received.value, time.monotonic()
+                elif time.monotonic() - moved > 60:
+                    raise RuntimeError(f"the stream stalled at {count} of {expected} messages")
             last = time.perf_counter()
             timed_capture(force=True)
             report = {
