@@ -92,6 +92,7 @@ TASK_RULES: dict[str, str] = {
     "hidden": CLEARED,
     "lost": CLEARED,
     "note": NOTE,
+    # Last: MySQL applies its assignments in order, and these two decide the others.
     "state": WINNER,
     "tstamp": WINNER,
 }
@@ -270,7 +271,8 @@ _STAGED_ROWS: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
 TRUNCATE_STAGE_AFTER = 5_000
 
 
-#: MySQL: the session variable that holds, for the row being merged, whether it wins.
+#: MySQL: the session variable in which the state's assignment keeps, for the row being
+#: merged, whether it won (the time's assignment reads it).
 MYSQL_WINS = "@celery_monitor_wins"
 
 
@@ -287,7 +289,7 @@ def task_upsert_sql(
     new, old = d.new, d.old
     new_rank, old_rank = _rank_sql(new("state")), _rank_sql(old("state"))
     pending = _literal(states.PENDING)
-    decided = (
+    wins = (
         f"(CASE WHEN {new_rank} >= {READY_RANK} OR {old_rank} >= {READY_RANK}"
         f" THEN {new_rank} >= {old_rank}"
         # A client's PENDING beats no other state, whatever its time (incoming_state_wins).
@@ -296,10 +298,6 @@ def task_upsert_sql(
         f" WHEN {new('tstamp')} <> {old('tstamp')} THEN {new('tstamp')} > {old('tstamp')}"
         f" ELSE {new_rank} >= {old_rank} END)"
     )
-    # MySQL applies its assignments in order, each column seeing the ones before it as
-    # they now are: whether the incoming row wins is decided once, by the first assignment
-    # (from the recorded state and time as they were), and every column reads that.
-    wins = MYSQL_WINS if d.mysql else decided
     assignments = []
     for column, rule in TASK_RULES.items():
         n, o = new(column), old(column)
@@ -322,10 +320,18 @@ def task_upsert_sql(
                 f"CASE WHEN {wins} AND {n} IS NOT NULL THEN {n}"
                 f" WHEN {wins} AND {o} = {_literal(STALE_NOTE)} THEN NULL ELSE {o} END"
             )
-        if d.mysql and not assignments:
-            # Both branches are the column's rule: the condition is evaluated for each row
-            # (it sets the variable) whatever the column's values.
-            sql = f"CASE WHEN ({MYSQL_WINS} := {decided}) IS NULL THEN {sql} ELSE {sql} END"
+        if d.mysql and column == "state":
+            # MySQL applies its assignments in order, each seeing the columns before it as
+            # they now are: the time, assigned after the state, can no longer tell whether
+            # the incoming row won (a worker's state beats a client's PENDING of a later
+            # time). The state's assignment keeps that in a variable of the session, set
+            # by the condition itself (which is evaluated for every row merged).
+            sql = (
+                f"CASE WHEN ({MYSQL_WINS} := {wins})"
+                f" THEN (CASE WHEN {n} IS NULL THEN {o} ELSE {n} END) ELSE {o} END"
+            )
+        elif d.mysql and column == "tstamp":
+            sql = f"CASE WHEN {n} IS NULL THEN {o} WHEN {MYSQL_WINS} THEN {n} ELSE {o} END"
         assignments.append((column, sql))
     # Only rows that change are written (PostgreSQL keeps no dead copy of the others, and
     # the count of written rows means something).
