@@ -166,11 +166,11 @@ def camera_process(
                 return receiver
 
         app = Celery("bench", broker=url, set_as_current=False)
-        # Each shard reads a queue of its own (as by default); cameras that share the
-        # work otherwise share ``queue``.
-        name = f"{queue}.shard{shard[0]}of{shard[1]}" if shard else queue
         runner = Runner(
-            app, freq=1.0, shard=f"{shard[0]}/{shard[1]}" if shard else None, queue_name=name
+            app,
+            freq=1.0,
+            shard=f"{shard[0]}/{shard[1]}" if shard else None,
+            queue_name=queue_of(queue, shard),
         )
         capture = runner.camera.capture
 
@@ -247,14 +247,20 @@ def run(db, stream, published, url, count, split) -> tuple[list[dict], float]:
     return reports, server
 
 
+def queue_of(queue: str, shard: tuple[int, int] | None) -> str:
+    """The name of the event queue a camera of a run reads: each shard one of its own (as
+    by default), cameras that are not shards ``queue`` itself."""
+    return f"{queue}.shard{shard[0]}of{shard[1]}" if shard else queue
+
+
 def delete_queues(url: str, queue: str, count: int) -> None:
     """Delete the event queues of a run on RabbitMQ (the shared one, or each shard's)."""
     if broker_name(url) != "RabbitMQ":
         return
     from kombu import Connection
 
-    names = [f"celeryev.{queue}"]
-    names += [f"celeryev.{queue}.shard{k}of{count}" for k in range(1, count + 1)]
+    parts = [None, *((k, count) for k in range(1, count + 1))]
+    names = [f"celeryev.{queue_of(queue, part)}" for part in parts]  # Celery's prefix
     with Connection(url) as connection:
         channel = connection.channel()
         for name in names:

@@ -18,6 +18,9 @@ import pytest
 pytestmark = pytest.mark.nodb
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+#: ingest.py's options that skip every rate: it times the shards alone.
+SHARDS_ONLY = [option for measure in ("ours", "1.1.2", "flower", "state")
+               for option in ("--skip", measure)]  # fmt: skip
 
 
 def run(script: str, *args: str) -> str:
@@ -65,9 +68,7 @@ def test_memory_reports_the_resident_memory():
 
 def test_ingest_compares_shards_with_one_camera_and_the_machines_ceiling():
     # Every rate skipped: the shards alone.
-    skips = [option for measure in ("ours", "1.1.2", "flower", "state")
-             for option in ("--skip", measure)]  # fmt: skip
-    output = run("ingest.py", "--tasks", "200", "--rounds", "1", "--shards", "2", *skips)
+    output = run("ingest.py", "--tasks", "200", "--rounds", "1", "--shards", "2", *SHARDS_ONLY)
     line = summary(output)
     assert line.startswith("summary: sqlite, shards speed-up "), line
     assert " ev/s" not in output
@@ -99,10 +100,8 @@ def test_admin_times_each_page_and_the_purge():
 def test_a_benchmark_stopped_by_sigterm_removes_what_it_made(tmp_path):
     """``kill`` or ``timeout`` stops a benchmark as Ctrl-C does: its temporary files (and
     databases) go, and the camera processes it started end with it."""
-    skips = [option for measure in ("ours", "1.1.2", "flower", "state")
-             for option in ("--skip", measure)]  # fmt: skip
     command = [sys.executable, str(BENCHMARKS / "ingest.py"), "--tasks", "50000",
-               "--shards", "2", "--rounds", "20", *skips]  # fmt: skip
+               "--shards", "2", "--rounds", "20", *SHARDS_ONLY]  # fmt: skip
     process = subprocess.Popen(
         command,
         cwd=BENCHMARKS.parent,
