@@ -195,7 +195,8 @@ def test_workers(recorded):
     }
     # w2 never had its missed events counted: no sample.
     assert by(samples["celery_monitor_worker_events_missed"], "hostname") == {"w1@host": 3}
-    assert samples["celery_monitor_events_missed_total"] == {(): 3}
+    assert samples["celery_monitor_events_missed"] == {(): 3}
+    assert samples["celery_monitor_workers"] == {(): 2}
 
 
 def test_camera_health(recorded):
@@ -234,7 +235,8 @@ def test_an_empty_monitor(now):
     samples = scrape()
     assert samples["celery_monitor_monitor_healthy"] == {(): 0}
     assert samples["celery_monitor_workers_online"] == {(): 0}
-    assert samples["celery_monitor_events_missed_total"] == {(): 0}
+    assert samples["celery_monitor_events_missed"] == {(): 0}
+    assert samples["celery_monitor_workers"] == {(): 0}
     assert "celery_monitor_tasks_total" not in samples
 
 

@@ -9,11 +9,13 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from celery.events.state import State
 from django.db.models import QuerySet
+from django.utils import timezone
 
 from django_celery_monitor import stats
 from django_celery_monitor.camera import Camera
 from django_celery_monitor.models import (
     CameraState,
+    QueueSample,
     RollupMark,
     TaskRollup,
     TaskState,
@@ -124,7 +126,9 @@ def check_hour(data):
     }
     assert totals["finished"] == 10
     assert totals["retried"] == 1
-    assert totals["throughput_per_minute"] == pytest.approx(10 / 60)
+    # Per minute of the window so far: it began at 9:32, and it is 10:30:20.
+    assert totals["seconds"] == (NOW - data["start"]).total_seconds() == 3500
+    assert totals["throughput_per_minute"] == pytest.approx(10 / (3500 / 60))
     assert totals["failure_rate"] == pytest.approx(2 / 9)
     previous = data["totals"]["previous"]
     assert previous["states"] == {"SUCCESS": 2}
@@ -437,3 +441,83 @@ def test_the_camera_beats_at_most_once_a_second_while_it_writes(app, monkeypatch
     state.event(events.received(str(uuidlib.uuid4())))
     camera.capture()
     assert CameraState.objects.get().tasks_written == 3
+
+
+def test_the_week_before_is_counted_after_two_weeks_of_rollups():
+    # A task an hour for 15 days, rolled up every day as a camera would have: the 7-day
+    # window's week before reads quarter days rolled up 8 to 14 days ago.
+    TaskState.objects.bulk_create([task("SUCCESS", hour * 3600 + 420) for hour in range(15 * 24)])
+    for day in range(15, -1, -1):
+        stats.roll_up(now=NOW - timedelta(days=day))
+    totals = stats.window_totals("7d", now=NOW)
+    start = totals["start"]
+    rows = TaskState.objects.filter(state="SUCCESS")
+    before = rows.filter(tstamp__gte=start - timedelta(days=7), tstamp__lt=start).count()
+    assert before > 160
+    assert totals["previous"]["states"]["SUCCESS"] == before
+    assert totals["current"]["states"]["SUCCESS"] == rows.filter(tstamp__gte=start).count()
+
+
+@pytest.mark.parametrize("expires", [120, 300])
+def test_a_purge_sooner_than_the_reroll_never_lowers_the_counts(settings, expires):
+    # Tasks expire 2 or 5 minutes after they finish, and the cleanup purges them: minutes
+    # already rolled up keep their counts (the metrics' counters never go down).
+    settings.CELERY_MONITOR_TASK_SUCCESS_EXPIRES = expires
+    TaskState.objects.bulk_create([task("SUCCESS", 30 * i) for i in range(1, 21)])
+    stats.roll_up(now=NOW + timedelta(minutes=2))
+
+    def counted() -> int:
+        return sum(group.count for group in stats.cumulative_groups().values())
+
+    assert counted() == 20
+    TaskState.objects.filter(
+        tstamp__lt=NOW + timedelta(minutes=3) - timedelta(seconds=expires)
+    ).delete()
+    stats.roll_up(now=NOW + timedelta(minutes=3))
+    stats.roll_up(now=NOW + timedelta(minutes=4))
+    assert counted() == 20
+    # A task that finished since is counted too.
+    TaskState.objects.bulk_create([task("SUCCESS", -200)])
+    stats.roll_up(now=NOW + timedelta(minutes=6))
+    assert counted() == 21
+
+
+def test_a_window_in_progress_is_per_its_time_so_far():
+    # One task every 10 s for 40 minutes: 6 a minute, steady. At 10:30:20 the 15-minute
+    # window (of minutes) began at 10:16, 14 min 20 s ago; the one before is whole.
+    TaskState.objects.bulk_create([task("SUCCESS", 10 * i) for i in range(240)])
+    totals = stats.window_totals("15m", now=NOW)
+    current, previous = totals["current"], totals["previous"]
+    assert current["seconds"] == 860 and previous["seconds"] == 900
+    assert current["throughput_per_minute"] == pytest.approx(6, rel=0.02)
+    assert previous["throughput_per_minute"] == pytest.approx(6, rel=0.02)
+
+
+def test_workers_are_counted_beyond_those_listed():
+    now = timezone.now()  # the workers' liveness reads the clock
+    WorkerState.objects.bulk_create(
+        [WorkerState(hostname=f"w{i}@h", last_heartbeat=now, freq=2.0) for i in range(250)]
+        + [
+            WorkerState(hostname="never@h"),
+            WorkerState(hostname="gone@h", last_heartbeat=now, offline=True, events_missed=4),
+        ]
+    )
+    WorkerState.objects.filter(hostname="w0@h").update(events_missed=3)
+    listed = stats.workers()
+    assert len(listed) == stats.MAX_WORKERS
+    # Those never heard from come last (PostgreSQL sorts NULLs first when descending).
+    assert "never@h" not in {worker["hostname"] for worker in listed}
+    assert stats.worker_totals() == {"total": 252, "online": 250, "events_missed": 7}
+
+
+def test_every_queue_sampled_lately_is_listed():
+    now = timezone.now()
+    samples = [
+        QueueSample(queue=f"q{q:03d}", sampled=now - timedelta(seconds=595 - 10 * r), messages=1)
+        for r in range(60)
+        for q in range(100)
+    ]
+    samples.append(QueueSample(queue="new", sampled=now, messages=9))
+    QueueSample.objects.bulk_create(samples)
+    found = {queue["queue"]: queue["messages"] for queue in stats.queue_lengths(now=now)}
+    assert len(found) == 101 and found["new"] == 9

@@ -59,9 +59,12 @@ With ``path("monitor/", include("django_celery_monitor.urls"))``:
         {"window": "1h", "start": "...", "end": "...", "interval": 120, "now": "...",
          "totals": {"window": "1h", "start": "...", "end": "...",
                     "current": {"states": {"SUCCESS": 120, "STARTED": 3, ...},
-                                "finished": 130, "retried": 4,
-                                "throughput_per_minute": 2.17, "failure_rate": 0.05},
+                                "finished": 130, "retried": 4, "seconds": 3540.0,
+                                "throughput_per_minute": 2.2, "failure_rate": 0.05},
                     "previous": {...the same, for the window before}},
+         (the current window's last interval is still going on: ``seconds`` is how much
+         of the window has passed, which the throughput is per; the previous window's is
+         its whole length)
          "series": [{"start": "...", "succeeded": 10, "failed": 1, "revoked": 0,
                      "retried": 0, "runtime_p50": 0.2, "runtime_p95": 0.9}, ...],
          "task_names": [{"name": "proj.add", "count": 80, "succeeded": 76, "failed": 4,
@@ -72,6 +75,7 @@ With ``path("monitor/", include("django_celery_monitor.urls"))``:
                             "latest_task_id": "...", "latest_tstamp": "...",
                             "latest_name": "proj.add"}, ...],
          "workers": [...as /api/workers/],
+         "worker_totals": {"total": 12, "online": 10, "events_missed": 0},
          "stuck": {"threshold": 3600.0 or null,
                    "tasks": [{"id", "task_id", "name", "state", "worker", "since",
                               "reason"}, ...]},
@@ -391,8 +395,12 @@ def task_detail(request: HttpRequest, task_id: str) -> HttpResponse:
 
 @api_view(access.WORKERS)
 def worker_list(request: HttpRequest) -> HttpResponse:
-    """The workers, the latest heartbeat first."""
-    return json_response({"results": stats.workers()})
+    """The workers heard from last (at most ``stats.MAX_WORKERS``), the latest heartbeat
+    first; ``count`` and ``online`` count them all."""
+    totals = stats.worker_totals()
+    return json_response(
+        {"count": totals["total"], "online": totals["online"], "results": stats.workers()}
+    )
 
 
 @api_view(access.DASHBOARD)

@@ -168,9 +168,15 @@ class MonitorCollector:
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
         workers = stats.workers(self.using)
+        totals = stats.worker_totals(self.using)
         online = GaugeMetricFamily("celery_monitor_workers_online", "Workers online.")
-        online.add_metric([], sum(1 for worker in workers if worker["online"]))
+        online.add_metric([], totals["online"])
         yield online
+        known = GaugeMetricFamily(
+            "celery_monitor_workers", "Workers recorded, online or not (until deleted)."
+        )
+        known.add_metric([], totals["total"])
+        yield known
 
         def per_worker(family: Any, key: str, rows: Iterable[dict[str, Any]]) -> Any:
             for worker in rows:
@@ -214,13 +220,14 @@ class MonitorCollector:
             "events_missed",
             workers,
         )
-        missed = CounterMetricFamily(
+        # A gauge: each worker's count starts again when the camera restarts, and leaves
+        # the sum with the worker's row.
+        missed = GaugeMetricFamily(
             "celery_monitor_events_missed",
-            "Task events the camera missed, over all workers.",
+            "Tasks whose started event the camera never received, over all workers, as "
+            "counted since each camera started.",
         )
-        missed.add_metric(
-            [], sum(w["events_missed"] for w in workers if w["events_missed"] is not None)
-        )
+        missed.add_metric([], totals["events_missed"])
         yield missed
 
     def queue_metrics(self) -> Iterator[Any]:

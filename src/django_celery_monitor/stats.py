@@ -34,7 +34,15 @@ from django.db.models import F, Q
 from django.utils import timezone
 
 from .conf import monitor_settings
-from .models import CameraState, QueueSample, RollupMark, TaskRollup, TaskState, WorkerState
+from .models import (
+    DEFAULT_HEARTBEAT_FREQ,
+    CameraState,
+    QueueSample,
+    RollupMark,
+    TaskRollup,
+    TaskState,
+    WorkerState,
+)
 
 __all__ = [
     "WINDOWS",
@@ -75,9 +83,11 @@ BACKFILL = timedelta(days=7)
 MINUTE_BACKFILL = timedelta(hours=2)
 #: The periods of the rollups, in seconds: minutes, hours and quarter days, each made from
 #: the one before; and how long each is kept. The longest window reads quarter days (a few
-#: thousand rows for 7 days), and the shorter ones hours or minutes.
+#: thousand rows for 7 days), and the shorter ones hours or minutes. Each is kept for its
+#: windows and the windows before them (the 7 days before the last 7, and the quarter day
+#: in progress), which the dashboard compares them with.
 LEVELS = (60, 3600, 6 * 3600)
-KEEP = {60: timedelta(days=2), 3600: timedelta(days=8), 6 * 3600: timedelta(days=8)}
+KEEP = {60: timedelta(days=2), 3600: timedelta(days=8), 6 * 3600: timedelta(days=15)}
 #: The period of the all-time rows, into which the quarter days older than that are folded.
 ARCHIVE = 0
 
@@ -434,7 +444,7 @@ def roll_up(using: str = "default", now: datetime | None = None) -> int:
         elif mark is None:
             start = _mark(using, 3600)
         else:
-            start = min(mark, end - REROLL)
+            start = min(mark, max(end - REROLL, _unpurged_since(now)))
         written += _roll_rows(using, 60, start, end)
         for lower, period in itertools.pairwise(LEVELS):
             lower_until = _mark(using, lower)
@@ -463,6 +473,23 @@ def roll_up(using: str = "default", now: datetime | None = None) -> int:
         # Another camera wrote the same buckets meanwhile: they are its to finish.
         pass
     return written
+
+
+def _unpurged_since(now: datetime) -> datetime:
+    """The first minute none of whose finished tasks the cleanup may have purged yet.
+
+    A minute is computed again from the task table only while all its rows are there: with
+    an expiry shorter than :data:`REROLL`, the minutes of the rows the cleanup purged keep
+    the counts they had (the metrics' counters never go down).
+    """
+    kept = [
+        expires
+        for group, expires in monitor_settings.expire_task_states
+        if expires is not None and group & set(FINISHED)
+    ]
+    if not kept:
+        return now - BACKFILL
+    return floor_time(now - min(kept), 60) + timedelta(seconds=60)
 
 
 def _roll_rows(using: str, period: int, start: datetime, end: datetime) -> int:
@@ -660,7 +687,7 @@ def window_totals(
     start, end, _interval = window_bounds(window, now)
     length, period, _ = WINDOWS[window]
     marks = _marks(using)
-    current = _totals(*_finished_counts(using, start, end, period, marks), length)
+    current = _totals(*_finished_counts(using, start, end, period, marks), _elapsed(start, now))
     previous = _totals(*_finished_counts(using, start - length, start, period, marks), length)
     unfinished_now, unfinished_before = _unfinished_windows(using, start, length)
     current["states"].update(unfinished_now)
@@ -677,7 +704,15 @@ def _group_counts(groups: dict[Key, Group]) -> tuple[dict[str, int], int]:
     return by_state, retried
 
 
+def _elapsed(start: datetime, now: datetime) -> timedelta:
+    """How much of a window that began at ``start`` has passed: its last interval ends
+    after ``now`` (:func:`window_bounds`). A minute at least."""
+    return max(now - start, timedelta(minutes=1))
+
+
 def _totals(by_state: dict[str, int], retried: int, length: timedelta) -> dict[str, Any]:
+    """The figures of a window of which ``length`` has passed (its counts over that time:
+    ``seconds``, by which the dashboard compares a window in progress with a whole one)."""
     by_state = dict(by_state)
     finished = sum(by_state.values())
     succeeded, failed = by_state.get(states.SUCCESS, 0), by_state.get(states.FAILURE, 0)
@@ -685,6 +720,7 @@ def _totals(by_state: dict[str, int], retried: int, length: timedelta) -> dict[s
         "states": by_state,
         "finished": finished,
         "retried": retried,
+        "seconds": length.total_seconds(),
         "throughput_per_minute": finished / (length.total_seconds() / 60),
         "failure_rate": failed / (succeeded + failed) if succeeded + failed else None,
     }
@@ -864,7 +900,7 @@ def dashboard(
             ):
                 failure.update(latest_task_id=latest_id, latest_tstamp=latest, latest_name=name)
 
-    current = _totals(by_state, retried_total, length)
+    current = _totals(by_state, retried_total, _elapsed(start, now))
     previous = _totals(*_finished_counts(using, start - length, start, period, marks), length)
     unfinished_now, unfinished_before = _unfinished_windows(using, start, length)
     current["states"].update(unfinished_now)
@@ -895,6 +931,7 @@ def dashboard(
         "task_names": task_names,
         "failure_types": failure_types[:MAX_FAILURE_TYPES],
         "workers": workers(using),
+        "worker_totals": worker_totals(using),
         "stuck": stuck_tasks(now, using),
         "cameras": camera_health(now, using),
         "queues": queue_lengths(using, now),
@@ -902,8 +939,11 @@ def dashboard(
 
 
 def workers(using: str = "default") -> list[dict[str, Any]]:
-    """The workers, the latest heartbeat first, with whether each is online."""
-    rows = WorkerState.objects.using(using).order_by("-last_heartbeat", "hostname")[:MAX_WORKERS]
+    """The :data:`MAX_WORKERS` workers heard from last (the latest heartbeat first, those
+    never heard from last), with whether each is online. :func:`worker_totals` counts all."""
+    rows = WorkerState.objects.using(using).order_by(
+        F("last_heartbeat").desc(nulls_last=True), "hostname"
+    )[:MAX_WORKERS]
     return [
         {
             "id": worker.pk,
@@ -918,6 +958,26 @@ def workers(using: str = "default") -> list[dict[str, Any]]:
         }
         for worker in rows
     ]
+
+
+def worker_totals(using: str = "default") -> dict[str, int]:
+    """How many workers there are, how many are online, and the sum of the events the
+    camera missed of each (however many workers there are: :func:`workers` lists some)."""
+    from django.db.models import Count, Max, Sum
+
+    rows = WorkerState.objects.using(using).order_by()
+    found = rows.aggregate(total=Count("id"), missed=Sum("events_missed"), freq=Max("freq"))
+    # Online needs each worker's own heartbeat period (Worker.is_alive): only those whose
+    # last heartbeat is within the longest period's reach are read, each then checked.
+    longest = max(found["freq"] or 0, DEFAULT_HEARTBEAT_FREQ)
+    reach = timedelta(seconds=3 * longest + monitor_settings.worker_alive_grace) + timedelta(
+        hours=2  # a naive time's zone may be off by a summer hour or so; checked below
+    )
+    candidates = rows.filter(offline=False, last_heartbeat__gte=_now() - reach).only(
+        "last_heartbeat", "freq", "offline"
+    )
+    online = sum(1 for worker in candidates.iterator(chunk_size=2000) if worker.is_alive())
+    return {"total": found["total"], "online": online, "events_missed": found["missed"] or 0}
 
 
 def stuck_tasks(now: datetime | None = None, using: str = "default") -> dict[str, Any]:
@@ -1103,7 +1163,7 @@ def queue_lengths(using: str = "default", now: datetime | None = None) -> list[d
     if latest is None:
         return []
     recent = samples.filter(sampled__gte=max(latest, now) - QUEUE_RECENT).order_by()
-    names = sorted(set(recent.values_list("queue", flat=True)[:5000]))[:200]
+    names = list(recent.order_by("queue").values_list("queue", flat=True).distinct()[:200])
     found = []
     for name in names:
         last = (

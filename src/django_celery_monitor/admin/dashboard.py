@@ -174,6 +174,11 @@ class DashboardMonitor(WindowPage):
             return f"{tasks_url}?{urlencode(query)}"
 
         totals, previous = data["totals"]["current"], data["totals"]["previous"]
+
+        def moved(count: float, before: float) -> dict[str, Any] | None:
+            # The window in progress against the whole one before, by their rates.
+            return _change(count / totals["seconds"], before / previous["seconds"])
+
         state_cards = []
         for state in (*stats.FINISHED, *stats.UNFINISHED):
             count = totals["states"].get(state, 0)
@@ -186,7 +191,7 @@ class DashboardMonitor(WindowPage):
                     "color": TASK_STATE_COLORS.get(state, "gray"),
                     "count": count,
                     "previous": before,
-                    "change": _change(count, before),
+                    "change": moved(count, before),
                     "bad_when_up": state in (states.FAILURE, states.REVOKED, states.RETRY),
                     "url": tasks_link(state=state),
                 }
@@ -212,7 +217,7 @@ class DashboardMonitor(WindowPage):
                 "label": gettext("Retried"),
                 "value": formats.number_format(totals["retried"], force_grouping=True),
                 "previous": formats.number_format(previous["retried"], force_grouping=True),
-                "change": _change(totals["retried"], previous["retried"]),
+                "change": moved(totals["retried"], previous["retried"]),
                 "bad_when_up": True,
             },
         ]
@@ -314,13 +319,14 @@ class DashboardMonitor(WindowPage):
             "failures": failures,
             "workers": workers,
             "workers_url": workers_url,
-            "workers_online": sum(1 for w in workers if w["online"]),
+            "workers_online": data["worker_totals"]["online"],
+            "workers_total": data["worker_totals"]["total"],
             "stuck": stuck,
             "stuck_after": _interval_text(int(threshold.total_seconds())) if threshold else None,
             "health": health,
             "camera": latest,
             "cameras": health["cameras"],
-            "events_missed": sum(w["events_missed"] or 0 for w in workers),
+            "events_missed": data["worker_totals"]["events_missed"],
             "queues": data["queues"],
             "queues_url": reverse(
                 admin_urlname(Queue._meta, "changelist"), current_app=current_app
