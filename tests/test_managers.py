@@ -452,3 +452,121 @@ def test_task_ids_that_differ_only_in_case_are_two_tasks():
     write_snapshot({}, {"abc ": task_values("STARTED")})
     states = dict(TaskState.objects.values_list("task_id", "state"))
     assert states == {"abc": "SUCCESS", "ABC": "FAILURE", "abc ": "STARTED"}
+
+
+# -- a camera writing while the cleanup works in batches --------------------------------------
+
+
+def camera_writes(task_id: str, state: str = states.SUCCESS) -> None:
+    """What a camera does between the read of a batch's keys and its statement."""
+    TaskState.objects.update_state(state, task_id, {"tstamp": timezone.now()})
+
+
+@pytest.fixture
+def camera_between_batches(monkeypatch):
+    """Make the camera write ``task_ids`` after each batch's keys are read."""
+    from django_celery_monitor import managers
+
+    task_ids: list[str] = []
+    real = managers.ExtendedQuerySet._in_batches
+
+    def in_batches(self, rows, act, *args, **kwargs):
+        def acting(batch):
+            for task_id in task_ids:
+                camera_writes(task_id)
+            return act(batch)
+
+        return real(self, rows, acting, *args, **kwargs)
+
+    monkeypatch.setattr(managers.ExtendedQuerySet, "_in_batches", in_batches)
+    return task_ids
+
+
+def test_a_task_that_finishes_meanwhile_is_not_expired(camera_between_batches):
+    task = make_task(states.STARTED, age=timedelta(days=10))
+    other = make_task(states.STARTED, age=timedelta(days=10))
+    camera_between_batches.append(task.task_id)
+    assert TaskState.objects.expire_by_states({states.STARTED}, timedelta(days=5)) == 1
+    task.refresh_from_db()
+    assert (task.state, task.hidden) == (states.SUCCESS, False)
+    assert TaskState.objects.get(pk=other.pk).hidden
+
+
+def test_a_task_a_new_event_shows_again_is_not_purged(camera_between_batches):
+    task = make_task(states.STARTED, age=timedelta(days=10), hidden=True)
+    gone = make_task(states.STARTED, age=timedelta(days=10), hidden=True)
+    camera_between_batches.append(task.task_id)
+    assert TaskState.objects.purge() == 1
+    task.refresh_from_db()
+    assert (task.state, task.hidden) == (states.SUCCESS, False)
+    assert not TaskState.objects.filter(pk=gone.pk).exists()
+
+
+def test_a_task_that_finishes_meanwhile_is_not_marked_lost(camera_between_batches):
+    worker = WorkerState.objects.create(hostname="w@h")
+    task = make_task(states.STARTED, worker=worker)
+    other = make_task(states.STARTED, worker=worker)
+    camera_between_batches.append(task.task_id)
+    assert TaskState.objects.mark_lost([worker.pk]) == 1
+    task.refresh_from_db()
+    assert (task.state, task.lost) == (states.SUCCESS, False)
+    assert TaskState.objects.get(pk=other.pk).lost
+
+
+# -- a router that reads from a replica ---------------------------------------------------
+
+
+class PrimaryAndReplica:
+    """Reads from "other" (a replica), writes to "default"."""
+
+    def db_for_read(self, model, **hints):
+        return "other"
+
+    def db_for_write(self, model, **hints):
+        return "default"
+
+
+@pytest.mark.django_db(databases=["default", "other"])
+def test_writes_go_to_the_database_for_writes(settings):
+    settings.DATABASE_ROUTERS = [f"{__name__}.PrimaryAndReplica"]
+    now = timezone.now()
+    WorkerState.objects.update_heartbeat("w1@h", now, 0)
+    TaskState.objects.update_state(states.SUCCESS, "t-1", {"tstamp": now})
+    TaskState.objects.select_for_update_or_create(
+        task_id="t-2", defaults={"state": states.STARTED, "tstamp": now}
+    )
+    TaskState.objects.filter(task_id="t-1").update(hidden=True)
+    assert TaskState.objects.purge() == 1
+    assert list(TaskState.objects.using("default").values_list("task_id", flat=True)) == ["t-2"]
+    assert WorkerState.objects.using("default").filter(hostname="w1@h").exists()
+    assert not TaskState.objects.using("other").exists()
+    assert not WorkerState.objects.using("other").exists()
+
+
+def test_a_lookup_finds_a_row_and_the_plain_fields_make_one():
+    worker, created = WorkerState.objects.select_for_update_or_create(
+        hostname__in=["w@h"], hostname="w@h", defaults={"freq": 2.0}
+    )
+    assert created and (worker.hostname, worker.freq) == ("w@h", 2.0)
+    again, created = WorkerState.objects.select_for_update_or_create(
+        hostname__in=["w@h"], defaults={"freq": 5.0}
+    )
+    assert not created and again.pk == worker.pk and again.freq == 5.0
+
+
+@pytest.mark.parametrize("zone", ["Asia/Tokyo", "America/Los_Angeles"])
+def test_a_heartbeat_is_throttled_by_the_clock_that_wrote_the_last(settings, zone):
+    settings.USE_TZ = False
+    settings.TIME_ZONE = zone
+    first = WorkerState.objects.update_heartbeat("w@h", timezone.now(), 60)
+    later = timezone.now() + timedelta(seconds=1)
+    # Within the minute: not written again.
+    assert (
+        WorkerState.objects.update_heartbeat("w@h", later, 60).last_heartbeat
+        == first.last_heartbeat
+    )
+    WorkerState.objects.filter(pk=first.pk).update(
+        last_update=timezone.now() - timedelta(seconds=2)
+    )
+    # Two seconds after the last write, with a period of one: written.
+    assert WorkerState.objects.update_heartbeat("w@h", later, 1).last_heartbeat == later

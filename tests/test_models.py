@@ -222,3 +222,8 @@ def test_a_heartbeat_from_before_the_switch_still_reads_as_before(settings, monk
     stored = datetime(2026, 10, 25, 2, 58, 30)  # 00:58:30 UTC, the first 02:58:30
     assert worker(last_heartbeat=stored).heartbeat_timestamp == AUTUMN_SWITCH - 90
     assert worker(last_heartbeat=stored, freq=2.0).is_alive() is True
+
+
+def test_the_state_displays_as_in_1_1_2():
+    assert TaskState(state="SUCCESS").get_state_display() == "SUCCESS"
+    assert TaskState(state="PROGRESS").get_state_display() == "PROGRESS"

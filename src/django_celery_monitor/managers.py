@@ -12,8 +12,8 @@ from typing import Any
 
 from celery import states
 from celery.utils.time import maybe_timedelta
-from django.db import IntegrityError, connections, models, transaction
-from django.db.models.functions import Now
+from django.db import IntegrityError, connections, models, router, transaction
+from django.db.models.constants import LOOKUP_SEP
 from django.utils import timezone
 
 from .conf import KNOWN_STATES, monitor_settings
@@ -60,6 +60,12 @@ def values_present(queryset: models.QuerySet, field: str, limit: int) -> list[st
 class ExtendedQuerySet(models.QuerySet):
     """A custom model queryset that implements a few helpful methods."""
 
+    @property
+    def write_db(self) -> str:
+        """The database this queryset's writes go to: the one it was given (``using``),
+        else the router's for writes (``self.db`` is the router's for reads, a replica's)."""
+        return self._db or router.db_for_write(self.model, **self._hints)
+
     def select_for_update_or_create(
         self, defaults: Mapping[str, Any] | None = None, **kwargs: Any
     ) -> tuple[models.Model, bool]:
@@ -71,9 +77,12 @@ class ExtendedQuerySet(models.QuerySet):
         surrounding transaction ends.
         """
         values = {k: v() if callable(v) else v for k, v in (defaults or {}).items()}
-        db = self.db
+        db = self.write_db
+        # A lookup of a field (hostname__iexact) finds a row, but makes none: as Django's
+        # update_or_create, a new row takes the plain fields only.
+        plain = {key: value for key, value in kwargs.items() if LOOKUP_SEP not in key}
         with transaction.atomic(using=db):
-            obj, created = self._lock_or_create(db, kwargs, {**kwargs, **values})
+            obj, created = self._lock_or_create(db, kwargs, {**plain, **values})
             if created:
                 return obj, True
             for key, value in values.items():
@@ -115,7 +124,15 @@ class ExtendedQuerySet(models.QuerySet):
         value where the previous one ended, so an index on it is read once in all. ``act``
         must take the rows it changed out of ``rows`` (those of the last value are read
         again).
+
+        The batch ``act`` gets keeps the conditions of ``rows``: a row a camera wrote
+        between the read of the batch's keys and the batch's statement (a task that
+        finished, no longer expired or lost) is left as it now is. Keys and statements go
+        to the database the writes go to.
         """
+        db = self.write_db
+        rows = rows.using(db).order_by()
+        matching = rows
         if onwards is not None:
             rows = rows.order_by(onwards)
         most = monitor_settings.purge_batch_size
@@ -126,13 +143,13 @@ class ExtendedQuerySet(models.QuerySet):
         # it in: the cleanup takes up to twice as long, and no write waits for all of it.
         # The writes of this process (the camera's shots) go first: each batch waits for
         # those under way, unless the cleanup runs in a transaction, which holds the lock.
-        connection = connections[self.db]
+        connection = connections[db]
         pause = pause and connection.vendor == "sqlite"
         total = 0
         start: Any = None
         while True:
             if pause and not connection.in_atomic_block:
-                writes_first.wait(self.db, MAX_WRITES_WAIT)
+                writes_first.wait(db, MAX_WRITES_WAIT)
             started = time.monotonic()
             batch_rows = rows if start is None else rows.filter(**{f"{onwards}__gte": start})
             if onwards is None:
@@ -145,7 +162,7 @@ class ExtendedQuerySet(models.QuerySet):
             if not ids:
                 return total
             acting = time.monotonic()
-            total += act(self.filter(pk__in=ids))
+            total += act(matching.filter(pk__in=ids))
             if len(ids) < batch:
                 return total
             took = time.monotonic() - acting
@@ -165,12 +182,18 @@ class WorkerStateQuerySet(ExtendedQuerySet):
 
         Returns the worker's row. A heartbeat older than the recorded one is ignored.
         """
-        recent = self.filter(
-            hostname=hostname, last_update__gte=Now() - timedelta(seconds=update_freq)
-        ).first()
+        db = self.write_db
+        # last_update is written by this process's clock (auto_now), so read by it too:
+        # the database's own NOW() is UTC on SQLite, and a naive column is local time.
+        recent = (
+            self.using(db)
+            .filter(
+                hostname=hostname, last_update__gte=timezone.now() - timedelta(seconds=update_freq)
+            )
+            .first()
+        )
         if recent is not None:
             return recent
-        db = self.db
         with transaction.atomic(using=db):
             obj, _ = self.select_for_update_or_create(hostname=hostname)
             if heartbeat is not None and (
@@ -262,7 +285,7 @@ class TaskStateQuerySet(ExtendedQuerySet):
 
     def purge(self) -> int:
         """Purge all expired (hidden) task states, in batches. Returns how many were deleted."""
-        db = self.db
+        db = self.write_db
 
         def delete(batch: models.QuerySet) -> int:
             with transaction.atomic(using=db):
@@ -285,5 +308,6 @@ class TaskStateQuerySet(ExtendedQuerySet):
         if "worker" in incoming:
             worker = incoming.pop("worker")
             incoming["worker_id"] = getattr(worker, "pk", worker)
-        SnapshotWriter(self.db).write({}, {task_id: incoming})
-        return self.get(task_id=task_id)
+        db = self.write_db
+        SnapshotWriter(db).write({}, {task_id: incoming})
+        return self.using(db).get(task_id=task_id)

@@ -217,6 +217,11 @@ class TaskState(models.Model):
         name = self.name or "UNKNOWN"
         return f"<TaskState: {self.state} {name}[{self.task_id}] ts:{self.tstamp}>"
 
+    def get_state_display(self) -> str:
+        """The state as 1.1.2's field choices showed it: the state itself (the field has
+        no choices now, so that a custom state is no invalid value)."""
+        return self.state
+
 
 class TaskRollup(models.Model):
     """The finished tasks of one minute or one hour, by name, state and exception type.
