@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from datetime import timedelta
 
 import pytest
 from django.core.checks import Error, run_checks
@@ -34,7 +35,19 @@ def test_no_errors_for_good_values():
     assert check_settings() == []
 
 
-@pytest.mark.parametrize("value", ["1 day", -1, True, [1]])
+@pytest.mark.parametrize(
+    "value",
+    [
+        "1 day",
+        -1,
+        True,
+        [1],
+        timedelta(days=-1),  # would expire every row, the newest too
+        timedelta.max,  # "forever": that is None
+        10**11,
+        timedelta(days=366_000),
+    ],
+)
 def test_e001_for_a_wrong_expiry(value):
     with override_settings(CELERY_MONITOR_TASK_SUCCESS_EXPIRES=value):
         errors = check_settings()
@@ -142,3 +155,36 @@ def test_e002_for_a_bad_sqlite_cache_size(value):
 def test_a_sqlite_cache_size_of_mib_or_none_passes(value):
     with override_settings(CELERY_MONITOR_SQLITE_CACHE_SIZE=value):
         assert check_settings() == []
+
+
+@pytest.mark.parametrize(
+    ("setting", "value"),
+    [
+        ("CELERY_MONITOR_STUCK_AFTER", "1 hour"),
+        ("CELERY_MONITOR_API_TOKENS", 12345),
+        ("CELERY_MONITOR_API_TOKENS", ["", "t"]),
+        ("CELERY_MONITOR_QUEUE_SAMPLE_EVERY", "10"),
+        ("CELERY_MONITOR_QUEUE_SAMPLES_EXPIRES", "7 days"),
+        ("CELERY_MONITOR_QUEUE_SAMPLES_EXPIRES", timedelta(seconds=-1)),
+    ],
+)
+def test_e004_for_the_other_settings(setting, value):
+    with override_settings(**{setting: value}):
+        errors = check_settings()
+    assert ids(errors) == ["celery_monitor.E004"]
+    assert setting in errors[0].msg
+
+
+@pytest.mark.parametrize(
+    ("value", "found"),
+    [
+        ("no.such.module:app", "ModuleNotFoundError"),
+        ("tests.celery_app:no_such_app", "AttributeError"),
+        ("math:pi", "3.14"),
+    ],
+)
+def test_e005_for_an_app_that_is_not_one(value, found):
+    with override_settings(CELERY_MONITOR_APP=value):
+        errors = check_settings()
+    assert ids(errors) == ["celery_monitor.E005"]
+    assert found in errors[0].msg

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from celery import Celery
 from django.core.checks import Error, Tags, register
 from django.core.exceptions import ImproperlyConfigured
 
@@ -13,6 +14,24 @@ from . import conf
 @register(Tags.compatibility)
 def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Error]:
     """Report settings of the wrong type, so a typo fails at start-up, not at the first purge."""
+    try:
+        app = conf.get_celery_app()
+    except Exception as exc:  # an import error of the project's own module, say
+        return [
+            Error(
+                f"CELERY_MONITOR_APP names no Celery app that can be imported: "
+                f"{type(exc).__name__}: {exc}",
+                hint='A dotted path to the app, such as "proj.celery:app".',
+                id="celery_monitor.E005",
+            )
+        ]
+    if not isinstance(app, Celery):
+        return [
+            Error(
+                f"CELERY_MONITOR_APP must name a Celery app, not {app!r}.",
+                id="celery_monitor.E005",
+            )
+        ]
     errors = []
     for setting in conf.EXPIRES_SETTINGS:
         where, value = setting.raw()
@@ -32,4 +51,9 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Error]:
             check(*setting.raw())
         except ImproperlyConfigured as exc:
             errors.append(Error(str(exc), id="celery_monitor.E002"))
+    for name in conf.OTHER_CHECKED:
+        try:
+            getattr(conf.monitor_settings, name)
+        except ImproperlyConfigured as exc:
+            errors.append(Error(str(exc), id="celery_monitor.E004"))
     return errors

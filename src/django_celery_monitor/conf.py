@@ -10,6 +10,7 @@ name (``CELERY_MONITOR_TASK_SUCCESS_EXPIRES``), then in the Celery configuration
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -74,18 +75,25 @@ class Setting:
         return self.name, self.default
 
 
+#: The longest expiry: a time this far back is one any database holds (None never expires).
+MAX_EXPIRES = timedelta(days=1000 * 365)
+
+
 def to_expires(where: str, value: Any) -> timedelta | None:
     """Turn an expiry setting (a timedelta, seconds, or None for never) into a timedelta."""
-    if value is None or isinstance(value, timedelta):
+    if value is None:
         return value
-    if isinstance(value, int | float) and not isinstance(value, bool) and value >= 0:
-        try:
-            return timedelta(seconds=value)
-        except (OverflowError, ValueError):
-            pass
+    found = None
+    if isinstance(value, timedelta):
+        found = value
+    elif isinstance(value, int | float) and not isinstance(value, bool):
+        with contextlib.suppress(OverflowError, ValueError):
+            found = timedelta(seconds=value)
+    if found is not None and timedelta(0) <= found <= MAX_EXPIRES:
+        return found
     raise ImproperlyConfigured(
-        f"{where} must be a datetime.timedelta, a number of seconds (>= 0) or None "
-        f"(never expire), not {value!r}."
+        f"{where} must be a datetime.timedelta or a number of seconds, from 0 to 1000 "
+        f"years, or None (never expire), not {value!r}."
     )
 
 
@@ -239,6 +247,9 @@ EXPIRES_SETTINGS = (
     TASK_PENDING_EXPIRES,
     TASK_CUSTOM_EXPIRES,
 )
+#: The other settings the system checks read (``celery_monitor.E004``): the properties of
+#: :class:`MonitorSettings` that check them.
+OTHER_CHECKED = ("stuck_after", "api_tokens", "queue_sample_every", "queue_samples_expires")
 #: Every state Celery defines: a task in any other state is in a custom one.
 KNOWN_STATES = frozenset(states.ALL_STATES | {states.REJECTED})
 EVENT_QUEUE_EXPIRES = Setting(
