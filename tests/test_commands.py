@@ -70,11 +70,32 @@ def test_purge_of_another_database_works_there_only():
     }
 
 
-def test_monitor_command_refuses_bad_options():
-    with pytest.raises(CommandError, match="positive"):
-        call_command("celery_monitor", "--frequency", "0")
-    with pytest.raises(CommandError, match="Cannot load"):
-        call_command("celery_monitor", "--app", "no.such.module:app")
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--frequency", "0"], "positive"),
+        (["--app", "no.such.module:app"], "Cannot load"),
+        (["--app", "math:pi"], "not a Celery app"),
+        (["--max-tasks-in-memory", "0"], "at least 1"),
+        (["--enable-events=-1"], "positive number of seconds"),
+        (["--maxrate", "abc"], "positive rate"),
+        (["--maxrate", "1/x"], "positive rate"),
+        (["--maxrate=-1/s"], "positive rate"),
+    ],
+)
+def test_monitor_command_refuses_bad_options(options, message):
+    with pytest.raises(CommandError, match=message):
+        call_command("celery_monitor", *options)
+
+
+@pytest.mark.parametrize("name", ["tests.celery_app", "tests.celery_app:app"])
+def test_monitor_command_finds_the_app_as_celery_does(monkeypatch, name):
+    from django_celery_monitor.runner import MonitorRunner
+
+    found = []
+    monkeypatch.setattr(MonitorRunner, "run", lambda runner: found.append(runner.app))
+    call_command("celery_monitor", "--app", name, "--maxrate", "10/m", stdout=StringIO())
+    assert found == [celery_app]
 
 
 def subprocess_env() -> dict:

@@ -6,7 +6,9 @@ import logging
 import signal
 from typing import Any
 
-from celery.utils.imports import symbol_by_name
+from celery import Celery
+from celery.app.utils import find_app
+from celery.utils.time import rate
 from django.core.management.base import BaseCommand, CommandError
 
 from ...conf import get_celery_app
@@ -82,12 +84,14 @@ class Command(BaseCommand):
             logger.addHandler(handler)
 
     def handle(self, *args: Any, **options: Any) -> None:
-        if options["frequency"] <= 0 or options["cleanup_frequency"] <= 0:
-            raise CommandError("--frequency and --cleanup-frequency must be positive.")
+        check_options(options)
         try:
-            app = symbol_by_name(options["app"]) if options["app"] else get_celery_app()
+            # As celery -A: "proj", "proj.celery" or "proj.celery:app".
+            app = find_app(options["app"]) if options["app"] else get_celery_app()
         except (ImportError, AttributeError, ValueError) as exc:
             raise CommandError(f"Cannot load the Celery app {options['app']!r}: {exc}") from exc
+        if not isinstance(app, Celery):
+            raise CommandError(f"{options['app']!r} is not a Celery app: {app!r}")
         shard = None
         if options["shard"]:
             try:
@@ -121,3 +125,24 @@ class Command(BaseCommand):
         )
         runner.run()
         self.stdout.write("Stopped.")
+
+
+def check_options(options: dict[str, Any]) -> None:
+    """Refuse the options a camera cannot run with, before it connects."""
+    if options["frequency"] <= 0 or options["cleanup_frequency"] <= 0:
+        raise CommandError("--frequency and --cleanup-frequency must be positive.")
+    if options["max_tasks_in_memory"] < 1:
+        raise CommandError("--max-tasks-in-memory must be at least 1.")
+    if options["enable_events"] is not None and not options["enable_events"] > 0:
+        raise CommandError("--enable-events must be a positive number of seconds.")
+    if options["maxrate"] is not None:
+        try:
+            per_second = rate(options["maxrate"])
+        except (ValueError, KeyError) as exc:
+            per_second = None
+            problem = f"{type(exc).__name__}: {exc}"
+        if per_second is None or not per_second > 0:
+            raise CommandError(
+                f'--maxrate must be a positive rate such as "10/m" or "2/s", not '
+                f"{options['maxrate']!r}" + (f" ({problem})" if per_second is None else "")
+            )
