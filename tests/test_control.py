@@ -364,3 +364,64 @@ def test_the_worker_page_commands_reach_a_real_worker(app, celery_worker):
     assert control.reply_text(revoked.replies[host])[0]
     answer = control.inspect(host, ["revoked"], app=app)["revoked"]
     assert "waiting-1" in answer.replies[host]
+
+
+@pytest.fixture
+def stalled_broker(monkeypatch):
+    """A Redis URL whose server takes connections and never answers."""
+    import socket
+    import threading
+
+    from celery import Celery
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(16)
+    held, stop = [], threading.Event()
+
+    def accept() -> None:
+        server.settimeout(0.1)
+        while not stop.is_set():
+            try:
+                held.append(server.accept()[0])
+            except OSError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    monkeypatch.setattr(control, "SOCKET_TIMEOUT", 0.5, raising=False)
+    app = Celery(
+        "stalled", broker=f"redis://127.0.0.1:{server.getsockname()[1]}/0", set_as_current=False
+    )
+    yield app
+    stop.set()
+    thread.join()
+    for sock in held:
+        sock.close()
+    server.close()
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda app: control.ping(["w@h"], app=app),
+        lambda app: control.revoke(["t"], app=app),
+        lambda app: control.shutdown(["w@h"], app=app),
+        lambda app: control.inspect("w@h", ["stats"], app=app),
+    ],
+)
+def test_a_broker_that_takes_the_connection_and_stalls_is_an_error(stalled_broker, call):
+    started = time.monotonic()
+    with pytest.raises(control.ControlError, match="unreachable"):
+        call(stalled_broker)
+    assert time.monotonic() - started < 5
+
+
+def test_the_queue_sampler_gives_up_on_a_stalled_broker(stalled_broker):
+    from django_celery_monitor import queues
+
+    started = time.monotonic()
+    with pytest.raises(Exception) as raised:
+        queues.measure_queues(stalled_broker, ["celery"])
+    assert time.monotonic() - started < 5
+    assert "timeout" in f"{type(raised.value).__name__} {raised.value}".lower()

@@ -229,3 +229,29 @@ def test_the_metrics_export_the_queue_lengths(admin_client):
     assert lengths == {"celery": 42}
     consumers = families["celery_monitor_queue_consumers"].samples
     assert [(s.labels["queue"], s.value) for s in consumers] == [("celery", 3)]
+
+
+def test_an_answer_with_a_null_exchange_counts_its_queue(monkeypatch):
+    from django_celery_monitor import queues
+
+    class Inspect:
+        def active_queues(self):
+            return {
+                "w1@h": [{"name": "a", "exchange": None}, {"name": "b"}],
+                "w2@h": [
+                    {"name": "a", "exchange": {"type": "direct"}},
+                    {"name": "x", "exchange": {"type": "fanout"}},
+                ],
+            }
+
+    class App:
+        conf = type("Conf", (), {"broker_transport_options": {}})()
+        control = type("Control", (), {"inspect": staticmethod(lambda **kw: Inspect())})()
+
+        @staticmethod
+        def connection_for_write(**kwargs):
+            from kombu import Connection
+
+            return Connection("memory://")
+
+    assert queues.worker_queues(App()) == {"a": 2, "b": 1}

@@ -38,6 +38,7 @@ __all__ = [
     "RetryError",
     "add_consumer",
     "autoscale",
+    "broker_connection",
     "cancel_consumer",
     "disable_events",
     "enable_events",
@@ -63,6 +64,9 @@ __all__ = [
 
 #: Seconds to wait for the broker connection and for the workers' replies.
 TIMEOUT = 1.0
+#: Seconds one read or write of the broker's socket may block: a broker that took the
+#: connection but does not answer (overloaded, stopped) is then an error, not a hang.
+SOCKET_TIMEOUT = 5.0
 
 #: A Celery rate limit: tasks per second, or per ``s``, ``m`` or ``h``; ``0`` removes it.
 RATE_RE = re.compile(r"^\s*\d+(\.\d+)?\s*(/\s*[smh])?\s*$")
@@ -113,12 +117,36 @@ def _app(app: Celery | None) -> Celery:
     return get_celery_app(app)
 
 
+def broker_connection(app: Celery, timeout: float = TIMEOUT, read: bool = False) -> Connection:
+    """A connection (not yet made) to the app's broker whose socket reads and writes end.
+
+    Kombu's Redis transport waits forever for an answer by default, and py-amqp's sockets
+    too: a broker that accepted the connection and then stalled hung the admin's request.
+    The broker's own transport options win where they set a time.
+    """
+    opener = app.connection_for_read if read else app.connection_for_write
+    connection = opener(connect_timeout=timeout)
+    driver = getattr(connection.transport, "driver_type", "")
+    if driver == "redis":
+        times = {"socket_timeout": SOCKET_TIMEOUT, "socket_connect_timeout": timeout}
+    elif driver == "amqp":
+        times = {"read_timeout": SOCKET_TIMEOUT, "write_timeout": SOCKET_TIMEOUT}
+    else:
+        return connection
+    given = app.conf.broker_transport_options or {}
+    options = {key: value for key, value in times.items() if given.get(key) is None}
+    if not options:
+        return connection
+    connection.release()
+    return opener(connect_timeout=timeout, transport_options=options)
+
+
 @contextmanager
 def _connection(app: Celery | None) -> Iterator[Connection]:
     """Yield a connected broker connection; turn any broker failure into ControlError."""
     app = _app(app)
     try:
-        with app.connection_for_write(connect_timeout=TIMEOUT) as conn:
+        with broker_connection(app) as conn:
             conn.ensure_connection(max_retries=0, timeout=TIMEOUT)
             yield conn
     except ControlError:

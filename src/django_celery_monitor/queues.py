@@ -28,6 +28,7 @@ from celery import Celery
 from kombu.transport.virtual import Transport as VirtualTransport
 
 from .conf import get_celery_app
+from .control import broker_connection
 
 __all__ = ["Measure", "QueueSampler", "configured_queues", "measure_queues"]
 
@@ -68,7 +69,7 @@ def worker_queues(app: Celery, timeout: float = 1.0) -> dict[str, int]:
     One broadcast of ``active_queues``; a worker that does not answer in ``timeout``
     seconds is left out. Broadcast queues (``celery.pidbox``...) are not counted.
     """
-    with app.connection_for_write(connect_timeout=timeout) as connection:
+    with broker_connection(app, timeout) as connection:
         # One try: a broker that is down answers at once, not after Kombu's retries.
         connection.ensure_connection(max_retries=0, timeout=timeout)
         inspect = app.control.inspect(timeout=timeout, connection=connection)
@@ -79,7 +80,8 @@ def worker_queues(app: Celery, timeout: float = 1.0) -> dict[str, int]:
             name = queue.get("name") if isinstance(queue, dict) else None
             if not isinstance(name, str) or not name or queue.get("exclusive"):
                 continue
-            if queue.get("exchange", {}).get("type") == "fanout":
+            exchange = queue.get("exchange")
+            if isinstance(exchange, dict) and exchange.get("type") == "fanout":
                 continue
             consumers[name] = consumers.get(name, 0) + 1
     return consumers
@@ -92,7 +94,7 @@ def measure_queues(app: Celery, names: Iterable[str]) -> list[Measure]:
     recorded with a note ("not declared") and no length.
     """
     names = list(names)
-    with app.connection_for_read(connect_timeout=TIMEOUT) as connection:
+    with broker_connection(app, TIMEOUT, read=True) as connection:
         connection.ensure_connection(max_retries=0, timeout=TIMEOUT)
         transport = connection.transport
         if not isinstance(transport, VirtualTransport):
