@@ -954,9 +954,9 @@ def test_rate_limit_asks_for_confirmation_then_applies(
     entries = LogEntry.objects.filter(user=user)
     assert sorted(entries.values_list("object_id", "change_message")) == sorted(
         [
-            (str(tasks[0].pk), "Rate limit set to 10/m for tests.tasks.add"),
-            (str(tasks[1].pk), "Rate limit set to 10/m for tests.tasks.add"),
-            (str(tasks[2].pk), "Rate limit set to 10/m for tests.tasks.sleep"),
+            (str(tasks[0].pk), "Rate limit set to 10/m for tests.tasks.add (no answer)"),
+            (str(tasks[1].pk), "Rate limit set to 10/m for tests.tasks.add (no answer)"),
+            (str(tasks[2].pk), "Rate limit set to 10/m for tests.tasks.sleep (no answer)"),
         ]
     )
 
@@ -1053,7 +1053,9 @@ def test_the_history_of_a_task_names_the_rate_limit(client, django_user_model, r
     data = {"action": "rate_limit_tasks", "_selected_action": [task.pk], "apply": "yes"}
     client.post(TASKS, {**data, "rate_limit": "10/m"})
 
-    assert history(client, task) == [("staff", "Rate limit set to 10/m for tests.tasks.add")]
+    assert history(client, task) == [
+        ("staff", "Rate limit set to 10/m for tests.tasks.add (no answer)")
+    ]
 
 
 def test_the_history_of_a_task_names_the_new_task(
@@ -1389,3 +1391,108 @@ def test_the_workers_autocomplete_answers_a_search_of_too_many_words(admin_clien
     assert [r["id"] for r in found.json()["results"]] == [str(worker.pk)]
     response = admin_client.get(url, {**params, "term": " ".join(["auto"] * 21)})
     assert response.status_code == 200 and response.json()["results"] == []
+
+
+# -- what the workers answered: refusals are not acknowledgements
+
+
+def test_a_worker_that_refuses_a_pool_grow_is_said_to(admin_client, celery, monkeypatch):
+    replies = {
+        "a@test": {"ok": "pool will grow"},
+        "b@test": {"error": "AttributeError(\"'TaskPool' object has no attribute 'grow'\")"},
+    }
+    monkeypatch.setattr(monitor_admin.control, "pool_grow", lambda hostnames, **kw: replies)
+    grown, refusing = make_worker("a@test"), make_worker("b@test")
+    response = post_action(admin_client, WORKERS, "pool_grow", [grown, refusing])
+
+    assert levels_of(response) == ["warning"]
+    assert messages_of(response) == [
+        "Pool grown: 2 of 2 workers answered. 1 refused "
+        "(b@test: 'TaskPool' object has no attribute 'grow')."
+    ]
+    assert history(admin_client, grown) == [("admin", "Pool grown by 1")]
+    assert history(admin_client, refusing) == [
+        ("admin", "Pool grown by 1: refused ('TaskPool' object has no attribute 'grow')")
+    ]
+
+
+def test_a_rate_limit_of_an_unknown_task_is_a_refusal(admin_client, celery, monkeypatch):
+    def rate_limits(names, rate, **kwargs):
+        return {
+            "proj.known": {"a@test": {"ok": "new rate limit set successfully"}},
+            "proj.unknown": {"a@test": {"error": "unknown task"}},
+        }
+
+    monkeypatch.setattr(monitor_admin.control, "rate_limits", rate_limits)
+    known, unknown = make_task(name="proj.known"), make_task(name="proj.unknown")
+    data = {"action": "rate_limit_tasks", "_selected_action": [known.pk, unknown.pk]}
+    response = admin_client.post(
+        TASKS, {**data, "apply": "yes", "rate_limit": "10/m"}, follow=True
+    )
+
+    assert levels_of(response) == ["warning"]
+    assert messages_of(response) == [
+        "Rate limit set to 10/m for 2 task types; 1 worker acknowledged. "
+        "1 refused (a@test (proj.unknown): unknown task)."
+    ]
+    assert history(admin_client, known) == [("admin", "Rate limit set to 10/m for proj.known")]
+    assert history(admin_client, unknown) == [
+        ("admin", "Rate limit 10/m for proj.unknown: refused (unknown task)")
+    ]
+
+
+def test_a_rate_limit_of_too_many_task_types_is_refused(admin_client, celery, monkeypatch):
+    from django_celery_monitor.admin.helpers import MAX_RATE_LIMIT_NAMES
+
+    sent = []
+    monkeypatch.setattr(monitor_admin.control, "rate_limits", lambda *a, **k: sent.append(a))
+    tasks = [make_task(name=f"proj.t{i}") for i in range(MAX_RATE_LIMIT_NAMES + 1)]
+    data = {"action": "rate_limit_tasks", "_selected_action": [t.pk for t in tasks]}
+    response = admin_client.post(
+        TASKS, {**data, "apply": "yes", "rate_limit": "10/m"}, follow=True
+    )
+
+    assert levels_of(response) == ["error"]
+    assert "of 21 task types" in messages_of(response)[0]
+    assert sent == [] and not LogEntry.objects.exists()
+
+
+def test_a_worker_action_on_too_many_workers_is_refused(admin_client, celery, monkeypatch):
+    from django_celery_monitor.admin.helpers import MAX_ACTION_WORKERS
+
+    sent = []
+    monkeypatch.setattr(monitor_admin.control, "ping", lambda *a, **k: sent.append(a))
+    WorkerState.objects.bulk_create(
+        [WorkerState(hostname=f"w{i}@test") for i in range(MAX_ACTION_WORKERS + 1)]
+    )
+    response = admin_client.post(
+        WORKERS, {"action": "ping_workers", "select_across": "1", "index": "0",
+                  "_selected_action": [WorkerState.objects.first().pk]}, follow=True,
+    )  # fmt: skip
+
+    assert levels_of(response) == ["error"]
+    assert sent == [] and not LogEntry.objects.exists()
+
+
+def test_send_again_says_what_was_sent_before_the_broker_went(admin_client, celery, monkeypatch):
+    from django_celery_monitor import control
+
+    calls = []
+
+    def retry(task, app=None):
+        calls.append(task.task_id)
+        if len(calls) == 2:
+            raise control.ControlError("gone") from OSError("Connection refused")
+        return f"new-{len(calls)}"
+
+    monkeypatch.setattr(monitor_admin.control, "retry", retry)
+    tasks = [make_task("FAILURE", args="(1,)", kwargs="{}") for _ in range(3)]
+    response = post_action(admin_client, TASKS, "retry_tasks", tasks)
+
+    assert len(calls) == 2
+    assert levels_of(response) == ["error", "success"]
+    assert messages_of(response) == [
+        "Could not reach the message broker after 1 task was sent again: the other 2 were "
+        "not sent (Connection refused).",
+        "Sent 1 task again.",
+    ]

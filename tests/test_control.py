@@ -425,3 +425,40 @@ def test_the_queue_sampler_gives_up_on_a_stalled_broker(stalled_broker):
         queues.measure_queues(stalled_broker, ["celery"])
     assert time.monotonic() - started < 5
     assert "timeout" in f"{type(raised.value).__name__} {raised.value}".lower()
+
+
+def test_retry_refuses_arguments_json_cannot_carry(app, redis_url):
+    # A set is a Python literal, but the JSON serializer has no form for it: the task's
+    # own problem, which the admin reports for that task and goes on with the others.
+    with pytest.raises(control.RetryError, match="cannot be serialized"):
+        control.retry(task(args="({1, 2},)"), app=app)
+
+
+def test_rate_limits_of_several_task_types_are_sent_at_once(monkeypatch):
+    import threading
+
+    # Each broadcast waits for its replies; three names wait together, or the barrier
+    # (which needs all three at once) breaks.
+    barrier = threading.Barrier(3, timeout=5)
+
+    def rate_limit(name, rate, destination=None, app=None):
+        barrier.wait()
+        return {"w@h": {"ok": f"{name} {rate}"}}
+
+    monkeypatch.setattr(control, "rate_limit", rate_limit)
+    replies = control.rate_limits(["a", "b", "c", "a"], "10/m", app=object())
+    assert replies == {name: {"w@h": {"ok": f"{name} 10/m"}} for name in "abc"}
+
+
+@pytest.mark.parametrize("body", [["not", "a", "dict"], "text", 7, None, {1: "x"}])
+def test_a_reply_that_is_no_workers_answer_is_left_out(app, redis_url, monkeypatch, body):
+    def broadcast(*args, callback=None, **kwargs):
+        if callback:
+            callback(body)
+            callback({"w@h": {"ok": "fine"}})
+        return [body, {"w@h": {"ok": "fine"}}]
+
+    monkeypatch.setattr(app.control, "broadcast", broadcast)
+    assert control.enable_events(["w@h"], app=app) == {"w@h": {"ok": "fine"}}
+    assert control.pool_grow(["w@h"], app=app) == {"w@h": {"ok": "fine"}}
+    assert control.ping(["w@h"], app=app) == {"w@h": pytest.approx(0, abs=1000)}

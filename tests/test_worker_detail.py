@@ -214,6 +214,8 @@ def test_what_the_worker_answers_is_escaped(admin_client, inspected, payload):
         {"stats": {"pool": [], "uptime": -5, "broker": "x"}, "scheduled": [None, 3]},
         {"active_queues": [None, {"exchange": "direct"}], "conf": ["a"], "revoked": None},
         {"active": [{"id": 1, "args": "(1,)", "kwargs": "{}", "time_start": "soon"}]},
+        # Ids no row can hold: PostgreSQL's driver refuses a NUL.
+        {"revoked": ["a\x00b", "x" * 300], "active": [{"id": "c\x00d", "name": "proj.add"}]},
     ],
 )
 def test_odd_answers_never_make_a_server_error(admin_client, inspected, values):

@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from kombu.exceptions import KombuError
+from kombu.exceptions import EncodeError, KombuError
 
 from .conf import get_celery_app
 
@@ -53,6 +53,7 @@ __all__ = [
     "pool_restart",
     "pool_shrink",
     "rate_limit",
+    "rate_limits",
     "reply_text",
     "retry",
     "revoke",
@@ -170,11 +171,22 @@ def _is_broker_error(app: Celery, exc: Exception) -> bool:
 
 
 def _merge(replies: Iterable[dict[str, Any]] | None) -> dict[str, Any]:
-    """Turn Celery's list of ``{hostname: reply}`` dicts into one dict."""
+    """Turn Celery's list of ``{hostname: reply}`` dicts into one dict.
+
+    Kombu takes any message on the reply queue without a ticket for a reply: a body that
+    is not such a dict (a stray message, a client that is no Celery worker) is left out.
+    """
     merged: dict[str, Any] = {}
     for reply in replies or ():
-        merged.update(reply)
+        merged.update(_reply_body(reply))
     return merged
+
+
+def _reply_body(body: Any) -> dict[str, Any]:
+    """The ``{hostname: reply}`` of one reply message, or nothing when it is not one."""
+    if not isinstance(body, dict):
+        return {}
+    return {hostname: reply for hostname, reply in body.items() if isinstance(hostname, str)}
 
 
 def _destination(hostnames: Iterable[str]) -> list[str]:
@@ -224,7 +236,7 @@ def _timed(
 
     def on_reply(body: dict[str, Any]) -> None:
         elapsed = round((time.monotonic() - start) * 1000.0, 1)
-        for hostname, reply in body.items():
+        for hostname, reply in _reply_body(body).items():
             if hostname not in replies:
                 replies[hostname] = reply
                 ms[hostname] = elapsed
@@ -295,6 +307,28 @@ def rate_limit(
         )
 
 
+def rate_limits(
+    task_names: Iterable[str],
+    rate: str,
+    destination: Iterable[str] | None = None,
+    app: Celery | None = None,
+) -> dict[str, dict[str, Any]]:
+    """:func:`rate_limit` of several task types: the replies by hostname of each name.
+
+    A broadcast a name (Celery's command takes one), each waiting :data:`TIMEOUT` for the
+    replies: they are sent at once, from threads of their own, so that a dozen names take
+    about as long as one.
+    """
+    names = list(dict.fromkeys(task_names))
+    rate = parse_rate(rate)
+    if not names:
+        return {}
+    app = _app(app)
+    with ThreadPoolExecutor(max_workers=min(len(names), 8)) as pool:
+        futures = {name: pool.submit(rate_limit, name, rate, destination, app) for name in names}
+        return {name: future.result() for name, future in futures.items()}
+
+
 def shutdown(hostnames: Iterable[str], app: Celery | None = None) -> list[str]:
     """Ask workers to shut down (warm shutdown).
 
@@ -357,7 +391,7 @@ def ping(
 
     def on_reply(body: dict[str, Any]) -> None:
         elapsed = (time.monotonic() - start) * 1000.0
-        for hostname in body:
+        for hostname in _reply_body(body):
             answered.setdefault(hostname, round(elapsed, 1))
 
     with _connection(app) as conn:
@@ -530,7 +564,14 @@ def retry(task: TaskState, app: Celery | None = None) -> str:
     args = _literal(task.args, tuple, (), "arguments")
     kwargs = _literal(task.kwargs, dict, {}, "keyword arguments")
     with _connection(app) as conn:
-        result = _app(app).send_task(
-            task.name, args=args, kwargs=kwargs, connection=conn, retry=False
-        )
+        try:
+            result = _app(app).send_task(
+                task.name, args=args, kwargs=kwargs, connection=conn, retry=False
+            )
+        except EncodeError as exc:
+            # Literals JSON has no form for (a set, a complex number): this task's own
+            # problem, not the broker's.
+            raise RetryError(
+                f"The recorded arguments cannot be serialized for the broker: {exc}"
+            ) from exc
     return result.id

@@ -8,7 +8,7 @@ from __future__ import annotations
 import ast
 import contextlib
 import datetime
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pprint import pformat
 from typing import Any
 
@@ -21,8 +21,9 @@ from django.urls import reverse
 from django.utils import formats, timezone
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import mark_safe
-from django.utils.translation import gettext
+from django.utils.translation import gettext, ngettext
 
+from .. import control
 from ..humanize import naturaldate
 
 #: The badge color of each task state (a CSS class ``cm-badge-<color>``).
@@ -41,6 +42,12 @@ NODE_STATE_COLORS = {"ONLINE": "green", "OFFLINE": "gray"}
 MAX_ACTION_TASKS = 1000
 #: The most tasks "retry" sends again at once.
 MAX_RETRY_TASKS = 100
+#: The most task types one rate limit action sets (a broadcast each).
+MAX_RATE_LIMIT_NAMES = 20
+#: The most workers one worker action sends its command to.
+MAX_ACTION_WORKERS = 200
+#: How many refusals a message quotes.
+MAX_REFUSALS_SHOWN = 5
 #: How many children a task's detail page lists.
 MAX_CHILDREN = 50
 #: How many characters of a task's arguments its row in the task list sends (the cell
@@ -162,3 +169,24 @@ def _change_url(obj: models.Model, current_app: str | None = None) -> str:
 
 def _changelist_url(model: type[models.Model], current_app: str | None = None) -> str:
     return reverse(admin_urlname(model._meta, "changelist"), current_app=current_app)
+
+
+def _refusals(replies: Iterable[tuple[str, Any]]) -> list[tuple[str, str]]:
+    """``(who, reason)`` of each reply that says the command failed (``{"error": ...}``, or
+    ``{"nok": ...}`` and anything else that is not ``{"ok": ...}``)."""
+    refused = []
+    for who, reply in replies:
+        ok, text = control.reply_text(reply)
+        if not ok:
+            refused.append((who, text))
+    return refused
+
+
+def _refusal_text(refused: Sequence[tuple[str, str]]) -> str:
+    """A sentence that quotes the first refusals."""
+    shown = "; ".join(f"{who}: {reason}" for who, reason in refused[:MAX_REFUSALS_SHOWN])
+    if len(refused) > MAX_REFUSALS_SHOWN:
+        shown += "; ..."
+    return ngettext(
+        "%(count)d refused (%(reasons)s).", "%(count)d refused (%(reasons)s).", len(refused)
+    ) % {"count": len(refused), "reasons": shown}

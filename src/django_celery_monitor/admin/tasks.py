@@ -29,6 +29,7 @@ from .helpers import (
     ARGS_LENGTH,
     MAX_ACTION_TASKS,
     MAX_CHILDREN,
+    MAX_RATE_LIMIT_NAMES,
     MAX_RETRY_TASKS,
     MAX_SEARCH_NAMES,
     MAX_SEARCH_WORKERS,
@@ -38,6 +39,8 @@ from .helpers import (
     _log,
     _log_each,
     _pretty,
+    _refusal_text,
+    _refusals,
     _seconds,
     _short_id,
     _task_name,
@@ -492,7 +495,12 @@ class TaskMonitor(TaskExportMixin, ModelMonitor):
             }
         self.message_user(request, text, messages.INFO)
 
-    def _report_replies(self, request, text: str, replies: dict[str, Any]) -> None:
+    def _report_replies(
+        self, request, text: str, replies: dict[str, Any], refused: list[tuple[str, str]] = ()
+    ) -> None:
+        """Say how many workers acknowledged, and quote the refusals (by default those of
+        ``replies``; ``refused`` gives them, of several commands)."""
+        refused = list(refused) or _refusals(replies.items())
         answered = len(replies)
         if answered:
             text += ngettext(
@@ -500,7 +508,9 @@ class TaskMonitor(TaskExportMixin, ModelMonitor):
                 "; %(workers)d workers acknowledged.",
                 answered,
             ) % {"workers": answered}
-            self.message_user(request, text, messages.SUCCESS)
+            if refused:
+                text += " " + _refusal_text(refused)
+            self.message_user(request, text, messages.WARNING if refused else messages.SUCCESS)
         else:
             text += gettext("; no worker answered.")
             self.message_user(request, text, messages.WARNING)
@@ -534,33 +544,46 @@ class TaskMonitor(TaskExportMixin, ModelMonitor):
                 request, gettext("The selected tasks have no recorded name."), messages.ERROR
             )
             return None
+        if len(names) > MAX_RATE_LIMIT_NAMES:
+            self.message_user(
+                request,
+                gettext(
+                    "The selected tasks are of %(count)d task types: select the tasks of at "
+                    "most %(most)d."
+                )
+                % {"count": len(names), "most": MAX_RATE_LIMIT_NAMES},
+                messages.ERROR,
+            )
+            return None
         form = RateLimitForm(request.POST if "apply" in request.POST else None)
         if form.is_valid():
             rate = form.cleaned_data["rate_limit"]
+            by_name = self._control(request, control.rate_limits, names, rate)
+            if by_name is None:
+                return None
             reached: dict[str, Any] = {}
-            for name in names:
-                replies = self._control(request, control.rate_limit, name, rate)
-                if replies is None:
-                    return None
+            refused: list[tuple[str, str]] = []
+            entries = []
+            for name, replies in by_name.items():
                 reached.update(replies)
-            _log_each(
-                request,
-                [
-                    (
-                        task,
-                        gettext("Rate limit set to %(rate)s for %(name)s")
-                        % {"rate": rate, "name": task.name},
-                    )
-                    for task in tasks
-                    if task.name
-                ],
-            )
+                refusals = _refusals(replies.items())
+                refused += [(f"{host} ({name})", reason) for host, reason in refusals]
+                if not replies:
+                    entry = gettext("Rate limit set to %(rate)s for %(name)s (no answer)")
+                elif len(refusals) == len(replies):
+                    entry = gettext("Rate limit %(rate)s for %(name)s: refused (%(reason)s)")
+                else:
+                    entry = gettext("Rate limit set to %(rate)s for %(name)s")
+                reason = refusals[0][1] if refusals else ""
+                entries.append((name, entry % {"rate": rate, "name": name, "reason": reason}))
+            logged = dict(entries)
+            _log_each(request, [(task, logged[task.name]) for task in tasks if task.name])
             text = ngettext(
                 "Rate limit set to %(rate)s for %(count)d task type",
                 "Rate limit set to %(rate)s for %(count)d task types",
                 len(names),
             ) % {"rate": rate, "count": len(names)}
-            self._report_replies(request, text, reached)
+            self._report_replies(request, text, reached, refused)
             return None
         context = {
             **self.admin_site.each_context(request),
@@ -585,13 +608,35 @@ class TaskMonitor(TaskExportMixin, ModelMonitor):
             return
         sent: list[tuple[TaskState, str]] = []
         refused: list[str] = []
+        app = self.get_celery_app()
         for task in tasks:
             try:
-                new_id = self._control(request, control.retry, task)
+                new_id = control.retry(task, app=app)
             except control.RetryError as exc:
                 refused.append(f"{task.task_id}: {exc}")
                 continue
-            if new_id is None:
+            except control.ControlError as exc:
+                self.message_user(
+                    request,
+                    ngettext(
+                        "Could not reach the message broker after %(sent)d task was sent "
+                        "again: the other %(left)d were not sent (%(error)s).",
+                        "Could not reach the message broker after %(sent)d tasks were sent "
+                        "again: the other %(left)d were not sent (%(error)s).",
+                        len(sent),
+                    )
+                    % {
+                        "sent": len(sent),
+                        "left": len(tasks) - len(sent) - len(refused),
+                        "error": exc.__cause__ or exc,
+                    }
+                    if sent
+                    else gettext(
+                        "Could not reach the message broker: nothing was sent (%(error)s)."
+                    )
+                    % {"error": exc.__cause__ or exc},
+                    messages.ERROR,
+                )
                 break
             sent.append((task, gettext("Sent again as %(id)s") % {"id": new_id}))
         if sent:

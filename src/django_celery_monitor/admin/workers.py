@@ -32,11 +32,14 @@ from ..models import TaskState, WorkerState
 from .base import ModelMonitor
 from .helpers import (
     MAX_ACTION_TASKS,
+    MAX_ACTION_WORKERS,
     NODE_STATE_COLORS,
     _badge,
     _changelist_url,
     _log,
     _log_each,
+    _refusal_text,
+    _refusals,
     _short_id,
     _when,
 )
@@ -545,7 +548,11 @@ class Live:
         if not task_ids:
             return
         change = admin_urlname(TaskState._meta, "change")
-        recorded = TaskState.objects.filter(task_id__in=set(task_ids)).values_list("task_id", "pk")
+        # Ids a row can hold: any client may revoke "a\x00b", which PostgreSQL's driver
+        # refuses to send.
+        longest = TaskState._meta.get_field("task_id").max_length
+        ids = {i for i in task_ids if i and "\x00" not in i and len(i) <= longest}
+        recorded = TaskState.objects.filter(task_id__in=ids).values_list("task_id", "pk")
         self._links = {
             task_id: reverse(change, args=[quote(pk)], current_app=self.current_app)
             for task_id, pk in recorded
@@ -731,23 +738,56 @@ class WorkerMonitor(ModelMonitor):
     def has_control_permission(self, request: HttpRequest) -> bool:
         return self._has_perm(request, "control_workerstate")
 
-    def _hostnames(self, queryset) -> list[WorkerState]:
-        return list(queryset.order_by("hostname"))
+    def _hostnames(self, request, queryset) -> list[WorkerState] | None:
+        """The selected workers, or None (and a message) when there are too many."""
+        workers = list(queryset.order_by("hostname")[: MAX_ACTION_WORKERS + 1])
+        if len(workers) > MAX_ACTION_WORKERS:
+            self.message_user(
+                request,
+                ngettext(
+                    "Select at most %(count)d worker for this action.",
+                    "Select at most %(count)d workers for this action.",
+                    MAX_ACTION_WORKERS,
+                )
+                % {"count": MAX_ACTION_WORKERS},
+                messages.ERROR,
+            )
+            return None
+        return workers
 
     def _broadcast(self, request, queryset, call, log: str, done: Any, **kwargs) -> None:
-        workers = self._hostnames(queryset)
+        workers = self._hostnames(request, queryset)
+        if not workers:
+            return
         replies = self._control(request, call, [w.hostname for w in workers], **kwargs)
         if replies is None:
             return
+        refused = dict(_refusals(replies.items()))
         silent = gettext("%(action)s (no answer)") % {"action": log}
-        _log_each(request, [(w, log if w.hostname in replies else silent) for w in workers])
-        answered = [w for w in workers if w.hostname in replies]
-        text = str(done % {"count": len(workers), "answered": len(answered)})
-        self.message_user(request, text, messages.SUCCESS if answered else messages.WARNING)
+        entries = []
+        for worker in workers:
+            if worker.hostname in refused:
+                entry = gettext("%(action)s: refused (%(reason)s)") % {
+                    "action": log,
+                    "reason": refused[worker.hostname],
+                }
+            else:
+                entry = log if worker.hostname in replies else silent
+            entries.append((worker, entry))
+        _log_each(request, entries)
+        text = str(done % {"count": len(workers), "answered": len(replies)})
+        if refused:
+            text += " " + _refusal_text(list(refused.items()))
+        accepted = len(replies) - len(refused)
+        self.message_user(
+            request, text, messages.SUCCESS if accepted and not refused else messages.WARNING
+        )
 
     @admin.action(description=_("Shut down selected workers"), permissions=["control"])
     def shutdown_nodes(self, request, queryset):
-        workers = self._hostnames(queryset)
+        workers = self._hostnames(request, queryset)
+        if not workers:
+            return
         sent = self._control(request, control.shutdown, [w.hostname for w in workers])
         if sent is None:
             return
@@ -765,7 +805,9 @@ class WorkerMonitor(ModelMonitor):
 
     @admin.action(description=_("Ping selected workers"), permissions=["control"])
     def ping_workers(self, request, queryset):
-        workers = self._hostnames(queryset)
+        workers = self._hostnames(request, queryset)
+        if not workers:
+            return
         answered = self._control(request, control.ping, [w.hostname for w in workers])
         if answered is None:
             return
