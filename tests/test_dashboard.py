@@ -141,3 +141,75 @@ def test_charts_scale_and_label():
     assert lines.count("<polyline") == 2
     assert charts.nice_ceiling(7) == 10 and charts.nice_ceiling(0.3) == 0.5
     assert charts.nice_ceiling(0) == 1
+
+
+@pytest.mark.parametrize(
+    ("peak", "grid"),
+    [
+        (1, ["0", "0.5", "1"]),
+        (5, ["0", "2.5", "5"]),
+        (50, ["0", "25", "50"]),
+        (3000, ["0", "2,500", "5,000"]),
+    ],
+)
+def test_the_grid_lines_say_their_counts(peak, grid, settings):
+    settings.USE_THOUSAND_SEPARATOR = True
+    start = timezone.now().replace(second=0, microsecond=0)
+    series = [
+        {"start": start + timedelta(minutes=n), "succeeded": peak if n == 0 else 0, "failed": 0,
+         "revoked": 0, "retried": 0}
+        for n in range(30)
+    ]  # fmt: skip
+    svg = str(charts.count_chart(series, 60))
+    assert re.findall(r'text-anchor="end">([^<]*)</text>', svg) == grid
+
+
+@pytest.mark.parametrize(("seconds", "with_day"), [(60, False), (10080, True), (21600, True)])
+def test_the_time_under_a_chart_has_its_day_when_it_spans_days(seconds, with_day):
+    start = timezone.now().replace(second=0, microsecond=0)
+    points = [(start + timedelta(seconds=seconds * n), 5) for n in range(60)]
+    labels = re.findall(
+        r'text-anchor="middle">([^<]*)</text>', str(charts.backlog_chart(points, "q"))
+    )
+    assert labels and all((" " in label) == with_day for label in labels)
+
+
+def test_each_link_lists_the_tasks_it_counts(admin_client):
+    import html
+
+    worker = make_worker("w@h")
+    now = timezone.now()
+
+    def failed(name, exception, age):
+        make_task("FAILURE", name, tstamp=now - timedelta(seconds=age), exception=exception,
+                  worker=worker)  # fmt: skip
+
+    for age in (1, 2, 3):
+        failed("proj.fail", "KeyError('k')", age)
+    failed("proj.fail", "ValueError('v')", 30)
+    failed("proj.other", "ValueError: v", 40)
+    failed("proj.other", "ValueErrorish('v')", 45)
+    failed("proj.other", None, 50)
+    make_task("SUCCESS", None, tstamp=now - timedelta(seconds=5), worker=worker)
+    make_task("SUCCESS", "proj.named", tstamp=now - timedelta(seconds=5), worker=worker)
+    page = admin_client.get(DASHBOARD).content.decode()
+
+    def listed(url):
+        response = admin_client.get(html.unescape(url))
+        assert response.status_code == 200 and "e=1" not in response.request["QUERY_STRING"]
+        return response.content.decode().count('class="action-select"')
+
+    failures = re.findall(
+        r'<td><a href="([^"]+)"><code>([^<]+)</code></a></td>\s*<td class="cm-num">(\d+)</td>',
+        page,
+    )
+    counted = {exception: int(count) for _url, exception, count in failures}
+    assert counted == {"KeyError": 3, "ValueError": 2, "ValueErrorish": 1, "?": 1}
+    for url, _exception, count in failures:
+        assert listed(url) == int(count)
+    names = re.findall(
+        r'<td><a href="([^"]+)">([^<]+)</a></td>\s*<td class="cm-num">(\d+)</td>', page
+    )
+    assert {name for _url, name, _count in names} >= {"(no name)", "proj.named", "proj.fail"}
+    for url, _name, count in names:
+        assert listed(url) == int(count)

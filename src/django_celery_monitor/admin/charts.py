@@ -25,11 +25,19 @@ def _local(value: datetime) -> datetime:
     return timezone.localtime(value) if timezone.is_aware(value) else value
 
 
-def _time_label(value: datetime, interval: int) -> str:
+def _time_label(value: datetime, span: float) -> str:
+    """A time under the chart: with its day when the chart spans a day or more."""
     local = _local(value)
-    if interval >= 6 * 3600:
+    if span >= 24 * 3600:
         return formats.date_format(local, "M j H:i")
     return formats.time_format(local, "H:i")
+
+
+def _count(value: float) -> str:
+    """A grid line's count: whole, or with one decimal (the middle of a top of 1 or 5)."""
+    if value == int(value):
+        return formats.number_format(int(value), force_grouping=True)
+    return formats.number_format(value, 1)
 
 
 def nice_ceiling(value: float) -> float:
@@ -73,7 +81,7 @@ def _frame(
                     '<text class="cm-axis" x="{}" y="{}" text-anchor="middle">{}</text>',
                     f"{LEFT + width * (index + 0.5):.1f}",
                     HEIGHT - 8,
-                    _time_label(bins[index]["start"], interval),
+                    _time_label(bins[index]["start"], interval * len(bins)),
                 )
             )
     return parts
@@ -102,7 +110,7 @@ def count_chart(series: Sequence[dict], interval: int) -> SafeString:
     gap = 1 if width > 4 else 0
     main_w = max((width - 2 * gap) * 0.7, 1)
     side_w = max(width - 2 * gap - main_w, 1)
-    parts = _frame(top, series, interval, lambda v: formats.number_format(round(v)))
+    parts = _frame(top, series, interval, _count)
     for index, point in enumerate(series):
         title = gettext("%(ok)s succeeded, %(failed)s failed, %(retried)s retried") % {
             "ok": point["succeeded"],
@@ -235,7 +243,7 @@ def backlog_chart(points: Sequence[tuple[datetime, int | None]], label: str) -> 
     top = nice_ceiling(max(values, default=0))
     seconds = int((points[1][0] - points[0][0]).total_seconds()) if len(points) > 1 else 60
     bins = [{"start": when} for when, _value in points]
-    parts = _frame(top, bins, seconds, lambda v: formats.number_format(round(v)))
+    parts = _frame(top, bins, seconds, _count)
     parts += _line(
         points,
         top,

@@ -28,6 +28,7 @@ from .. import stats
 from ..models import Dashboard, Queue, TaskState, WorkerState
 from . import charts
 from .base import ReadOnly
+from .filters import NO_EXCEPTION
 from .helpers import NODE_STATE_COLORS, TASK_STATE_COLORS, _seconds
 
 #: The windows offered, with their labels.
@@ -223,11 +224,12 @@ class DashboardMonitor(WindowPage):
         ]
         names = []
         for entry in data["task_names"]:
+            named = {"name": entry["name"]} if entry["name"] else {"unnamed": "1"}
             names.append(
                 {
                     **entry,
-                    "url": tasks_link(name=entry["name"]),
-                    "failed_url": tasks_link(name=entry["name"], state="FAILURE"),
+                    "url": tasks_link(**named),
+                    "failed_url": tasks_link(**named, state="FAILURE"),
                     "failure_rate_text": _percent(entry["failure_rate"]),
                     "runtime_p50": _seconds(entry["runtime"]["p50"]),
                     "runtime_p95": _seconds(entry["runtime"]["p95"]),
@@ -256,9 +258,12 @@ class DashboardMonitor(WindowPage):
                         if pk is not None
                         else None
                     ),
-                    "url": tasks_link(state="FAILURE", q=failure["latest_name"])
-                    if failure["latest_name"]
-                    else tasks_link(state="FAILURE"),
+                    "url": tasks_link(
+                        state="FAILURE",
+                        exception=failure["exception_type"]
+                        if failure["exception_type"] != "?"
+                        else NO_EXCEPTION,
+                    ),
                 }
             )
         workers = [

@@ -1,8 +1,10 @@
-"""The filters of the task list: state (with counts), worker, lost, and task name."""
+"""The filters of the task list: state (with counts), worker, lost, task name, and the
+exception type of a failure (the dashboard links to it)."""
 
 from __future__ import annotations
 
 from django.contrib import admin
+from django.db.models import Q
 from django.utils import formats
 from django.utils.html import format_html
 from django.utils.translation import gettext_lazy as _
@@ -142,3 +144,53 @@ class TaskNameFilter(admin.SimpleListFilter):
         if self.value():
             return queryset.filter(name=self.value())
         return queryset
+
+
+class UnnamedFilter(admin.SimpleListFilter):
+    """Tasks whose name the camera never learnt (it missed their task-received event)."""
+
+    title = _("name recorded")
+    parameter_name = "unnamed"
+
+    def lookups(self, request, model_admin):
+        return [("1", _("No name recorded"))]
+
+    def queryset(self, request, queryset):
+        if self.value() == "1":
+            return queryset.filter(Q(name=None) | Q(name=""))
+        return queryset
+
+
+#: The :class:`ExceptionTypeFilter` value of the failures with no exception recorded.
+NO_EXCEPTION = "-"
+
+
+class ExceptionTypeFilter(admin.SimpleListFilter):
+    """Tasks whose exception is of one type (``ValueError`` for ``ValueError('boom')``).
+
+    Offered only once given (the dashboard's failure types link to it): listing every type
+    would read every failure.
+    """
+
+    title = _("exception type")
+    parameter_name = "exception"
+
+    def lookups(self, request, model_admin):
+        value = self.value()
+        if not value:
+            return []
+        return [(value, _("None recorded") if value == NO_EXCEPTION else value)]
+
+    def queryset(self, request, queryset):
+        value = self.value()
+        if not value:
+            return queryset
+        if value == NO_EXCEPTION:
+            return queryset.filter(Q(exception=None) | Q(exception=""))
+        # As stats.exception_type reads it: the first word, up to "(" or ":".
+        return queryset.filter(
+            Q(exception=value)
+            | Q(exception__startswith=f"{value}(")
+            | Q(exception__startswith=f"{value}:")
+            | Q(exception__startswith=f"{value} ")
+        )

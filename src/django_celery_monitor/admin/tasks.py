@@ -24,7 +24,14 @@ from .. import control
 from ..models import TaskState, WorkerState
 from .base import ModelMonitor
 from .export import TaskExportMixin
-from .filters import LostFilter, StateFilter, TaskNameFilter, WorkerFilter
+from .filters import (
+    ExceptionTypeFilter,
+    LostFilter,
+    StateFilter,
+    TaskNameFilter,
+    UnnamedFilter,
+    WorkerFilter,
+)
 from .helpers import (
     ARGS_LENGTH,
     MAX_ACTION_TASKS,
@@ -99,6 +106,8 @@ class TaskMonitor(TaskExportMixin, ModelMonitor):
         LostFilter,
         WorkerFilter,
         TaskNameFilter,
+        UnnamedFilter,
+        ExceptionTypeFilter,
         ("tstamp", admin.DateFieldListFilter),
     )
     #: What the search matches; :meth:`get_search_results` serves these with indexes.
