@@ -376,7 +376,9 @@ def test_filter_by_worker_and_name(admin_client):
 
 
 def test_clearing_the_filters_keeps_the_date_drill_down(admin_client):
-    make_task(state="FAILURE", tstamp=datetime.datetime(2024, 5, 3, 12, tzinfo=datetime.UTC))
+    make_task(
+        state="FAILURE", tstamp=datetime.datetime(2024, 5, 3, 12, tzinfo=datetime.timezone.utc)
+    )
     params = {"state": "FAILURE", "tstamp__year": "2024", "tstamp__month": "5"}
 
     cl = admin_client.get(TASKS, params).context["cl"]

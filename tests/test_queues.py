@@ -5,7 +5,8 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
+from datetime import timezone as dt_timezone
 
 import pytest
 from celery import Celery
@@ -16,6 +17,8 @@ from kombu import Queue as KombuQueue
 from django_celery_monitor import queues, stats
 from django_celery_monitor.models import QueueSample
 from tests.test_admin import XSS, staff
+
+UTC = dt_timezone.utc  # datetime.UTC from Python 3.11 on
 
 NOW = datetime(2026, 3, 2, 10, 30, tzinfo=UTC)
 

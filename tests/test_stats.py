@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import math
 import uuid as uuidlib
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
+from datetime import timezone as dt_timezone
 
 import pytest
 from celery.events.state import State
@@ -22,6 +23,8 @@ from django_celery_monitor.models import (
     WorkerState,
 )
 from tests import events
+
+UTC = dt_timezone.utc  # datetime.UTC from Python 3.11 on
 
 pytestmark = pytest.mark.django_db
 

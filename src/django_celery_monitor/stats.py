@@ -24,7 +24,8 @@ import json
 import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
+from datetime import timezone as dt_timezone
 from typing import Any
 
 from celery import states
@@ -302,7 +303,7 @@ def _time_parser():
         if value.__class__ is str:
             value = datetime.fromisoformat(value)
         if use_tz:
-            return value.replace(tzinfo=UTC) if value.tzinfo is None else value
+            return value.replace(tzinfo=dt_timezone.utc) if value.tzinfo is None else value
         if value.tzinfo is not None:
             return timezone.make_naive(value)
         return value
@@ -771,7 +772,7 @@ def _datetime(value: Any) -> datetime:
     if isinstance(value, str):
         value = datetime.fromisoformat(value)
     if django_settings.USE_TZ and timezone.is_naive(value):
-        value = value.replace(tzinfo=UTC)
+        value = value.replace(tzinfo=dt_timezone.utc)
     return value
 
 
