@@ -122,3 +122,28 @@ def test_at_most_the_latest_tasks_are_looked_up(settings):
     backend = Backend({})
     reconcile_unfinished(App(backend), timezone.now(), MonitorSettings())
     assert backend.asked == [rows[0].task_id, rows[1].task_id]
+
+
+def test_what_the_backend_tells_is_redacted_as_the_events_are(settings):
+    settings.CELERY_MONITOR_REDACT_FIELDS = ["result"]
+    settings.CELERY_MONITOR_REDACT_TASKS = {"proj.pay*": ["exception", "traceback"]}
+    paid, failed, unnamed = task(name="proj.pay"), task(name="proj.pay"), task()
+    backend = Backend(
+        {
+            paid.task_id: {"status": "SUCCESS", "result": {"card": "4111"}, "date_done": DONE},
+            failed.task_id: {
+                "status": "FAILURE", "result": ValueError("card 4111"),
+                "traceback": "card 4111", "date_done": DONE,
+            },
+            unnamed.task_id: {
+                "status": "FAILURE", "result": ValueError("card 4111"),
+                "traceback": "card 4111", "date_done": DONE,
+            },
+        }
+    )  # fmt: skip
+    assert reconcile_unfinished(App(backend), timezone.now(), MonitorSettings())[0] == 3
+    for row in (paid, failed, unnamed):
+        row.refresh_from_db()
+        stored = (row.result, row.exception, row.traceback)
+        assert not any("4111" in (text or "") for text in stored), stored
+    assert paid.result == "[redacted]"

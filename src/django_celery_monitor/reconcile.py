@@ -20,6 +20,7 @@ from celery.backends.base import DisabledBackend
 from celery.utils.saferepr import saferepr
 
 from .models import TaskState
+from .redaction import Redactor
 from .sanitize import clean_datetime, clean_text
 from .utils import fromtimestamp
 from .writer import RECONCILED_NOTE, STALE_NOTE, write_snapshot
@@ -71,9 +72,10 @@ def reconcile_unfinished(
     settled = 0
     if backend is not None:
         limit = settings.max_text_length
-        task_ids = list(
-            unfinished.values_list("task_id", flat=True)[: settings.reconcile_max_tasks]
-        )
+        # The backend's results are redacted as the camera redacts the events' own.
+        redactor = Redactor.from_settings(settings)
+        names = dict(unfinished.values_list("task_id", "name")[: settings.reconcile_max_tasks])
+        task_ids = list(names)
         for start in range(0, len(task_ids), BATCH):
             rows = {}
             for task_id in task_ids[start : start + BATCH]:
@@ -85,7 +87,10 @@ def reconcile_unfinished(
                     )
                     continue
                 if meta.get("status") in states.READY_STATES:
-                    rows[task_id] = _row(meta, limit)
+                    row = _row(meta, limit)
+                    if redactor:
+                        redactor.apply(names[task_id], row)
+                    rows[task_id] = row
             if rows:
                 settled += write_snapshot({}, rows)[1]
     stale = 0
