@@ -223,6 +223,21 @@ def test_events_seen_while_the_database_is_down_are_merged_in_order(state, camer
     assert (task.state, task.result, task.name) == ("SUCCESS", "42", "proj.add")
 
 
+@pytest.mark.parametrize(
+    ("freq", "maxrate", "period"),
+    [(2.0, None, 2.0), (2.0, "6/m", 10.0), (2.0, "1/s", 2.0), (1.0, "1/m", 60.0)],
+)
+def test_the_heartbeat_says_how_often_shots_are_taken(state, app, freq, maxrate, period):
+    # The health check expects a heartbeat a period: maxrate makes the period longer.
+    from django_celery_monitor.models import CameraState
+
+    camera = Camera(state, app=app, freq=freq, maxrate=maxrate)
+    camera.record_heartbeat()
+    beat = CameraState.objects.get()
+    assert beat.frequency == period
+    assert beat.allowed_silence >= 3 * period
+
+
 def test_a_shot_skipped_by_maxrate_is_written_with_the_next(state, app):
     camera = Camera(state, app=app, maxrate="1/h")
     first, second = new_id(), new_id()

@@ -767,6 +767,16 @@ class Camera(Polaroid):
             logger.debug("Shot: wrote %d tasks.", written)
         return written
 
+    @property
+    def shot_period(self) -> float:
+        """Seconds between two shots: the frequency, or longer when ``maxrate`` allows fewer
+        (the heartbeat goes with the shots, and the health check expects one a period)."""
+        period = float(self.freq)
+        fill_rate = getattr(self.maxrate, "fill_rate", None)
+        if fill_rate:
+            period = max(period, 1.0 / float(fill_rate))
+        return period
+
     def _heartbeat_due(self, wrote: bool) -> bool:
         """Whether this shot writes the heartbeat: at most one a second (shots can follow
         each other faster under load), and every ``idle_heartbeat_every`` seconds while
@@ -804,7 +814,7 @@ class Camera(Polaroid):
             "hostname": hostname,
             "pid": pid,
             "version": __version__[:32],
-            "frequency": float(self.freq),
+            "frequency": self.shot_period,
             "shard": str(self.shard) if self.shard is not None else "",
             "started": self._camera_started,
             "last_shot": now_wall,
