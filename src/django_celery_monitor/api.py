@@ -1,8 +1,10 @@
 """The read-only JSON API: the recorded tasks and workers, and the dashboard's figures.
 
 Every view answers ``GET`` only (405 otherwise) and reads for a staff user with the view
-permission of the tasks or the workers, or for a caller that sends one of the tokens of
-``CELERY_MONITOR_API_TOKENS`` as ``Authorization: Bearer <token>`` (401 without either,
+permission the admin asks for the same data (the tasks' for the tasks, the workers' for the
+workers, the dashboard's or the tasks' for the dashboard), or for a caller that sends one
+of the tokens of ``CELERY_MONITOR_API_TOKENS`` as ``Authorization: Bearer <token>`` (401
+without either,
 403 for a user who may not read them; see :mod:`django_celery_monitor.access`). Times are
 ISO 8601 (``2026-03-02T10:30:20.123Z``), durations seconds. A request the API cannot answer
 (a malformed date, limit or cursor, a NUL character) gets 400 and ``{"error": "..."}``.
@@ -39,8 +41,10 @@ With ``path("monitor/", include("django_celery_monitor.urls"))``:
 
     ``next`` is the URL of the following page (the same filters), null on the last one.
     The cursor marks a position (the ``tstamp`` and ``id`` of the last task of the page),
-    so walking the pages lists every task once even while new ones are recorded (those
-    come first, on the first page). There is no total: it would count the table.
+    so new tasks (which come first, on the first page) do not shift the pages. A task is
+    ordered by its latest event: one that gets a new event while you walk the pages moves
+    to the front, ahead of the cursor (read it again with ``since=``). There is no total:
+    it would count the table.
 
 ``GET /monitor/api/tasks/<task_id>/``
     One task (404 and ``{"error": ...}`` if it was not recorded): the fields above, plus
@@ -48,9 +52,10 @@ With ``path("monitor/", include("django_celery_monitor.urls"))``:
     ``children_truncated`` (whether it sent more).
 
 ``GET /monitor/api/workers/``
-    ``{"results": [...]}``: the workers, the latest heartbeat first, each ``{"id",
-    "hostname", "online", "last_heartbeat", "processed", "active", "loadavg",
-    "events_missed", "sw_ver"}``.
+    ``{"count": 250, "online": 240, "results": [...]}``: the 200 workers heard from last,
+    the latest heartbeat first (those never heard from last), each ``{"id", "hostname",
+    "online", "last_heartbeat", "processed", "active", "loadavg", "events_missed",
+    "sw_ver"}``; ``count`` and ``online`` count every worker.
 
 ``GET /monitor/api/dashboard/?window=1h``
     What the dashboard shows for the window ``15m``, ``1h`` (the default), ``24h`` or
@@ -74,12 +79,14 @@ With ``path("monitor/", include("django_celery_monitor.urls"))``:
          "failure_types": [{"exception_type": "ValueError", "count": 4,
                             "latest_task_id": "...", "latest_tstamp": "...",
                             "latest_name": "proj.add"}, ...],
-         "workers": [...as /api/workers/],
+         "workers": [...as "results" of /api/workers/],
          "worker_totals": {"total": 12, "online": 10, "events_missed": 0},
          "stuck": {"threshold": 3600.0 or null,
                    "tasks": [{"id", "task_id", "name", "state", "worker", "since",
                               "reason"}, ...]},
-         "cameras": {"ok": true, "reason": "...", "cameras": [...as in /health/]}}
+         "cameras": {"ok": true, "reason": "...", "cameras": [...as in /health/]},
+         "queues": [{"queue": "celery", "sampled": "...", "messages": 12, "consumers": 2,
+                     "note": null, "age": 4.2}, ...]}
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
-"""The filters of the task list: state (with counts), worker, lost, task name, and the
-exception type of a failure (the dashboard links to it)."""
+"""The filters of the task list: state (with counts), worker, lost, task name, no name
+recorded, and the exception type of a failure (the dashboard links to it)."""
 
 from __future__ import annotations
 
