@@ -52,8 +52,8 @@ def demo(tmp_path):
     output = tmp_path / "demo.out"
     started = []
 
-    def start() -> subprocess.Popen:
-        start.port = free_port()
+    def start(port: int | None = None) -> subprocess.Popen:
+        start.port = port or free_port()
         with open(output, "wb") as out:
             process = subprocess.Popen(
                 [*manage, "rundemo", "--port", str(start.port), "--status-every", "2"],
@@ -85,6 +85,13 @@ def test_the_demo_records_tasks_and_stops_cleanly_on_ctrl_c(demo):
         ),
         timeout=60,
         message="the demo to record tasks and show its worker online",
+    )
+    # The links are printed once the web server answers, and it listens on this machine
+    # only (the admin's login is admin / admin).
+    assert f"Dashboard: http://127.0.0.1:{demo.port}/" in demo.output.read_text()
+    assert f"runserver 127.0.0.1:{demo.port}" in " ".join(
+        Path(f"/proc/{pid}/cmdline").read_bytes().decode().replace("\0", " ")
+        for pid in processes_of(demo.data_dir)
     )
     # The camera's heartbeat says it records: the health check answers 200.
     health = json.loads(urlopen(f"http://127.0.0.1:{demo.port}/monitor/health/").read())
@@ -118,4 +125,16 @@ def test_the_demo_says_which_process_stopped_and_stops_the_others(demo):
     assert f"The last lines of {worker_log}" in text
     assert "The demo stopped because the Celery worker stopped" in text
     time.sleep(0.5)
+    assert processes_of(demo.data_dir) == []
+
+
+def test_the_demo_says_when_its_port_is_taken(demo):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        process = demo(taken.getsockname()[1])
+        assert process.wait(30) == 1
+    text = demo.output.read_text()
+    assert f"Port {demo.port} on 127.0.0.1 is not free" in text
+    assert f"PORT={demo.port + 1} scripts/demo" in text
     assert processes_of(demo.data_dir) == []

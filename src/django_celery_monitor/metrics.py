@@ -35,7 +35,10 @@ BUCKET_INDEXES = tuple(range(0, stats.HIST_SIZE - 1, stats.HIST_STEPS))
 #: The database the metrics read.
 DATABASE = "default"
 
-MISSING = 'The metrics need prometheus_client: pip install "django-celery-monitor[metrics]"\n'
+MISSING = (
+    "The metrics need prometheus_client: install django-celery-monitor's metrics extra, or "
+    "pip install prometheus_client\n"
+)
 
 #: The help text of the camera's own metrics.
 CAMERA_DOCS = {

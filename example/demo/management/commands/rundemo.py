@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -21,6 +22,27 @@ from django_celery_monitor.models import TaskState, WorkerState
 STOP_TIMEOUT = 12.0
 #: How many lines of a process's log are shown when it stopped by itself.
 TAIL_LINES = 20
+#: How long the demo waits for its web server to answer before it prints the links anyway.
+WEB_SERVER_WAIT = 30.0
+
+
+def _url_host(host: str) -> str:
+    """A host as a URL (and runserver) writes it: an IPv6 address in brackets."""
+    return f"[{host}]" if ":" in host else host
+
+
+def _check_port(host: str, port: int) -> None:
+    """Fail at once, and say what to do, when the web server's port is taken."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise CommandError(
+                f"Port {port} on {host} is not free ({exc.strerror or exc}): another program "
+                f"uses it. PORT={port + 1} scripts/demo starts the demo on another port."
+            ) from None
 
 
 def _cap(text: str) -> str:
@@ -99,6 +121,12 @@ class Command(BaseCommand):
     def add_arguments(self, parser):
         parser.add_argument("--port", type=int, default=8000, help="The web server's port.")
         parser.add_argument(
+            "--host",
+            default="127.0.0.1",
+            help="The address the web server listens on (127.0.0.1: this machine only; "
+            "0.0.0.0 lets anyone who reaches the machine log in as admin / admin).",
+        )
+        parser.add_argument(
             "--status-every",
             type=float,
             default=30.0,
@@ -109,6 +137,8 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args, **options):
+        host, port = options["host"], options["port"]
+        _check_port(host, port)
         log_dir = Path(settings.DATA_DIR) / "logs"
         log_dir.mkdir(parents=True, exist_ok=True)
         manage = [sys.executable, str(Path(settings.BASE_DIR) / "manage.py")]
@@ -143,7 +173,7 @@ class Command(BaseCommand):
             ),
             Process(
                 "the web server",
-                [*manage, "runserver", f"0.0.0.0:{options['port']}", "--noreload"],
+                [*manage, "runserver", f"{_url_host(host)}:{port}", "--noreload"],
                 log_dir / "web.log",
             ),
         ]
@@ -154,19 +184,21 @@ class Command(BaseCommand):
         started = time.monotonic()
         for process in self.processes:
             process.start()
-        self.stdout.write(
-            f"\n  django-celery-monitor demo\n"
-            f"  --------------------------\n"
-            f"  Admin:     http://127.0.0.1:{options['port']}/admin/celery_monitor/\n"
-            f"  Dashboard: http://127.0.0.1:{options['port']}/admin/celery_monitor/dashboard/"
-            f" (tick Live to watch it move)\n"
-            f"  Health:    http://127.0.0.1:{options['port']}/monitor/health/\n"
-            f"  Login:     admin / admin\n"
-            f"  Logs:      {log_dir}/ (worker, camera, generator, web)\n"
-            f"  Ctrl-C stops the worker, the camera, the generator and the web server.\n"
-        )
-        self.stdout.flush()
-        failed = self._watch(started, options["status_every"])
+        failed = self._wait_for_the_web_server(host, port)
+        if failed is None:
+            base = f"http://{_url_host('127.0.0.1' if host in ('0.0.0.0', '::') else host)}:{port}"
+            self.stdout.write(
+                f"\n  django-celery-monitor demo\n"
+                f"  --------------------------\n"
+                f"  Admin:     {base}/admin/celery_monitor/\n"
+                f"  Dashboard: {base}/admin/celery_monitor/dashboard/ (tick Live to watch it)\n"
+                f"  Health:    {base}/monitor/health/\n"
+                f"  Login:     admin / admin\n"
+                f"  Logs:      {log_dir}/ (worker, camera, generator, web)\n"
+                f"  Ctrl-C stops the worker, the camera, the generator and the web server.\n"
+            )
+            self.stdout.flush()
+            failed = self._watch(started, options["status_every"])
         self._stop_all()
         if failed is not None:
             raise CommandError(
@@ -178,26 +210,49 @@ class Command(BaseCommand):
     def _ask_to_stop(self, signum, frame) -> None:
         self.stopping = True
 
+    def _wait_for_the_web_server(self, host: str, port: int) -> Process | None:
+        """Wait until the web server answers (the links are printed then), Ctrl-C, or a
+        process that stops; return that process."""
+        target = "127.0.0.1" if host in ("0.0.0.0", "") else "::1" if host == "::" else host
+        deadline = time.monotonic() + WEB_SERVER_WAIT
+        while not self.stopping and time.monotonic() < deadline:
+            stopped = self._stopped_by_itself()
+            if stopped is not None:
+                return stopped
+            try:
+                socket.create_connection((target, port), timeout=0.5).close()
+                return None
+            except OSError:
+                time.sleep(0.2)
+        return None
+
     def _watch(self, started: float, status_every: float) -> Process | None:
         """Wait for Ctrl-C or for a process to stop; return the process that stopped."""
         next_status = started + 5.0
         first_seen = False
         since = timezone.now()
         while not self.stopping:
-            for process in self.processes:
-                code = process.poll()
-                if code is not None:
-                    how = f"exit code {code}" if code >= 0 else f"signal {-code}"
-                    self.stderr.write(
-                        f"\n{_cap(process.label)} stopped by itself ({how}). "
-                        f"The last lines of {process.log_path}:\n\n{process.tail()}\n"
-                    )
-                    return process
+            stopped = self._stopped_by_itself()
+            if stopped is not None:
+                return stopped
             now = time.monotonic()
             if status_every and now >= next_status:
                 first_seen = self._status(now - started, since, first_seen)
                 next_status = now + (status_every if first_seen else 5.0)
             time.sleep(0.2)
+        return None
+
+    def _stopped_by_itself(self) -> Process | None:
+        """The first process that stopped, having said so with the end of its log."""
+        for process in self.processes:
+            code = process.poll()
+            if code is not None:
+                how = f"exit code {code}" if code >= 0 else f"signal {-code}"
+                self.stderr.write(
+                    f"\n{_cap(process.label)} stopped by itself ({how}). "
+                    f"The last lines of {process.log_path}:\n\n{process.tail()}\n"
+                )
+                return process
         return None
 
     def _status(self, elapsed: float, since, first_seen: bool) -> bool:
@@ -228,7 +283,10 @@ class Command(BaseCommand):
         return True
 
     def _stop_all(self) -> None:
-        self.stdout.write("\nStopping...")
+        self.stdout.write(
+            f"\nStopping... (the worker finishes the tasks it is running first, for up to "
+            f"{STOP_TIMEOUT:.0f} s)"
+        )
         self.stdout.flush()
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
