@@ -843,3 +843,16 @@ def test_tasks_of_a_worker_that_stopped_are_marked_lost(state, camera, settings)
     feed(state, events.succeeded(running))  # its events were only late
     shutter(camera)
     assert (row(running).state, row(running).lost) == ("SUCCESS", False)
+
+
+def test_a_retry_is_not_its_own_parent(state, app):
+    # Celery sends a retry from inside the task: a task sent with no parent gets itself as
+    # the retry's parent (one sent by another task keeps that one).
+    camera = Camera(state, app=app)
+    root = new_id()
+    feed(state, events.received(root, root_id=root))
+    feed(state, events.task_event("retried", root, exception="E()"))
+    feed(state, events.received(root, retries=1, root_id=root, parent_id=root))
+    shutter(camera)
+    assert (row(root).parent_id, row(root).root_id, row(root).retries) == (None, root, 1)
+    assert not TaskState.objects.filter(parent_id=root).exists()  # not its own child

@@ -500,7 +500,8 @@ class Camera(Polaroid):
             "worker": clean_id(worker) if worker else None,
             "received": clean_timestamp(received),
             "started": clean_timestamp(started),
-            "parent_id": clean_id(task.parent_id),
+            # A retry is sent from the task itself: Celery names the task its own parent.
+            "parent_id": clean_id(task.parent_id) if task.parent_id != task.uuid else None,
             "root_id": clean_id(task.root_id),
         }
         if redactor:
