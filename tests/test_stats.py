@@ -496,13 +496,25 @@ def test_a_window_in_progress_is_per_its_time_so_far():
     assert previous["throughput_per_minute"] == pytest.approx(6, rel=0.02)
 
 
-def test_workers_are_counted_beyond_those_listed():
+@pytest.mark.parametrize("use_tz", [True, False])
+@pytest.mark.parametrize("by_the_database", [True, False])
+def test_workers_are_counted_beyond_those_listed(monkeypatch, settings, by_the_database, use_tz):
+    settings.USE_TZ = use_tz
+    settings.TIME_ZONE = "Asia/Tokyo"
+    if not by_the_database:
+        monkeypatch.setattr(stats, "MAX_PERIODS", 0)  # read each recent worker instead
     now = timezone.now()  # the workers' liveness reads the clock
+    ago = lambda seconds: now - timedelta(seconds=seconds)  # noqa: E731
     WorkerState.objects.bulk_create(
         [WorkerState(hostname=f"w{i}@h", last_heartbeat=now, freq=2.0) for i in range(250)]
         + [
             WorkerState(hostname="never@h"),
             WorkerState(hostname="gone@h", last_heartbeat=now, offline=True, events_missed=4),
+            # Alive for two periods and the grace (10 s): 2 s -> 14 s, 60 s -> 130 s.
+            WorkerState(hostname="late@h", last_heartbeat=ago(20), freq=2.0),
+            WorkerState(hostname="slow@h", last_heartbeat=ago(100), freq=60.0),
+            WorkerState(hostname="slower@h", last_heartbeat=ago(140), freq=60.0),
+            WorkerState(hostname="default@h", last_heartbeat=ago(100), freq=None),
         ]
     )
     WorkerState.objects.filter(hostname="w0@h").update(events_missed=3)
@@ -510,7 +522,9 @@ def test_workers_are_counted_beyond_those_listed():
     assert len(listed) == stats.MAX_WORKERS
     # Those never heard from come last (PostgreSQL sorts NULLs first when descending).
     assert "never@h" not in {worker["hostname"] for worker in listed}
-    assert stats.worker_totals() == {"total": 252, "online": 250, "events_missed": 7}
+    totals = stats.worker_totals()
+    assert totals == {"total": 256, "online": 252, "events_missed": 7}
+    assert totals["online"] == sum(w.is_alive() for w in WorkerState.objects.all())
 
 
 def test_every_queue_sampled_lately_is_listed():

@@ -107,6 +107,9 @@ MAX_STUCK = 20
 #: before the camera marks them lost.
 RECENTLY_OFFLINE = 3
 MAX_WORKERS = 200
+#: The most distinct heartbeat periods :func:`worker_totals` counts the online workers of
+#: in the database, one count each.
+MAX_PERIODS = 20
 
 
 def bucket_index(value: float) -> int:
@@ -963,21 +966,35 @@ def workers(using: str = "default") -> list[dict[str, Any]]:
 
 def worker_totals(using: str = "default") -> dict[str, int]:
     """How many workers there are, how many are online, and the sum of the events the
-    camera missed of each (however many workers there are: :func:`workers` lists some)."""
-    from django.db.models import Count, Max, Sum
+    camera missed of each (however many workers there are: :func:`workers` lists some).
+
+    Online is :meth:`WorkerState.is_alive`, counted by the database: a count of the recent
+    heartbeats for each heartbeat period the workers have (a few), each period with its own
+    bound; past :data:`MAX_PERIODS` periods, the recent workers are read and checked.
+    """
+    from celery.events.state import heartbeat_expires
+    from django.db.models import Count, Sum
 
     rows = WorkerState.objects.using(using).order_by()
-    found = rows.aggregate(total=Count("id"), missed=Sum("events_missed"), freq=Max("freq"))
-    # Online needs each worker's own heartbeat period (Worker.is_alive): only those whose
-    # last heartbeat is within the longest period's reach are read, each then checked.
-    longest = max(found["freq"] or 0, DEFAULT_HEARTBEAT_FREQ)
-    reach = timedelta(seconds=3 * longest + monitor_settings.worker_alive_grace) + timedelta(
-        hours=2  # a naive time's zone may be off by a summer hour or so; checked below
-    )
-    candidates = rows.filter(offline=False, last_heartbeat__gte=_now() - reach).only(
-        "last_heartbeat", "freq", "offline"
-    )
-    online = sum(1 for worker in candidates.iterator(chunk_size=2000) if worker.is_alive())
+    found = rows.aggregate(total=Count("id"), missed=Sum("events_missed"))
+    live = rows.filter(offline=False, last_heartbeat__isnull=False)
+    grace = monitor_settings.worker_alive_grace
+    now = timezone.now()
+    periods = list(live.values_list("freq", flat=True).distinct()[: MAX_PERIODS + 1])
+    if len(periods) <= MAX_PERIODS:
+        online = 0
+        for freq in periods:
+            window = heartbeat_expires(0.0, freq or DEFAULT_HEARTBEAT_FREQ) + grace
+            same = live.filter(freq=freq) if freq is not None else live.filter(freq=None)
+            online += same.filter(last_heartbeat__gt=now - timedelta(seconds=window)).count()
+    else:
+        longest = max(heartbeat_expires(0.0, f or DEFAULT_HEARTBEAT_FREQ) for f in periods)
+        # Two hours more: a naive time's zone may be a summer hour off; each is checked.
+        reach = timedelta(seconds=longest + grace, hours=2)
+        recent = live.filter(last_heartbeat__gte=now - reach).only(
+            "last_heartbeat", "freq", "offline"
+        )
+        online = sum(1 for worker in recent.iterator(chunk_size=2000) if worker.is_alive())
     return {"total": found["total"], "online": online, "events_missed": found["missed"] or 0}
 
 
