@@ -856,3 +856,24 @@ def test_a_retry_is_not_its_own_parent(state, app):
     shutter(camera)
     assert (row(root).parent_id, row(root).root_id, row(root).retries) == (None, root, 1)
     assert not TaskState.objects.filter(parent_id=root).exists()  # not its own child
+
+
+def test_a_worker_that_said_goodbye_stays_offline_while_it_finishes_its_tasks(state, app):
+    # A warm shutdown: worker-offline first, then the events of the tasks it finishes
+    # (which Celery's State takes for heartbeats), then the process exits.
+    camera = Camera(state, app=app)
+    tid = new_id()
+    feed(state, events.worker_event("online"), events.received(tid), events.started(tid))
+    shutter(camera)
+    assert not WorkerState.objects.get().offline
+    feed(state, events.worker_event("offline"))
+    shutter(camera)
+    feed(state, events.succeeded(tid))
+    shutter(camera)
+    worker = WorkerState.objects.get()
+    assert worker.offline and not worker.is_alive()
+    assert row(tid).state == "SUCCESS"
+    # Started again: its own events say so.
+    feed(state, events.worker_event("online"))
+    shutter(camera)
+    assert not WorkerState.objects.get().offline

@@ -434,10 +434,13 @@ class Camera(Polaroid):
         missed = self._missed.get(worker.hostname)
         if missed is not None:
             row["events_missed"] = min(missed[3], MAX_BIGINT)
+        # Only the worker's own events say whether it runs: a worker that said goodbye
+        # (a warm shutdown) still sends the events of the tasks it finishes, and Celery's
+        # State takes each for a heartbeat; it exits without another word.
         event = self._last_worker_event.get(worker.hostname)
         if event == "offline":
             row["offline"] = True
-        elif row["last_heartbeat"] is not None:
+        elif event is not None and row["last_heartbeat"] is not None:
             row["offline"] = False
         return row
 
