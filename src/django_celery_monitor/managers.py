@@ -274,10 +274,18 @@ class TaskStateQuerySet(ExtendedQuerySet):
     def mark_lost(self, worker_ids: Iterable[int]) -> int:
         """Mark lost the unfinished tasks of workers that stopped; return how many.
 
-        Unfinished means received or running (or in a custom state): a task waiting for a
-        retry or requeued is still in the broker, and will be received again.
+        Unfinished means running (started, or in a custom state): a task waiting for a
+        retry or requeued is still in the broker, and will be received again; so is one
+        received but not started, whose message the worker has not acknowledged yet (a
+        warm shutdown gives it back at once, the broker after its visibility timeout).
         """
-        waiting = [states.PENDING, states.RETRY, states.REJECTED, *states.READY_STATES]
+        waiting = [
+            states.PENDING,
+            states.RECEIVED,
+            states.RETRY,
+            states.REJECTED,
+            *states.READY_STATES,
+        ]
         rows = self.filter(worker_id__in=list(worker_ids), lost=False).exclude(state__in=waiting)
         return self._in_batches(
             rows.order_by(), lambda batch: batch.update(lost=True), pause=False
