@@ -1498,3 +1498,15 @@ def test_send_again_says_what_was_sent_before_the_broker_went(admin_client, cele
         "not sent (Connection refused).",
         "Sent 1 task again.",
     ]
+
+
+def test_a_retry_s_exception_beside_a_success_is_said_to_be_an_earlier_attempt(admin_client):
+    note = "Raised by an earlier attempt, which was retried"
+    succeeded = make_task(
+        "SUCCESS", exception="ConnectionError('flaky')", traceback="tb", retries=2
+    )
+    failed = make_task("FAILURE", exception="KeyError('k')", traceback="tb")
+    page = admin_client.get(task_url(succeeded)).content.decode()
+    assert page.count(note) == 2  # the exception and the traceback
+    assert "ConnectionError(&#x27;flaky&#x27;)" in page
+    assert note not in admin_client.get(task_url(failed)).content.decode()

@@ -359,13 +359,17 @@ class TaskMonitor(TaskExportMixin, ModelMonitor):
 
     @admin.display(description=_("exception"))
     def exception_pretty(self, obj: TaskState) -> str:
-        return _pretty(obj.exception)
+        return _earlier_attempt(obj, obj.exception, _pretty(obj.exception))
 
     @admin.display(description=_("traceback"))
     def traceback_pretty(self, obj: TaskState) -> str:
         if not obj.traceback:
             return "-"
-        return format_html('<pre class="cm-pre cm-traceback">{}</pre>', obj.traceback)
+        return _earlier_attempt(
+            obj,
+            obj.traceback,
+            format_html('<pre class="cm-pre cm-traceback">{}</pre>', obj.traceback),
+        )
 
     def _task_link(self, task_id: str | None) -> str:
         if not task_id:
@@ -667,3 +671,19 @@ class TaskMonitor(TaskExportMixin, ModelMonitor):
                 % {"count": len(refused), "reason": refused[0]},
                 messages.WARNING,
             )
+
+
+def _earlier_attempt(obj: TaskState, value: str | None, shown: str) -> str:
+    """``shown``, said to be an earlier attempt's when the task has not failed since.
+
+    The exception of a retry stays with the task (as Celery's own state keeps it, and as
+    1.1.2 stored it): beside a later success it is how an attempt before ended, not how
+    the task did.
+    """
+    if not value or obj.state in (states.FAILURE, states.RETRY):
+        return shown
+    return format_html(
+        '<p class="help">{}</p>{}',
+        gettext("Raised by an earlier attempt, which was retried; the task has not failed since."),
+        shown,
+    )
