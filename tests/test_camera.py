@@ -877,3 +877,28 @@ def test_a_worker_that_said_goodbye_stays_offline_while_it_finishes_its_tasks(st
     feed(state, events.worker_event("online"))
     shutter(camera)
     assert not WorkerState.objects.get().offline
+
+
+@pytest.mark.parametrize(
+    ("last_line", "exception"),
+    [
+        ("billiard.exceptions.TimeLimitExceeded: TimeLimitExceeded(2,)", "TimeLimitExceeded(2,)"),
+        (
+            "billiard.exceptions.WorkerLostError: Worker exited prematurely: signal 9 (SIGKILL).",
+            "WorkerLostError('Worker exited prematurely: signal 9 (SIGKILL).')",
+        ),
+        ("    raise exc", "ExceptionWithTraceback()"),  # no exception's line: as sent
+    ],
+)
+def test_an_exception_billiard_wrapped_is_named_by_its_traceback(state, app, last_line, exception):
+    # A hard time limit: the pool sends ExceptionWithTraceback(), whose repr says nothing.
+    camera = Camera(state, app=app)
+    tid = new_id()
+    traceback = f'Traceback (most recent call last):\n  File "pool.py", line 745\n{last_line}\n'
+    feed(
+        state,
+        events.received(tid),
+        events.failed(tid, exception="ExceptionWithTraceback()", traceback=traceback),
+    )
+    shutter(camera)
+    assert (row(tid).exception, row(tid).traceback) == (exception, traceback)

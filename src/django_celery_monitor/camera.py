@@ -110,6 +110,33 @@ def _event_values(task: Any) -> dict[str, Any]:
     }
 
 
+#: The wrapper billiard sends a pool's exception in (a hard time limit's, a lost worker
+#: process's): its repr says nothing, its traceback's last line says what was raised.
+_WRAPPED = "ExceptionWithTraceback("
+
+
+def _unwrapped(exception: Any, traceback: Any) -> Any:
+    """The exception a task event names, or the one its traceback ends with when the event
+    names only billiard's wrapper (``ExceptionWithTraceback()``)."""
+    if not (
+        isinstance(exception, str)
+        and exception.startswith(_WRAPPED)
+        and isinstance(traceback, str)
+        and traceback.lstrip().startswith("Traceback")
+    ):
+        return exception
+    last = next((line for line in reversed(traceback.splitlines()) if line.strip()), "")
+    if last.startswith((" ", "\t")) or last.startswith("Traceback ("):
+        return exception  # not an exception's line
+    qualified, _, message = last.partition(": ")
+    name = qualified.strip().rsplit(".", 1)[-1]
+    if not name.isidentifier():
+        return exception
+    if message.startswith(f"{name}("):
+        return message  # billiard's exceptions give their repr as their message
+    return f"{name}({message!r})" if message else f"{name}()"
+
+
 def _holds(stored: Any, value: Any) -> bool:
     """Whether a stored field holds exactly an event's ``value``: not cut, not cleaned."""
     if value is None or isinstance(value, bool):
@@ -485,7 +512,7 @@ class Camera(Polaroid):
         noted_retries = task.__dict__.get(RETRIES)
         if noted_retries is not None and (retries is None or noted_retries > retries):
             retries = noted_retries
-        exception = clean_text(exception, limit)
+        exception = clean_text(_unwrapped(exception, traceback), limit)
         result = clean_text(result, limit)
         row = {
             "state": clean_text(state, 64) or states.PENDING,
