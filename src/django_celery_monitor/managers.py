@@ -14,6 +14,7 @@ from celery import states
 from celery.utils.time import maybe_timedelta
 from django.db import IntegrityError, connections, models, router, transaction
 from django.db.models.constants import LOOKUP_SEP
+from django.db.models.sql.where import AND, WhereNode
 from django.utils import timezone
 
 from .conf import KNOWN_STATES, monitor_settings
@@ -162,7 +163,7 @@ class ExtendedQuerySet(models.QuerySet):
             if not ids:
                 return total
             acting = time.monotonic()
-            total += act(matching.filter(pk__in=ids))
+            total += act(_by_keys(matching, ids, connection.vendor))
             if len(ids) < batch:
                 return total
             took = time.monotonic() - acting
@@ -204,6 +205,25 @@ class WorkerStateQuerySet(ExtendedQuerySet):
                 obj.offline = False
             obj.save(using=db)
         return obj
+
+
+def _by_keys(rows: models.QuerySet, ids: list[Any], vendor: str) -> models.QuerySet:
+    """The rows of ``ids`` that still match ``rows``' conditions, found by their keys.
+
+    SQLite's planner may read them by the index of the conditions (the state and time of
+    the expiry: a range as long as every row of the state, the hidden ones too) rather than
+    by the keys: a batch of 5,000 took 2.3 s instead of 50 ms. Wrapped in NOT (NOT ...),
+    the conditions only check the rows the keys find.
+    """
+    if vendor != "sqlite":
+        return rows.filter(pk__in=ids)
+    batch = rows.model._default_manager.using(rows.db).filter(pk__in=ids)
+    inner = rows.query.where.clone()
+    inner.negate()
+    outer = WhereNode([inner], AND)
+    outer.negate()
+    batch.query.where.add(outer, AND)
+    return batch
 
 
 def _hide(batch: models.QuerySet) -> int:
