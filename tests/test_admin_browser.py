@@ -510,3 +510,27 @@ def test_the_page_of_a_real_worker(open_page, live_server, camera, celery_worker
         timeout=30,
         message="the held task to run",
     )
+
+
+def test_a_live_list_that_was_empty_fills_and_a_logged_out_one_says_so(page, live_server):
+    page.goto(f"{live_server.url}/admin/celery_monitor/taskstate/")
+    assert page.locator("#result_list").count() == 0  # the admin renders no table for none
+    page.check("input[data-cm-live]")
+    task = TaskState.objects.create(
+        task_id=str(uuid.uuid4()), state="SUCCESS", name="proj.first", tstamp=timezone.now()
+    )
+    page.wait_for_selector(f"#result_list >> text={task.task_id[:8]}", timeout=15_000)
+    # A collapsed filter stays collapsed.
+    page.locator("#changelist-filter details").first.evaluate("d => d.open = false")
+    TaskState.objects.create(
+        task_id=str(uuid.uuid4()), state="FAILURE", name="proj.second", tstamp=timezone.now()
+    )
+    page.wait_for_selector("#result_list >> text=proj.second", timeout=15_000)
+    assert page.locator("#changelist-filter details").first.evaluate("d => d.open") is False
+    # The session ends: the admin answers with its login page, which is not swapped in.
+    page.context.clear_cookies()
+    page.wait_for_function(
+        "document.querySelector('.cm-live-status').textContent.includes('logged out')",
+        timeout=15_000,
+    )
+    assert page.locator("#result_list >> text=proj.second").count() == 1

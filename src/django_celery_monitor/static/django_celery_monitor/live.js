@@ -38,17 +38,42 @@
         return new Date().toLocaleTimeString();
     }
 
-    async function refreshDashboard(toggle) {
+    // A request that has not answered in this many refresh periods is given up (a proxy that
+    // took the connection and never answers would stop the refresh for good).
+    const PATIENCE = 2;
+
+    async function ask(url, accept, seconds) {
+        const controller = new AbortController();
+        const timer = window.setTimeout(() => controller.abort(), PATIENCE * seconds * 1000);
+        try {
+            const response = await fetch(url, {
+                credentials: 'same-origin',
+                headers: {'Accept': accept},
+                cache: 'no-store',
+                signal: controller.signal,
+            });
+            if (response.redirected) {
+                // The admin sends a visitor whose session ended to its login page.
+                throw new Error(gettextOr('the page moved (logged out?): reload it'));
+            }
+            if (!response.ok) {
+                throw new Error(String(response.status));
+            }
+            return response;
+        } catch (error) {
+            if (error.name === 'AbortError') {
+                throw new Error(gettextOr('no answer'));
+            }
+            throw error;
+        } finally {
+            window.clearTimeout(timer);
+        }
+    }
+
+    async function refreshDashboard(toggle, seconds) {
         const url = toggle.dataset.cmLive;
         const target = document.getElementById(toggle.dataset.cmLiveTarget);
-        const response = await fetch(url, {
-            credentials: 'same-origin',
-            headers: {'Accept': 'application/json'},
-            cache: 'no-store',
-        });
-        if (!response.ok) {
-            throw new Error(String(response.status));
-        }
+        const response = await ask(url, 'application/json', seconds);
         const data = await response.json();
         if (target && typeof data.html === 'string') {
             target.innerHTML = data.html;
@@ -75,44 +100,70 @@
         }
     }
 
-    async function refreshList() {
+    // The filters, each opened or closed as the user left it (the server renders them all
+    // open), and left alone while the user is in them.
+    function replaceKeepingOpen(selector, fresh) {
+        const old = document.querySelector(selector);
+        if (!old || old.contains(document.activeElement)) {
+            return;
+        }
+        const opened = Array.from(old.querySelectorAll('details')).map((d) => d.open);
+        replace(selector, fresh);
+        const current = document.querySelector(selector);
+        if (current) {
+            current.querySelectorAll('details').forEach((details, index) => {
+                if (index < opened.length) {
+                    details.open = opened[index];
+                }
+            });
+        }
+    }
+
+    function bodiesOf(table) {
+        return Array.from(table.tBodies).map((body) => body.innerHTML).join('');
+    }
+
+    async function refreshList(toggle, seconds) {
         if (listIsBusy()) {
             return false;
         }
-        const response = await fetch(window.location.href, {
-            credentials: 'same-origin',
-            headers: {'Accept': 'text/html'},
-            cache: 'no-store',
-        });
-        if (!response.ok) {
-            throw new Error(String(response.status));
-        }
+        const response = await ask(window.location.href, 'text/html', seconds);
         const fresh = new DOMParser().parseFromString(await response.text(), 'text/html');
+        if (!fresh.getElementById('changelist')) {
+            throw new Error(gettextOr('the page answered something else: reload it'));
+        }
         if (listIsBusy()) {
             return false;  // a row was selected while the page was asked for
         }
         const table = document.getElementById('result_list');
         const freshTable = fresh.getElementById('result_list');
+        let rowsChanged = true;
         if (table && freshTable) {
-            Array.from(table.tBodies).forEach((body) => body.remove());
-            Array.from(freshTable.tBodies).forEach((body) => {
-                table.appendChild(document.importNode(body, true));
-            });
+            rowsChanged = bodiesOf(table) !== bodiesOf(freshTable);
+            if (rowsChanged) {
+                Array.from(table.tBodies).forEach((body) => body.remove());
+                Array.from(freshTable.tBodies).forEach((body) => {
+                    table.appendChild(document.importNode(body, true));
+                });
+            }
         } else {
-            replace('#changelist-form .results', fresh);
+            // The list was empty, or is now: its whole form (the admin renders no table
+            // for an empty list).
+            replace('#changelist-form', fresh);
         }
         replace('#changelist .paginator', fresh);
-        replace('#changelist-filter', fresh);
+        replaceKeepingOpen('#changelist-filter', fresh);
         const counter = document.querySelector('.action-counter');
         const freshCounter = fresh.querySelector('.action-counter');
         if (counter && freshCounter) {
             counter.dataset.actionsIcnt = freshCounter.dataset.actionsIcnt;
             counter.textContent = freshCounter.textContent;
         }
-        // The admin's actions script holds the old checkboxes: hand it the new ones.
+        // The admin's actions script holds the old checkboxes: hand it the new ones (only
+        // when they changed: each call adds its listeners to the page).
         const allToggle = document.getElementById('action-toggle');
         const boxes = document.querySelectorAll('tr input.action-select');
-        if (allToggle && boxes.length && typeof window.Actions === 'function') {
+        if (rowsChanged && allToggle && boxes.length && typeof window.Actions === 'function') {
             allToggle.replaceWith(allToggle.cloneNode(true));
             window.Actions(boxes);
         }
@@ -131,7 +182,8 @@
             }
             running = true;
             try {
-                const done = isList ? await refreshList() : (await refreshDashboard(toggle), true);
+                const done = isList ? await refreshList(toggle, seconds)
+                    : (await refreshDashboard(toggle, seconds), true);
                 setStatus(toggle, done ? gettextOr('updated at ') + now()
                     : gettextOr('paused while rows are selected'));
             } catch (error) {
