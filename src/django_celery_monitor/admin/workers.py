@@ -551,7 +551,11 @@ class Live:
         # Ids a row can hold: any client may revoke "a\x00b", which PostgreSQL's driver
         # refuses to send.
         longest = TaskState._meta.get_field("task_id").max_length
-        ids = {i for i in task_ids if i and "\x00" not in i and len(i) <= longest}
+        ids = {
+            i
+            for i in task_ids
+            if isinstance(i, str) and i and "\x00" not in i and len(i) <= longest
+        }
         recorded = TaskState.objects.filter(task_id__in=ids).values_list("task_id", "pk")
         self._links = {
             task_id: reverse(change, args=[quote(pk)], current_app=self.current_app)
