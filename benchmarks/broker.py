@@ -95,21 +95,31 @@ def reachable(url: str) -> str | None:
 PROBE = {"type": "benchmark-probe"}
 
 
-def publisher(url: str) -> Any:
-    """A producer on the event exchange of Redis at ``url`` (close its connection after)."""
+def exchange_of(queue: str) -> str:
+    """The event exchange of a run (named after its queue): the events other clients of
+    the broker send (tests beside it, a real cluster) never reach its cameras."""
+    return f"{queue}.events"
+
+
+def publisher(url: str, queue: str) -> Any:
+    """A producer on the event exchange of the run of ``queue`` on the broker at ``url``
+    (close its connection after)."""
     from celery import Celery
     from celery.events.event import get_exchange
 
     app = Celery("publisher", broker=url, set_as_current=False)
+    app.conf.event_exchange = exchange_of(queue)
     connection = app.connection_for_write()
     exchange = get_exchange(connection, name=app.conf.event_exchange)
     return connection.Producer(exchange=exchange, serializer="json")
 
 
-def publish(url: str, stream: list[tuple[float, str, Any]], stop_probing: threading.Event) -> None:
+def publish(
+    url: str, queue: str, stream: list[tuple[float, str, Any]], stop_probing: threading.Event
+) -> None:
     """Publish ``stream`` to the event exchange on its clock (the probes stop first)."""
     stop_probing.set()
-    producer = publisher(url)
+    producer = publisher(url, queue)
     try:
         start = time.perf_counter()
         for due, key, body in stream:
@@ -121,9 +131,9 @@ def publish(url: str, stream: list[tuple[float, str, Any]], stop_probing: thread
         producer.connection.close()
 
 
-def probe(url: str, stop: threading.Event) -> None:
+def probe(url: str, queue: str, stop: threading.Event) -> None:
     """Publish :data:`PROBE` every 20 ms until ``stop``."""
-    producer = publisher(url)
+    producer = publisher(url, queue)
     try:
         while not stop.wait(0.02):
             producer.publish(PROBE, routing_key="worker.heartbeat")
@@ -166,6 +176,7 @@ def camera_process(
                 return receiver
 
         app = Celery("bench", broker=url, set_as_current=False)
+        app.conf.event_exchange = exchange_of(queue)
         runner = Runner(
             app,
             freq=1.0,
@@ -225,7 +236,7 @@ def run(db, stream, published, url, count, split) -> tuple[list[dict], float]:
     received = multiprocessing.get_context("spawn").Value("q", 0)
     expected = len(published) * (1 if shared else count)
     stop_probing = threading.Event()
-    probing = threading.Thread(target=probe, args=(url, stop_probing), daemon=True)
+    probing = threading.Thread(target=probe, args=(url, queue, stop_probing), daemon=True)
     probing.start()
     try:
         _, _, server, reports = common.camera_processes(
@@ -237,7 +248,7 @@ def run(db, stream, published, url, count, split) -> tuple[list[dict], float]:
             queue,
             received,
             expected,
-            started=lambda: publish(url, published, stop_probing),
+            started=lambda: publish(url, queue, published, stop_probing),
             shards=not shared,
         )
     finally:
@@ -254,7 +265,8 @@ def queue_of(queue: str, shard: tuple[int, int] | None) -> str:
 
 
 def delete_queues(url: str, queue: str, count: int) -> None:
-    """Delete the event queues of a run on RabbitMQ (the shared one, or each shard's)."""
+    """Delete the event queues of a run on RabbitMQ (the shared one, or each shard's), and
+    its event exchange."""
     if broker_name(url) != "RabbitMQ":
         return
     from kombu import Connection
@@ -265,6 +277,7 @@ def delete_queues(url: str, queue: str, count: int) -> None:
         channel = connection.channel()
         for name in names:
             channel.queue_delete(name)
+        channel.exchange_delete(exchange_of(queue))
 
 
 def main() -> None:
