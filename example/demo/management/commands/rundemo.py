@@ -185,7 +185,7 @@ class Command(BaseCommand):
         for process in self.processes:
             process.start()
         failed = self._wait_for_the_web_server(host, port)
-        if failed is None:
+        if failed is None and not self.stopping:
             base = f"http://{_url_host('127.0.0.1' if host in ('0.0.0.0', '::') else host)}:{port}"
             self.stdout.write(
                 f"\n  django-celery-monitor demo\n"
