@@ -48,6 +48,8 @@ MAX_RATE_LIMIT_NAMES = 20
 MAX_ACTION_WORKERS = 200
 #: How many refusals a message quotes.
 MAX_REFUSALS_SHOWN = 5
+#: How many characters of a worker's reply to a control the message and the history keep.
+REPLY_TEXT_LENGTH = 500
 #: How many children a task's detail page lists.
 MAX_CHILDREN = 50
 #: How many characters of a task's arguments its row in the task list sends (the cell
@@ -176,10 +178,19 @@ def _refusals(replies: Iterable[tuple[str, Any]]) -> list[tuple[str, str]]:
     ``{"nok": ...}`` and anything else that is not ``{"ok": ...}``)."""
     refused = []
     for who, reply in replies:
-        ok, text = control.reply_text(reply)
+        ok, text = _reply_text(reply)
         if not ok:
             refused.append((who, text))
     return refused
+
+
+def _reply_text(reply: Any) -> tuple[bool, str]:
+    """Whether a worker's reply says ok, and what it says, cut to
+    :data:`REPLY_TEXT_LENGTH` characters for a message or a history entry."""
+    ok, text = control.reply_text(reply)
+    if len(text) > REPLY_TEXT_LENGTH:
+        text = text[: REPLY_TEXT_LENGTH - 1] + "…"
+    return ok, text
 
 
 def _refusal_text(refused: Sequence[tuple[str, str]]) -> str:

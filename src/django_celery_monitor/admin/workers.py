@@ -40,6 +40,7 @@ from .helpers import (
     _log_each,
     _refusal_text,
     _refusals,
+    _reply_text,
     _short_id,
     _when,
 )
@@ -102,8 +103,6 @@ MAX_LIVE_TASKS = 100
 MAX_REVOKED_SHOWN = 100
 #: How many characters of a task's arguments, or of a setting's value, the page shows.
 LIVE_TEXT_LENGTH = 160
-#: How many characters of a worker's reply to a control the message and the history keep.
-REPLY_TEXT_LENGTH = 500
 #: The states of a task that no worker has started yet, which "revoke by name" revokes.
 WAITING_STATES = ("RECEIVED", "PENDING")
 
@@ -970,8 +969,8 @@ class WorkerMonitor(ModelMonitor):
                 messages.WARNING,
             )
             return
-        ok, text = control.reply_text(answer.replies[host])
-        text, ms = _text(text, REPLY_TEXT_LENGTH), answer.ms[host]
+        ok, text = _reply_text(answer.replies[host])
+        ms = answer.ms[host]
         if ok:
             done = str(form.done) % words
             _log(
