@@ -534,3 +534,62 @@ def test_a_live_list_that_was_empty_fills_and_a_logged_out_one_says_so(page, liv
         timeout=15_000,
     )
     assert page.locator("#result_list >> text=proj.second").count() == 1
+
+
+def test_a_live_list_binds_its_new_rows_and_counts_once(page, live_server):
+    now = timezone.now()
+    TaskState.objects.bulk_create(
+        TaskState(
+            task_id=str(uuid.uuid4()),
+            state="SUCCESS",
+            name="proj.old",
+            tstamp=now - timedelta(minutes=10, seconds=n),
+        )
+        for n in range(60)
+    )
+    page.goto(f"{live_server.url}/admin/celery_monitor/taskstate/")
+    session = page.context.new_cdp_session(page)
+
+    def listeners():
+        found = {}
+        for name in ("document", "window"):
+            target = session.send("Runtime.evaluate", {"expression": name})["result"]
+            answer = session.send(
+                "DOMDebugger.getEventListeners", {"objectId": target["objectId"]}
+            )
+            # Those the admin's actions script adds (Playwright adds its own to the window).
+            found[name] = sorted(
+                listener["type"]
+                for listener in answer["listeners"]
+                if listener["type"] in ("keydown", "keyup", "pageshow")
+            )
+        return found
+
+    before = listeners()
+    # The admin's actions script bound the rows.
+    assert before == {"document": ["keydown", "keyup"], "window": ["pageshow"]}
+    question = page.locator("div.actions span.question a").first
+    assert "60" in question.text_content()
+    page.check("input[data-cm-live]")
+    for n in range(2):
+        TaskState.objects.create(
+            task_id=str(uuid.uuid4()), state="FAILURE", name=f"proj.new{n}", tstamp=timezone.now()
+        )
+        page.wait_for_selector(f"#result_list >> text=proj.new{n}", timeout=15_000)
+    # Each refresh bound the new rows in place of the old: nothing added up.
+    assert listeners() == before
+    assert "62" in question.text_content()  # the count of "Select all" is the new one
+    # The page's own checkboxes are the ones the actions work on.
+    page.check("#action-toggle")
+    assert page.locator("tr input.action-select:checked").count() == 50
+    assert page.locator("span.action-counter").inner_text() == "50 of 50 selected"
+    page.click("div.actions span.question a >> nth=0")
+    assert page.locator("div.actions span.all").first.is_visible()
+    assert page.locator("input.select-across").first.input_value() == "1"
+    page.click("div.actions span.clear a >> nth=0")
+    assert page.locator("tr input.action-select:checked").count() == 0
+    # The status is spoken when it changes kind, not at each refresh.
+    page.wait_for_function(
+        "document.querySelector('.cm-live-status').getAttribute('aria-live') === 'off'",
+        timeout=15_000,
+    )

@@ -42,8 +42,8 @@ class ModelMonitor(ReadOnly, admin.ModelAdmin):
     actions_selection_counter = True
 
     class Media:
+        # live.js is loaded by the lists' template, deferred: after the admin's actions.js.
         css = {"all": ("django_celery_monitor/style.css",)}
-        js = ("django_celery_monitor/live.js",)
 
     if hasattr(admin, "ShowFacets"):
         show_facets = admin.ShowFacets.NEVER

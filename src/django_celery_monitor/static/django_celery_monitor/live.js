@@ -4,8 +4,9 @@
  * While it is on and the tab is visible, the page asks again every few seconds:
  * - the dashboard asks its JSON endpoint, whose "html" (rendered and escaped by the server)
  *   replaces the element named by data-cm-live-target;
- * - a list (data-cm-live="list") asks its own URL again and takes the new rows, paginator
- *   and filter counts, and skips a turn while rows are selected or an action is chosen.
+ * - a list (data-cm-live="list") asks its own URL again and, when its list changed, takes
+ *   the new one (rows, counts, paginator) and the filters; it skips a turn while rows are
+ *   selected or an action is chosen.
  * Nothing is refreshed while the tab is hidden; it catches up when it is shown again.
  */
 'use strict';
@@ -26,11 +27,16 @@
         } catch (error) { /* private mode: the toggle is just not remembered */ }
     }
 
-    function setStatus(toggle, text, failed) {
+    // The status line changes at every refresh; a screen reader hears it only when its kind
+    // changes ('updated', 'paused', 'failed'), not the time of each refresh.
+    function setStatus(toggle, text, kind) {
         const status = toggle.closest('.cm-toolbar')?.querySelector('.cm-live-status');
         if (status) {
+            const same = status.dataset.cmKind === (kind || '');
+            status.setAttribute('aria-live', same ? 'off' : 'polite');
+            status.dataset.cmKind = kind || '';
             status.textContent = text;
-            status.classList.toggle('cm-live-failed', Boolean(failed));
+            status.classList.toggle('cm-live-failed', kind === 'failed');
         }
     }
 
@@ -119,9 +125,86 @@
         }
     }
 
-    function bodiesOf(table) {
-        return Array.from(table.tBodies).map((body) => body.innerHTML).join('');
+    // The admin's actions script (actions.js) binds the list's checkboxes when the page
+    // loads, and adds listeners to the document and the window at each call: a list
+    // replaced must be bound anew, and the listeners of the old one removed, or each
+    // refresh would keep the old rows alive and add to what every key press runs. Wrapped
+    // (this script runs before the page's DOMContentLoaded, when actions.js binds the
+    // rows), each call notes what it added to the document and the window.
+    let actionListeners = null;
+
+    function wrapActions() {
+        const original = window.Actions;
+        if (typeof original !== 'function' || original.cmWrapped) {
+            return;
+        }
+        const wrapped = function (checkboxes, options) {
+            const added = [];
+            const targets = [document, window];
+            const own = targets.map(
+                (target) => Object.prototype.hasOwnProperty.call(target, 'addEventListener'));
+            const saved = targets.map((target) => target.addEventListener);
+            targets.forEach((target, index) => {
+                target.addEventListener = function (type, listener, listenerOptions) {
+                    added.push([target, type, listener, listenerOptions]);
+                    return saved[index].call(this, type, listener, listenerOptions);
+                };
+            });
+            try {
+                return original.call(this, checkboxes, options);
+            } finally {
+                targets.forEach((target, index) => {
+                    if (own[index]) {
+                        target.addEventListener = saved[index];
+                    } else {
+                        delete target.addEventListener;
+                    }
+                });
+                actionListeners = added;
+            }
+        };
+        wrapped.cmWrapped = true;
+        window.Actions = wrapped;
     }
+
+    function bindActions() {
+        const boxes = document.querySelectorAll('tr input.action-select');
+        if (!boxes.length || typeof window.Actions !== 'function') {
+            return;
+        }
+        (actionListeners || []).forEach(([target, type, listener, listenerOptions]) => {
+            target.removeEventListener(type, listener, listenerOptions);
+        });
+        actionListeners = null;
+        window.Actions(boxes);
+    }
+
+    // The list's form as the server rendered it, without its CSRF token (new in each
+    // answer): the list is replaced only when this changed.
+    function formSignature(form) {
+        const copy = form.cloneNode(true);
+        copy.querySelectorAll('input[name=csrfmiddlewaretoken]').forEach((input) => {
+            input.remove();
+        });
+        return copy.innerHTML;
+    }
+
+    // How to find the focused element again in the new list (a row's checkbox, a link).
+    function focusSelector(element) {
+        if (element.id) {
+            return '#' + CSS.escape(element.id);
+        }
+        const name = element.getAttribute('name');
+        if (name) {
+            const value = element.getAttribute('value');
+            return `[name="${CSS.escape(name)}"]`
+                + (value === null ? '' : `[value="${CSS.escape(value)}"]`);
+        }
+        const href = element.getAttribute('href');
+        return href === null ? null : `a[href="${CSS.escape(href)}"]`;
+    }
+
+    let listSignature = null;
 
     async function refreshList(toggle, seconds) {
         if (listIsBusy()) {
@@ -135,38 +218,29 @@
         if (listIsBusy()) {
             return false;  // a row was selected while the page was asked for
         }
-        const table = document.getElementById('result_list');
-        const freshTable = fresh.getElementById('result_list');
-        let rowsChanged = true;
-        if (table && freshTable) {
-            rowsChanged = bodiesOf(table) !== bodiesOf(freshTable);
-            if (rowsChanged) {
-                Array.from(table.tBodies).forEach((body) => body.remove());
-                Array.from(freshTable.tBodies).forEach((body) => {
-                    table.appendChild(document.importNode(body, true));
-                });
+        // The form holds the rows, the action bar (its counts and "Select all"), the
+        // paginator and the note of a capped count: all of it, or none.
+        const form = document.getElementById('changelist-form');
+        const freshForm = fresh.getElementById('changelist-form');
+        if (form && freshForm) {
+            const signature = formSignature(freshForm);
+            if (listSignature === null) {
+                listSignature = formSignature(form);
             }
-        } else {
-            // The list was empty, or is now: its whole form (the admin renders no table
-            // for an empty list).
-            replace('#changelist-form', fresh);
+            if (signature !== listSignature) {
+                listSignature = signature;
+                const focused = form.contains(document.activeElement)
+                    ? focusSelector(document.activeElement) : null;
+                const next = document.importNode(freshForm, true);
+                form.replaceWith(next);
+                if (focused) {
+                    next.querySelector(focused)?.focus({preventScroll: true});
+                }
+                bindActions();
+            }
         }
-        replace('#changelist .paginator', fresh);
+        replace('#changelist-search .quiet', fresh);
         replaceKeepingOpen('#changelist-filter', fresh);
-        const counter = document.querySelector('.action-counter');
-        const freshCounter = fresh.querySelector('.action-counter');
-        if (counter && freshCounter) {
-            counter.dataset.actionsIcnt = freshCounter.dataset.actionsIcnt;
-            counter.textContent = freshCounter.textContent;
-        }
-        // The admin's actions script holds the old checkboxes: hand it the new ones (only
-        // when they changed: each call adds its listeners to the page).
-        const allToggle = document.getElementById('action-toggle');
-        const boxes = document.querySelectorAll('tr input.action-select');
-        if (rowsChanged && allToggle && boxes.length && typeof window.Actions === 'function') {
-            allToggle.replaceWith(allToggle.cloneNode(true));
-            window.Actions(boxes);
-        }
         return true;
     }
 
@@ -184,10 +258,13 @@
             try {
                 const done = isList ? await refreshList(toggle, seconds)
                     : (await refreshDashboard(toggle, seconds), true);
-                setStatus(toggle, done ? gettextOr('updated at ') + now()
-                    : gettextOr('paused while rows are selected'));
+                if (done) {
+                    setStatus(toggle, gettextOr('updated at ') + now(), 'updated');
+                } else {
+                    setStatus(toggle, gettextOr('paused while rows are selected'), 'paused');
+                }
             } catch (error) {
-                setStatus(toggle, gettextOr('could not refresh: ') + error.message, true);
+                setStatus(toggle, gettextOr('could not refresh: ') + error.message, 'failed');
             } finally {
                 running = false;
             }
@@ -229,6 +306,7 @@
         }
     }
 
+    wrapActions();
     ready(() => {
         document.querySelectorAll('input[data-cm-live]').forEach(start);
     });
