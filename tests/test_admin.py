@@ -581,6 +581,19 @@ def test_search_matches_as_described_whatever_the_number_of_names(
             assert expected(q, names_fold_case=False) <= found(q) <= expected(q), q
 
 
+@pytest.mark.parametrize("max_workers", [1000, 1, 0])
+def test_a_hostname_with_letters_beyond_ascii_is_found_as_typed(
+    admin_client, monkeypatch, max_workers
+):
+    monkeypatch.setattr(monitor_admin.tasks, "MAX_SEARCH_WORKERS", max_workers)
+    accented, other = make_worker("Nöde-0@hÉ"), make_worker("node-1@host")
+    task = make_task(task_id="t-accented", worker=accented)
+    make_task(task_id="t-other", worker=other)
+    for q in ("Nöde-0@hÉ", "nöde", "Nöde-0"):
+        response = admin_client.get(TASKS, {"q": q})
+        assert [t.task_id for t in response.context["cl"].result_list] == [task.task_id], q
+
+
 def test_a_search_of_several_names_and_workers_pages_as_one_ordered_list(
     admin_client, monkeypatch
 ):

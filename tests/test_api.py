@@ -303,6 +303,7 @@ def test_limit_bounds(admin_client):
     assert len(task_ids(admin_client.get(TASKS, {"limit": 1}))) == 1
     assert len(task_ids(admin_client.get(TASKS, {"limit": 1000}))) == 1000
     assert len(task_ids(admin_client.get(TASKS, {"limit": 5000}))) == 1000
+    assert len(task_ids(admin_client.get(TASKS, {"limit": str(10**30)}))) == 1000
 
 
 def test_a_cursor_round_trips():
@@ -331,6 +332,10 @@ def tampered_cursors():
         b64(raw.replace("|42", f"|{2**64}")),
         b64(raw.replace("2026-03-02", "2026-02-30")),
         b64("hello"),
+        # Offsets that move the time out of the years a datetime holds.
+        b64("0001-01-01T00:00:00+01:00|5"),
+        b64("9999-12-31T23:59:59-01:00|5"),
+        b64(raw.replace("+00:00", "")),  # no offset: not what the API makes
     ]
 
 
@@ -583,3 +588,24 @@ def test_only_get(client, url):
 
 def test_answers_are_not_cached(admin_client):
     assert admin_client.get(TASKS)["Cache-Control"] == "no-store"
+
+
+@pytest.mark.parametrize("freq", [1e11, 1e300])
+@pytest.mark.parametrize("runtime", [1e306, 1.7e308])
+def test_absurd_values_a_broken_worker_sent_are_answered(admin_client, freq, runtime):
+    now = timezone.now()
+    make_worker("broken@test", last_heartbeat=now, freq=freq, sw_ident="py-celery")
+    make_worker("fine@test", last_heartbeat=now, freq=2.0, sw_ident="py-celery")
+    for n in range(3):
+        TaskState.objects.create(
+            task_id=f"huge-{n}", state="SUCCESS", name="proj.slow", tstamp=now, runtime=runtime
+        )
+    stats.roll_up()
+    workers = admin_client.get(WORKERS)
+    assert workers.status_code == 200
+    # Its period is taken as a day at most: it heartbeat now, it is online.
+    assert workers.json()["online"] == 2
+    assert admin_client.get(DASHBOARD).status_code == 200
+    assert admin_client.get(TASKS).status_code == 200
+    metrics = admin_client.get("/monitor/metrics")
+    assert metrics.status_code in (200, 501)  # 501: prometheus_client is not installed

@@ -90,6 +90,9 @@ def test_histogram_buckets_hold_their_values():
             assert value > stats.bucket_upper(index - 1)
     assert stats.bucket_index(1e12) == stats.HIST_SIZE - 1
     assert stats.bucket_index(float("nan")) == 0
+    # Durations a broken event may carry, too large to divide by the base.
+    for value in (1e306, 1.7e308, float("inf")):
+        assert stats.bucket_index(value) == stats.HIST_SIZE - 1
 
 
 def test_quantiles_are_within_one_bucket_and_never_above_the_max():

@@ -42,9 +42,12 @@ With ``path("monitor/", include("django_celery_monitor.urls"))``:
     ``next`` is the URL of the following page (the same filters), null on the last one.
     The cursor marks a position (the ``tstamp`` and ``id`` of the last task of the page),
     so new tasks (which come first, on the first page) do not shift the pages. A task is
-    ordered by its latest event: one that gets a new event while you walk the pages moves
-    to the front, ahead of the cursor (read it again with ``since=``). There is no total:
-    it would count the table.
+    ordered by the time of the event of its recorded state. A walk through the pages gives
+    each task that did not change meanwhile exactly once; one that gets a new state while
+    you walk them moves, most often to the front, ahead of the cursor (read them with
+    ``since=``), and one whose new state's event carries an earlier time (its worker's
+    clock behind the others') can move behind the cursor, where the walk meets it again.
+    There is no total: it would count the table.
 
 ``GET /monitor/api/tasks/<task_id>/``
     One task (404 and ``{"error": ...}`` if it was not recorded): the fields above, plus
@@ -260,7 +263,10 @@ def _limit(request: HttpRequest) -> int:
     text = _param(request, "limit")
     if text is None:
         return DEFAULT_LIMIT
-    limit = _integer("limit", text)
+    try:
+        limit = int(text)
+    except ValueError:
+        raise BadQuery(f"limit must be an integer, not {text!r}") from None
     if limit < 1:
         raise BadQuery(f"limit must be at least 1, not {limit}")
     return min(limit, MAX_LIMIT)
@@ -285,11 +291,14 @@ def decode_cursor(cursor: str) -> tuple[datetime.datetime, int]:
         tstamp, position = datetime.datetime.fromisoformat(stamp), int(pk)
         if abs(position) > MAX_ID:
             raise ValueError(position)
-    except (ValueError, binascii.Error, UnicodeError):
+        # Only what encode_cursor makes: an edited cursor is refused, not half-understood
+        # (a time without its offset, or one whose offset moves it out of range).
+        if settings.USE_TZ and timezone.is_naive(tstamp):
+            raise ValueError(stamp)
+        if encode_cursor(tstamp, position) != cursor:
+            raise ValueError(cursor)
+    except (ValueError, OverflowError, binascii.Error, UnicodeError):
         raise BadQuery("invalid cursor: use the next URL of the previous page") from None
-    # Only what encode_cursor makes: an edited cursor is refused, not half-understood.
-    if encode_cursor(tstamp, position) != cursor:
-        raise BadQuery("invalid cursor: use the next URL of the previous page")
     return _stored_time("cursor", tstamp), position
 
 

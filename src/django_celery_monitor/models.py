@@ -24,6 +24,18 @@ HEARTBEAT_GRACE = 10.0
 
 #: The heartbeat period assumed for rows written before the period was recorded.
 DEFAULT_HEARTBEAT_FREQ = 60.0
+#: The longest heartbeat period taken at a worker's word (a day): a longer one, announced
+#: by a broken worker, is judged as this, so that its expiry stays a date.
+MAX_HEARTBEAT_FREQ = 86_400.0
+
+
+def heartbeat_window(freq: float | None) -> float:
+    """Seconds a worker of heartbeat period ``freq`` stays alive after a heartbeat:
+    Celery's expiry window (two periods), the grace of ``monitor_worker_alive_grace`` not
+    included. A missing, zero or negative period is the default one."""
+    if freq is None or not freq > 0:
+        freq = DEFAULT_HEARTBEAT_FREQ
+    return heartbeat_expires(0.0, min(freq, MAX_HEARTBEAT_FREQ))
 
 
 class WorkerState(models.Model):
@@ -81,10 +93,8 @@ class WorkerState(models.Model):
         """
         if not self.last_heartbeat or self.offline:
             return False
-        freq = self.freq or DEFAULT_HEARTBEAT_FREQ
         grace = monitor_settings.worker_alive_grace
-        expires = heartbeat_expires(self.heartbeat_timestamp, freq) + grace
-        return time.time() < expires
+        return time.time() < self.heartbeat_timestamp + heartbeat_window(self.freq) + grace
 
     @property
     def heartbeat_timestamp(self) -> float:

@@ -36,7 +36,6 @@ from django.utils import timezone
 
 from .conf import monitor_settings
 from .models import (
-    DEFAULT_HEARTBEAT_FREQ,
     CameraState,
     QueueSample,
     RollupMark,
@@ -116,7 +115,9 @@ def bucket_index(value: float) -> int:
     """The histogram bucket of a duration in seconds."""
     if not value > HIST_BASE:  # NaN and negatives too
         return 0
-    return min(math.ceil(HIST_STEPS * math.log2(value / HIST_BASE) - 1e-9), HIST_SIZE - 1)
+    if value >= bucket_upper(HIST_SIZE - 1):  # infinity too
+        return HIST_SIZE - 1
+    return math.ceil(HIST_STEPS * (math.log2(value) - math.log2(HIST_BASE)) - 1e-9)
 
 
 def bucket_upper(index: int) -> float:
@@ -972,8 +973,9 @@ def worker_totals(using: str = "default") -> dict[str, int]:
     heartbeats for each heartbeat period the workers have (a few), each period with its own
     bound; past :data:`MAX_PERIODS` periods, the recent workers are read and checked.
     """
-    from celery.events.state import heartbeat_expires
     from django.db.models import Count, Sum
+
+    from .models import heartbeat_window
 
     rows = WorkerState.objects.using(using).order_by()
     found = rows.aggregate(total=Count("id"), missed=Sum("events_missed"))
@@ -984,11 +986,11 @@ def worker_totals(using: str = "default") -> dict[str, int]:
     if len(periods) <= MAX_PERIODS:
         online = 0
         for freq in periods:
-            window = heartbeat_expires(0.0, freq or DEFAULT_HEARTBEAT_FREQ) + grace
+            window = heartbeat_window(freq) + grace
             same = live.filter(freq=freq) if freq is not None else live.filter(freq=None)
             online += same.filter(last_heartbeat__gt=now - timedelta(seconds=window)).count()
     else:
-        longest = max(heartbeat_expires(0.0, f or DEFAULT_HEARTBEAT_FREQ) for f in periods)
+        longest = max(heartbeat_window(f) for f in periods)
         # Two hours more: a naive time's zone may be a summer hour off; each is checked.
         reach = timedelta(seconds=longest + grace, hours=2)
         recent = live.filter(last_heartbeat__gte=now - reach).only(

@@ -164,7 +164,10 @@ class TaskMonitor(TaskExportMixin, ModelMonitor):
 
         A word matches a task whose id starts with it (as typed, or in lower case: Celery's
         ids are lower-case UUIDs), whose name starts with it, or whose worker's hostname
-        starts with it (both whatever the case). The names and the workers are looked up
+        starts with it (both whatever the case; past :data:`MAX_SEARCH_NAMES` names, a name
+        as typed or in lower case, and past :data:`MAX_SEARCH_WORKERS` workers, a hostname
+        with the database's own case folding: SQLite's folds ASCII letters only). The
+        names and the workers are looked up
         first (a loose index scan of the names; the small workers' table), so the tasks are
         found by the indexes on their id, name and worker, where Django's case-insensitive
         lookups across a join would read every row.
@@ -216,15 +219,17 @@ class TaskMonitor(TaskExportMixin, ModelMonitor):
         if workers is None:
             # More workers than are worth comparing here (containers named anew at each
             # start leave thousands): the database finds those that match in the workers'
-            # table alone (lower-cased there: MySQL compares hostnames byte for byte).
-            # Matched across the join, the tasks' table was read whole for any word (3.6 s
-            # for a task id among a million tasks and 20,000 workers).
-            matching = (
-                WorkerState.objects.using(db)
-                .order_by()
-                .annotate(folded=Lower("hostname"))
-                .filter(folded__startswith=term.lower())
-            )
+            # table alone. Matched across the join, the tasks' table was read whole for any
+            # word (3.6 s for a task id among a million tasks and 20,000 workers). The word
+            # is folded by the database as the hostnames are (SQLite folds ASCII letters
+            # only); MySQL compares hostnames byte for byte, so both are lower-cased there.
+            matching = WorkerState.objects.using(db).order_by()
+            if vendor == "mysql":
+                matching = matching.annotate(folded=Lower("hostname")).filter(
+                    folded__startswith=term.lower()
+                )
+            else:
+                matching = matching.filter(hostname__istartswith=term)
             workers = list(matching.values_list("pk", flat=True)[: MAX_SEARCH_WORKERS + 1])
             if len(workers) > MAX_SEARCH_WORKERS:
                 # A word most workers start with ("celery"): the rows in date order, their
