@@ -197,6 +197,24 @@ def test_workers(recorded):
     assert by(samples["celery_monitor_worker_events_missed"], "hostname") == {"w1@host": 3}
     assert samples["celery_monitor_events_missed"] == {(): 3}
     assert samples["celery_monitor_workers"] == {(): 2}
+    assert samples["celery_monitor_workers_omitted"] == {(): 0}
+
+
+def test_more_workers_than_the_per_worker_series_count_those_left_out(recorded, monkeypatch):
+    now = timezone.now()
+    WorkerState.objects.bulk_create(
+        WorkerState(hostname=f"many-{n}@host", last_heartbeat=now, freq=2.0, processed=n)
+        for n in range(250)
+    )
+    samples = scrape()  # every worker by default
+    assert len(samples["celery_monitor_worker_up"]) == 252
+    assert samples["celery_monitor_workers_omitted"] == {(): 0}
+    assert samples["celery_monitor_workers_online"] == {(): 251}
+    monkeypatch.setattr(metrics, "MAX_WORKERS", 100)
+    samples = scrape()
+    up = by(samples["celery_monitor_worker_up"], "hostname")
+    assert len(up) == 100 and set(up.values()) == {1}  # those heard from last
+    assert samples["celery_monitor_workers_omitted"] == {(): 152}
 
 
 def test_camera_health(recorded):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import math
 import uuid as uuidlib
 from datetime import datetime, timedelta
@@ -265,9 +266,27 @@ def test_camera_health():
     late = stats.camera_health(now + timedelta(seconds=10))
     assert not late["ok"]
     assert late["reason"] == "the last shot was 10 s ago (every 2 s expected)"
-    camera.stopped = now
-    camera.save()
-    assert stats.camera_health(now)["reason"] == "the camera stopped"
+    # A host clock ahead of this one's by more than the silence allowed.
+    assert stats.camera_health(now - timedelta(seconds=9))["ok"]
+    ahead = stats.camera_health(now - timedelta(seconds=40))
+    assert not ahead["ok"]
+    assert ahead["reason"] == (
+        "the last shot is 40 s in the future: the clock of the camera's host is ahead of "
+        "this server's"
+    )
+    # A camera that stopped since says nothing of the one that runs.
+    CameraState.objects.create(
+        key="h:2", hostname="h", pid=2, version="2", frequency=2.0, started=now,
+        last_shot=now + timedelta(seconds=59), stopped=now + timedelta(seconds=59),
+    )  # fmt: skip
+    late = stats.camera_health(now + timedelta(seconds=60))
+    assert late["reason"] == "the last shot was 60 s ago (every 2 s expected)"
+    CameraState.objects.filter(key="h:1").update(last_shot=None)
+    assert stats.camera_health(now + timedelta(seconds=60))["reason"] == (
+        "no camera has taken a shot yet"
+    )
+    CameraState.objects.filter(key="h:1").update(stopped=now)
+    assert stats.camera_health(now + timedelta(seconds=60))["reason"] == "the camera stopped"
 
 
 def test_the_camera_counts_missed_events_and_records_its_heartbeat(app):
@@ -541,3 +560,32 @@ def test_every_queue_sampled_lately_is_listed():
     QueueSample.objects.bulk_create(samples)
     found = {queue["queue"]: queue["messages"] for queue in stats.queue_lengths(now=now)}
     assert len(found) == 101 and found["new"] == 9
+
+
+@pytest.mark.django_db
+def test_an_expiry_shorter_than_the_rollups_never_takes_a_task_out_of_the_counters(settings):
+    from django.core.management import call_command
+
+    settings.CELERY_MONITOR_TASK_SUCCESS_EXPIRES = 60
+    now = timezone.now()
+    ages = (10, 70, 90, 100, 150, 400)
+    for n, age in enumerate(ages):
+        TaskState.objects.create(
+            task_id=f"t{n}", state="SUCCESS", name="proj.add", runtime=0.1,
+            tstamp=now - timedelta(seconds=age),
+        )  # fmt: skip
+
+    def total():
+        return sum(group.count for group in stats.cumulative_groups().values())
+
+    stats.roll_up()
+    assert total() == len(ages)
+    call_command("celery_monitor_purge", stdout=io.StringIO())
+    assert total() == len(ages)
+    # What the rollups counted is gone; what they have not counted yet waits for them.
+    mark = stats._mark("default", 60)
+    for task in TaskState.objects.all():
+        assert task.tstamp >= mark or task.state != "SUCCESS"
+    assert TaskState.objects.filter(tstamp__lt=mark).count() == 0
+    stats.roll_up()
+    assert total() == len(ages)

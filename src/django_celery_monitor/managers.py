@@ -312,16 +312,29 @@ class TaskStateQuerySet(ExtendedQuerySet):
         )
 
     def purge(self) -> int:
-        """Purge all expired (hidden) task states, in batches. Returns how many were deleted."""
+        """Purge all expired (hidden) task states, in batches. Returns how many were deleted.
+
+        A finished task the rollups have not counted yet (its minute is after the last one
+        rolled up) stays hidden until they have, so that an expiry shorter than a few
+        minutes never takes a task out of the metrics' counters.
+        """
+        from .models import RollupMark
+
         db = self.write_db
 
         def delete(batch: models.QuerySet) -> int:
             with transaction.atomic(using=db):
                 return batch.delete()[0]
 
+        expired = self.filter(hidden=True)
+        rolled_up = (
+            RollupMark.objects.using(db).filter(period=60).values_list("until", flat=True).first()
+        )
+        if rolled_up is not None:
+            expired = expired.exclude(state__in=states.READY_STATES, tstamp__gte=rolled_up)
         # In key order, each batch from where the last ended: the index of the hidden rows
         # is read once, not again past the entries of the rows deleted before.
-        return self._in_batches(self.filter(hidden=True), delete, onwards="pk")
+        return self._in_batches(expired, delete, onwards="pk")
 
     def update_state(self, state: str, task_id: str, defaults: Mapping[str, Any]) -> Any:
         """Create or update one task row, following Celery's state precedence.

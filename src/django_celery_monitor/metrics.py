@@ -3,11 +3,15 @@
 Everything is read through :mod:`~django_celery_monitor.stats`, so a scrape reads rollups and
 a few minutes of task rows, never the whole task table. The task counters and histograms
 come from :func:`~django_celery_monitor.stats.cumulative_groups`, which never decreases
-while the camera runs: they are proper Prometheus counters.
+while the camera runs (but for a finished task that runs again and ends otherwise within
+minutes, see :mod:`~django_celery_monitor.stats`): they are proper Prometheus counters.
 
 At most :data:`MAX_TASK_NAMES` task names are exported (those with the most finished tasks),
 so a cluster whose task names are unbounded does not make every scrape bigger; how many were
-left out is exported as ``celery_monitor_task_names_omitted``.
+left out is exported as ``celery_monitor_task_names_omitted``. The per-worker series are
+those of the :data:`MAX_WORKERS` workers heard from last (all of them, but on a cluster
+whose workers are named anew at each start); how many were left out is exported as
+``celery_monitor_workers_omitted``.
 
 The view needs ``prometheus_client`` (the ``metrics`` extra); without it, it answers 501.
 """
@@ -24,10 +28,12 @@ from django.views.decorators.http import require_safe
 from . import stats
 from .access import DASHBOARD, staff_or_token
 
-__all__ = ["MAX_TASK_NAMES", "MonitorCollector", "metrics_view"]
+__all__ = ["MAX_TASK_NAMES", "MAX_WORKERS", "MonitorCollector", "metrics_view"]
 
 #: The most task names exported, those with the most finished tasks.
 MAX_TASK_NAMES = 500
+#: The most workers with series of their own, those heard from last.
+MAX_WORKERS = 5_000
 #: The histograms' bounds: one a doubling of the stats histogram, from 1 ms. The last
 #: bucket of :mod:`stats` also holds every value above its bound, so its bound is left to
 #: ``+Inf``.
@@ -71,9 +77,15 @@ def _buckets(digest: stats.Digest) -> list[tuple[str, float]]:
 class MonitorCollector:
     """A ``prometheus_client`` collector reading :mod:`stats` of one database on collect."""
 
-    def __init__(self, using: str = DATABASE, max_task_names: int | None = None) -> None:
+    def __init__(
+        self,
+        using: str = DATABASE,
+        max_task_names: int | None = None,
+        max_workers: int | None = None,
+    ) -> None:
         self.using = using
         self.max_task_names = MAX_TASK_NAMES if max_task_names is None else max_task_names
+        self.max_workers = MAX_WORKERS if max_workers is None else max_workers
 
     def collect(self) -> Iterator[Any]:
         yield from self.task_metrics()
@@ -170,7 +182,7 @@ class MonitorCollector:
     def worker_metrics(self) -> Iterator[Any]:
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-        workers = stats.workers(self.using)
+        workers = stats.workers(self.using, limit=self.max_workers)
         totals = stats.worker_totals(self.using)
         online = GaugeMetricFamily("celery_monitor_workers_online", "Workers online.")
         online.add_metric([], totals["online"])
@@ -180,6 +192,13 @@ class MonitorCollector:
         )
         known.add_metric([], totals["total"])
         yield known
+        omitted = GaugeMetricFamily(
+            "celery_monitor_workers_omitted",
+            f"Workers left out of the per-worker metrics (only the {self.max_workers} heard "
+            "from last are exported).",
+        )
+        omitted.add_metric([], max(0, totals["total"] - len(workers)))
+        yield omitted
 
         def per_worker(family: Any, key: str, rows: Iterable[dict[str, Any]]) -> Any:
             for worker in rows:

@@ -6,10 +6,15 @@ Finished tasks (SUCCESS, FAILURE, REVOKED) are counted from per-minute and per-h
 minute has passed (:func:`roll_up`, run by the camera), plus the rows of the last minutes
 that are not rolled up yet, read from the table. A window of 7 days at a million rows then
 reads about ten thousand rollup rows and a few minutes of tasks, where aggregating the task
-table itself would read every row of the window. A finished row never changes state again
-(see ``writer``), so what a rollup counted stays true; a row written more than
-:data:`REROLL` after its minute (the database was down longer) is counted in the window's
-live part until its minute is rolled up, and missed by the rollups after that.
+table itself would read every row of the window. A finished row seldom changes again: only
+when its task runs once more (a message delivered twice) and ends in a state of higher
+precedence (SUCCESS over FAILURE or REVOKED, see ``writer``), or in the same state with a
+new time. What a rollup counted stays counted: a task that changes after its minute was
+rolled up for good (:data:`REROLL`) is counted again in its new state and minute, as two
+ends; one that changes sooner moves between the counts (the old one goes down by it). A
+row written more than :data:`REROLL` after its minute (the database was down longer) is
+counted in the window's live part until its minute is rolled up, and missed by the
+rollups after that.
 
 Runtimes and queue waits are kept as log-scale histograms of :data:`HIST_SIZE` buckets, four
 a doubling from 1 ms, so a percentile is known within one bucket (19 %) and never above the
@@ -943,12 +948,12 @@ def dashboard(
     }
 
 
-def workers(using: str = "default") -> list[dict[str, Any]]:
-    """The :data:`MAX_WORKERS` workers heard from last (the latest heartbeat first, those
-    never heard from last), with whether each is online. :func:`worker_totals` counts all."""
+def workers(using: str = "default", limit: int = MAX_WORKERS) -> list[dict[str, Any]]:
+    """The ``limit`` workers heard from last (the latest heartbeat first, those never heard
+    from last), with whether each is online. :func:`worker_totals` counts all."""
     rows = WorkerState.objects.using(using).order_by(
         F("last_heartbeat").desc(nulls_last=True), "hostname"
-    )[:MAX_WORKERS]
+    )[:limit]
     return [
         {
             "id": worker.pk,
@@ -1063,7 +1068,9 @@ def camera_health(now: datetime | None = None, using: str = "default") -> dict[s
 
     ``ok`` is true while at least one camera that has not stopped wrote its heartbeat within
     ``CameraState.allowed_silence`` (three periods, and never less than an idle camera's
-    heartbeat period and two shots). ``reason`` says what is wrong otherwise.
+    heartbeat period and two shots), and not further than that in the future (a camera
+    whose host's clock is ahead). ``reason`` says what is wrong otherwise, of the running
+    camera heard from last.
     """
     now = now or _now()
     cameras = []
@@ -1076,7 +1083,9 @@ def camera_health(now: datetime | None = None, using: str = "default") -> dict[s
     for camera in recent:
         allowed = camera.allowed_silence
         age = (now - camera.last_shot).total_seconds() if camera.last_shot else None
-        healthy = camera.stopped is None and age is not None and age <= allowed
+        # A shot in the future by more than the silence allowed: the camera's host clock is
+        # ahead of this one's, and a camera that died would look alive as long.
+        healthy = camera.stopped is None and age is not None and -allowed <= age <= allowed
         cameras.append(
             {
                 "key": camera.key,
@@ -1107,13 +1116,20 @@ def camera_health(now: datetime | None = None, using: str = "default") -> dict[s
     elif all(camera["stopped"] for camera in cameras):
         reason = "the camera stopped"
     else:
-        latest = cameras[0]
+        # The running camera heard from last (a stopped one says nothing of the others).
+        latest = next(camera for camera in cameras if not camera["stopped"])
         age = latest["last_shot_age"]
-        reason = (
-            "no camera has taken a shot yet"
-            if age is None
-            else f"the last shot was {age:.0f} s ago (every {latest['frequency']:g} s expected)"
-        )
+        if age is None:
+            reason = "no camera has taken a shot yet"
+        elif age < 0:
+            reason = (
+                f"the last shot is {-age:.0f} s in the future: the clock of the camera's "
+                "host is ahead of this server's"
+            )
+        else:
+            reason = (
+                f"the last shot was {age:.0f} s ago (every {latest['frequency']:g} s expected)"
+            )
     return {"ok": ok, "reason": reason, "cameras": cameras}
 
 
