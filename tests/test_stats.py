@@ -589,3 +589,15 @@ def test_an_expiry_shorter_than_the_rollups_never_takes_a_task_out_of_the_counte
     assert TaskState.objects.filter(tstamp__lt=mark).count() == 0
     stats.roll_up()
     assert total() == len(ages)
+
+
+@pytest.mark.django_db
+def test_the_all_time_counts_hold_more_than_32_bits():
+    # A thousand tasks a second of one name passes 2**31 in 25 days.
+    big = 2**31 + 12345
+    TaskRollup.objects.create(
+        period=0, bucket=datetime(1970, 1, 1, tzinfo=UTC), name="proj.busy", state="SUCCESS",
+        count=big, retried=big, runtime_count=big, wait_count=big,
+    )  # fmt: skip
+    row = TaskRollup.objects.get()
+    assert (row.count, row.retried, row.runtime_count, row.wait_count) == (big,) * 4

@@ -250,16 +250,16 @@ class TaskRollup(models.Model):
     state = models.CharField(_("state"), max_length=64)
     #: The exception's type, for failed tasks ("" otherwise).
     exception_type = models.CharField(_("exception type"), max_length=200, default="", blank=True)
-    count = models.IntegerField(_("count"), default=0)
+    count = models.BigIntegerField(_("count"), default=0)
     #: How many of them had been retried before they finished.
-    retried = models.IntegerField(_("retried"), default=0)
-    runtime_count = models.IntegerField(default=0)
+    retried = models.BigIntegerField(_("retried"), default=0)
+    runtime_count = models.BigIntegerField(default=0)
     runtime_sum = models.FloatField(default=0.0)
     runtime_max = models.FloatField(null=True, blank=True)
     #: Histogram bucket index -> count (see ``stats.bucket_index``).
     runtime_hist = models.JSONField(default=dict, blank=True)
     #: The wait from received to started, as for the runtime.
-    wait_count = models.IntegerField(default=0)
+    wait_count = models.BigIntegerField(default=0)
     wait_sum = models.FloatField(default=0.0)
     wait_max = models.FloatField(null=True, blank=True)
     wait_hist = models.JSONField(default=dict, blank=True)
