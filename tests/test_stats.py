@@ -601,3 +601,41 @@ def test_the_all_time_counts_hold_more_than_32_bits():
     )  # fmt: skip
     row = TaskRollup.objects.get()
     assert (row.count, row.retried, row.runtime_count, row.wait_count) == (big,) * 4
+
+
+def test_the_running_totals_count_every_task_once_over_weeks(monkeypatch):
+    # A camera rolls up every 5 hours for 20 days while tasks finish, two an hour; the
+    # metrics then read running totals and the last quarter days, not two weeks of them.
+    start = NOW - timedelta(days=20)
+    states = ("SUCCESS", "FAILURE", "REVOKED")
+    made, last = 0, 0
+    step = start
+    while step < NOW:
+        following = step + timedelta(hours=5)
+        batch = []
+        for minute in range(0, 300, 30):
+            at = step + timedelta(minutes=minute, seconds=7)
+            batch.append(
+                TaskState(
+                    task_id=str(uuidlib.uuid4()),
+                    state=states[made % 3],
+                    name=f"proj.t{made % 4}",
+                    tstamp=at,
+                    runtime=0.5,
+                )
+            )
+            made += 1
+        TaskState.objects.bulk_create(batch)
+        monkeypatch.setattr(stats, "_now", lambda when=following: when)
+        stats.roll_up(now=following)
+        counted = sum(group.count for group in stats.cumulative_groups().values())
+        assert counted == made  # every task, once, whatever was rolled up or folded
+        assert counted >= last
+        last = counted
+        step = following
+    totals_until = stats._mark("default", stats.TOTAL)
+    assert totals_until is not None and NOW - totals_until < timedelta(hours=24)
+    assert TaskRollup.objects.filter(period=stats.TOTAL).count() == 4 * 3
+    # Quarter days older than the totals' mark are never read again by the metrics.
+    quarters = TaskRollup.objects.filter(period=stats.LEVELS[-1], bucket__gte=totals_until)
+    assert quarters.count() <= 4 * 3 * 4

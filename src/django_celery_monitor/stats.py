@@ -95,6 +95,10 @@ LEVELS = (60, 3600, 6 * 3600)
 KEEP = {60: timedelta(days=2), 3600: timedelta(days=8), 6 * 3600: timedelta(days=15)}
 #: The period of the all-time rows, into which the quarter days older than that are folded.
 ARCHIVE = 0
+#: The period of the running totals: every finished task of the quarter days no roll-up
+#: writes again (those before its mark), one row a name, state and exception type. The
+#: metrics read them and the few quarter days since, not two weeks of quarter days.
+TOTAL = -1
 
 #: The histogram: bucket ``i`` holds the values up to ``HIST_BASE * 2 ** (i / HIST_STEPS)``
 #: seconds (bucket 0 everything up to 1 ms, the last everything above its lower bound).
@@ -478,6 +482,7 @@ def roll_up(using: str = "default", now: datetime | None = None) -> int:
             TaskRollup.objects.using(using).filter(
                 period=period, bucket__lt=now - KEEP[period]
             ).delete()
+        _add_to_totals(using)
         _archive(using, floor_time(now - KEEP[LEVELS[-1]], LEVELS[-1]))
     except IntegrityError:
         # Another camera wrote the same buckets meanwhile: they are its to finish.
@@ -533,20 +538,58 @@ def _archive(using: str, before: datetime) -> None:
         _store(using, ARCHIVE, epoch, epoch + timedelta(seconds=1), archive, mark=False)
 
 
+def _add_to_totals(using: str) -> None:
+    """Add the quarter days that became final since the last call to the running totals.
+
+    A roll-up writes again the quarter days from :data:`REROLL` before the hours' mark
+    (which only moves on): those before that, less another :data:`REROLL`, are final. The
+    first call starts from the all-time rows and adds every quarter day before then.
+    """
+    hours, quarters = _mark(using, 3600), _mark(using, LEVELS[-1])
+    if hours is None or quarters is None:
+        return
+    final = floor_time(min(hours, quarters) - 2 * REROLL, LEVELS[-1])
+    epoch = datetime(1970, 1, 1, tzinfo=final.tzinfo)
+    one = (epoch, epoch + timedelta(seconds=1))
+    with transaction.atomic(using=using):
+        # Two cameras rolling up at once: the second waits here, then finds the work done
+        # (or, for the first totals, fails on the rows' unique key and leaves them).
+        since = (
+            RollupMark.objects.using(using)
+            .select_for_update()
+            .filter(period=TOTAL)
+            .values_list("until", flat=True)
+            .first()
+        )
+        if since is not None and since >= final:
+            return
+        totals = _rollup_rows(using, ARCHIVE if since is None else TOTAL, *one)
+        for (_bucket, name, state, exc), group in _rollup_rows(
+            using, LEVELS[-1], since or epoch, final
+        ).items():
+            totals.setdefault((epoch, name, state, exc), Group()).merge(group)
+        _store(using, TOTAL, *one, totals, mark=False)
+        RollupMark.objects.using(using).update_or_create(period=TOTAL, defaults={"until": final})
+
+
 def cumulative_groups(using: str = "default") -> dict[tuple[str, str, str], Group]:
     """Every finished task recorded since the first roll-up, by name, state and exception.
 
     Never decreases while the camera runs (old rollups are folded into all-time rows, not
-    dropped): what the metrics' counters and histograms read. Reads the all-time rows, the
-    rollups of each period up to the next period's mark, and the tasks that finished since
-    the last rolled-up minute from the table: a few thousand rows.
+    dropped): what the metrics' counters and histograms read. Reads the running totals
+    (:data:`TOTAL`; before the first, the all-time rows), the rollups of each period since
+    up to the next period's mark, and the tasks that finished since the last rolled-up
+    minute from the table: a row or two a name, state and exception type, and a few
+    minutes of tasks.
     """
     now = _now()
     epoch = datetime(1970, 1, 1, tzinfo=now.tzinfo)
+    totals_until = _mark(using, TOTAL)
+    first = ARCHIVE if totals_until is None else TOTAL
     ranges: list[tuple[int | None, datetime, datetime]] = [
-        (ARCHIVE, epoch, epoch + timedelta(seconds=1))
+        (first, epoch, epoch + timedelta(seconds=1))
     ]
-    cursor = epoch
+    cursor = epoch if totals_until is None else totals_until
     for period in reversed(LEVELS):
         until = _mark(using, period)
         if until is not None and until > cursor:
