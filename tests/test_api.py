@@ -508,6 +508,7 @@ def test_anonymous_is_a_401(client, url):
     response = client.get(url)
     assert response.status_code == 401
     assert response["WWW-Authenticate"] == 'Bearer realm="celery-monitor"'
+    assert response["Cache-Control"] == "no-store"
     assert "error" in response.json()
 
 

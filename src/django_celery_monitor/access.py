@@ -69,12 +69,14 @@ def _staff_or_token(
             return view(request, *args, **kwargs)
         user = getattr(request, "user", None)
         if user is not None and user.is_authenticated:
-            return JsonResponse({"error": "permission denied"}, status=403)
-        response = JsonResponse(
-            {"error": "authentication required: a staff session or a bearer token"},
-            status=401,
-        )
-        response["WWW-Authenticate"] = 'Bearer realm="celery-monitor"'
+            response = JsonResponse({"error": "permission denied"}, status=403)
+        else:
+            response = JsonResponse(
+                {"error": "authentication required: a staff session or a bearer token"},
+                status=401,
+            )
+            response["WWW-Authenticate"] = 'Bearer realm="celery-monitor"'
+        response["Cache-Control"] = "no-store"  # a refusal is for this caller, now
         return response
 
     return wrapped

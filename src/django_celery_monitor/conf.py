@@ -423,6 +423,14 @@ class MonitorSettings:
             isinstance(token, str) and token for token in value
         ):
             raise ImproperlyConfigured(f"{where} must be a list of non-empty strings.")
+        for token in value:
+            # What an Authorization header carries as it was set: a token with a space, or
+            # a letter beyond ASCII (which servers read as Latin-1), would never match.
+            if not (token.isascii() and token.isprintable()) or any(c.isspace() for c in token):
+                raise ImproperlyConfigured(
+                    f"{where}: each token must be printable ASCII without spaces (a token of "
+                    f"{len(token)} characters is not)."
+                )
         return tuple(value)
 
     @property
