@@ -190,6 +190,12 @@ def test_each_link_lists_the_tasks_it_counts(admin_client):
     failed("proj.other", "ValueError: v", 40)
     failed("proj.other", "ValueErrorish('v')", 45)
     failed("proj.other", None, 50)
+    # What only a forged event carries: each listed under the type it is counted under.
+    failed("proj.odd", "ValueError\tc", 55)
+    failed("proj.odd", "valueerror('d')", 56)  # another type on SQLite too
+    failed("proj.odd", "  ValueError('b')", 57)  # no type
+    failed("proj.odd", "- boom", 58)
+    failed("proj.odd", "T" * 210, 59)
     make_task("SUCCESS", None, tstamp=now - timedelta(seconds=5), worker=worker)
     make_task("SUCCESS", "proj.named", tstamp=now - timedelta(seconds=5), worker=worker)
     page = admin_client.get(DASHBOARD).content.decode()
@@ -204,7 +210,10 @@ def test_each_link_lists_the_tasks_it_counts(admin_client):
         page,
     )
     counted = {exception: int(count) for _url, exception, count in failures}
-    assert counted == {"KeyError": 3, "ValueError": 2, "ValueErrorish": 1, "?": 1}
+    assert counted == {
+        "KeyError": 3, "ValueError": 3, "ValueErrorish": 1, "?": 2, "valueerror": 1, "-": 1,
+        "T" * 200: 1,
+    }  # fmt: skip
     for url, _exception, count in failures:
         assert listed(url) == int(count)
     names = re.findall(

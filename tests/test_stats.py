@@ -120,6 +120,9 @@ def test_exception_types():
     assert stats.exception_type("proj.errors.Timeout: slow") == "proj.errors.Timeout"
     assert stats.exception_type("") == ""
     assert stats.exception_type(None) == ""
+    assert stats.exception_type("ValueError\tc") == "ValueError"
+    assert stats.exception_type("  ValueError('b')") == ""
+    assert stats.exception_type("T" * 300) == "T" * 200
 
 
 def check_hour(data):

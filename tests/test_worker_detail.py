@@ -216,6 +216,12 @@ def test_what_the_worker_answers_is_escaped(admin_client, inspected, payload):
         {"active": [{"id": 1, "args": "(1,)", "kwargs": "{}", "time_start": "soon"}]},
         # Ids no row can hold: PostgreSQL's driver refuses a NUL.
         {"revoked": ["a\x00b", "x" * 300], "active": [{"id": "c\x00d", "name": "proj.add"}]},
+        # What kombu's JSON decodes too, and times at the ends of the calendar.
+        {"stats": {"uptime": float("nan")}},
+        {"stats": {"uptime": float("inf")}},
+        {"active": [{"id": "a", "name": "proj.add", "time_start": 253402300799.0}]},
+        {"scheduled": [{"eta": "0001-01-01T00:00:00+14:00", "request": {"id": "b"}}]},
+        {"scheduled": [{"eta": "9999-12-31T23:30:00+00:00", "request": {"id": "c"}}]},
     ],
 )
 def test_odd_answers_never_make_a_server_error(admin_client, inspected, values):

@@ -21,8 +21,13 @@ from django.conf import settings
 
 from .utils import correct_awareness, fromtimestamp
 
-#: The largest POSIX timestamp every database and Python datetime can hold (9999-12-31).
-MAX_TIMESTAMP = 253402300799.0
+#: The largest POSIX timestamp kept: 9999-12-30 23:59:59 UTC, a day short of the last one
+#: every database and Python datetime can hold, so that its local time in any time zone
+#: (a page shown in another zone) is a date too.
+MAX_TIMESTAMP = 253402214399.0
+#: The first and last times kept (see :func:`in_calendar`).
+FIRST_TIME = datetime(1, 1, 2, tzinfo=dt_timezone.utc)
+LAST_TIME = datetime(9999, 12, 30, 23, 59, 59, 999999, tzinfo=dt_timezone.utc)
 #: How far ahead of this machine's clock an event's time may be (the sender's clock runs
 #: fast); anything later is taken as wrong.
 MAX_CLOCK_SKEW = 60.0
@@ -154,8 +159,20 @@ def clean_timestamp(value: Any, future: bool = False) -> datetime | None:
         return None
 
 
+def in_calendar(value: datetime) -> bool:
+    """Whether ``value`` is a day or more inside the years a datetime holds: its local
+    time in any time zone is a date too (a naive one is taken as UTC)."""
+    try:
+        if value.tzinfo is not None:
+            value = value.astimezone(dt_timezone.utc)
+        return FIRST_TIME <= value.replace(tzinfo=dt_timezone.utc) <= LAST_TIME
+    except (OverflowError, ValueError):
+        return False
+
+
 def clean_datetime(value: Any) -> datetime | None:
-    """Return an ISO 8601 string or datetime as a datetime fit for the database, or None."""
+    """Return an ISO 8601 string or datetime as a datetime fit for the database, or None
+    (a time within a day of the first or last the database holds, too)."""
     if value is None or value == "":
         return None
     if not isinstance(value, datetime):
@@ -163,6 +180,8 @@ def clean_datetime(value: Any) -> datetime | None:
             value = maybe_iso8601(_to_str(value))
         except Exception:  # not a time; or a value whose str() raises (nested too deep)
             return None
+    if not in_calendar(value):
+        return None
     try:
         return correct_awareness(value)
     except (OverflowError, ValueError):

@@ -27,6 +27,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -231,13 +232,21 @@ class Group:
 Key = tuple[datetime, str, str, str]
 
 
+#: What ends the type at the start of a recorded exception: its arguments, a message, a
+#: space (the admin's exception type filter matches the same).
+TYPE_ENDS = "(: \t\n\r\f\v"
+#: The longest exception type kept; a longer one is cut.
+MAX_TYPE = 200
+_TYPE = re.compile(f"[^{re.escape(TYPE_ENDS)}]{{0,{MAX_TYPE}}}")
+
+
 def exception_type(text: str | None) -> str:
-    """The type of a recorded exception: ``ValueError`` of ``ValueError('boom')``."""
+    """The type of a recorded exception: ``ValueError`` of ``ValueError('boom')``, what
+    comes before the first of :data:`TYPE_ENDS`, cut to :data:`MAX_TYPE` characters (none
+    when the text starts with one)."""
     if not text:
         return ""
-    head = text.split("(", 1)[0].split(":", 1)[0].strip()
-    words = head.split()
-    return words[0][:200] if words else ""
+    return _TYPE.match(text).group()
 
 
 def floor_time(value: datetime, seconds: int) -> datetime:

@@ -34,6 +34,8 @@ class ModelMonitor(ReadOnly, admin.ModelAdmin):
     celery_app = None
     #: The date field of the bounded date drill-down (see :meth:`MonitorList.date_choices`).
     date_drilldown: str | None = None
+    #: Query-string lookups the list takes besides its filters' and its drill-down's.
+    extra_lookups: frozenset[str] = frozenset()
 
     show_full_result_count = False
     paginator = CappedPaginator
@@ -60,6 +62,35 @@ class ModelMonitor(ReadOnly, admin.ModelAdmin):
 
     def get_changelist(self, request: HttpRequest, **kwargs: Any) -> type[ChangeList]:
         return MonitorList
+
+    def lookup_allowed(self, lookup: str, value: Any, request: Any = None) -> bool:
+        """Only the lookups of the list's own filters and drill-down, from the query string.
+
+        Django takes any lookup on a field of the model (``?args__regex=(a+)+$``,
+        ``?retries__in=99999999999999999999``): each a read of every row, or a value the
+        database fails on. Any other gets a 400.
+        """
+        return lookup in self.allowed_lookups(request)
+
+    def allowed_lookups(self, request: Any = None) -> frozenset[str]:
+        """The query-string lookups the list takes: its filters' and its drill-down's, and
+        :attr:`extra_lookups`."""
+        allowed: set[str] = set(self.extra_lookups)
+        entries = self.get_list_filter(request) if request is not None else self.list_filter
+        for entry in entries:
+            if isinstance(entry, type) and issubclass(entry, admin.SimpleListFilter):
+                allowed.add(entry.parameter_name)
+                continue
+            field, spec = entry if isinstance(entry, list | tuple) else (entry, None)
+            if not isinstance(field, str):
+                continue
+            if isinstance(spec, type) and issubclass(spec, admin.DateFieldListFilter):
+                allowed |= {f"{field}__gte", f"{field}__lt", f"{field}__isnull"}
+            else:
+                allowed |= {f"{field}__exact", f"{field}__isnull", f"{field}__id__exact"}
+        if self.date_drilldown:
+            allowed |= {f"{self.date_drilldown}__{part}" for part in ("year", "month", "day")}
+        return frozenset(allowed)
 
     def _has_perm(self, request: HttpRequest, codename: str) -> bool:
         return request.user.has_perm(f"{self.opts.app_label}.{codename}")

@@ -4,14 +4,16 @@ recorded, and the exception type of a failure (the dashboard links to it)."""
 from __future__ import annotations
 
 from django.contrib import admin
+from django.db import connections
 from django.db.models import Q
 from django.utils import formats
 from django.utils.html import format_html
 from django.utils.translation import gettext_lazy as _
 
 from ..models import ALL_STATES, TaskState, WorkerState
+from ..stats import MAX_TYPE, TYPE_ENDS
 from .lists import MonitorList
-from .queries import capped_counts, few_counts, states_present
+from .queries import capped_counts, few_counts, prefix_q, states_present
 
 
 class StateFilter(admin.SimpleListFilter):
@@ -161,8 +163,9 @@ class UnnamedFilter(admin.SimpleListFilter):
         return queryset
 
 
-#: The :class:`ExceptionTypeFilter` value of the failures with no exception recorded.
-NO_EXCEPTION = "-"
+#: The :class:`ExceptionTypeFilter` value of the failures with no exception type recorded
+#: (no type holds a space).
+NO_EXCEPTION = "(none)"
 
 
 class ExceptionTypeFilter(admin.SimpleListFilter):
@@ -182,15 +185,22 @@ class ExceptionTypeFilter(admin.SimpleListFilter):
         return [(value, _("None recorded") if value == NO_EXCEPTION else value)]
 
     def queryset(self, request, queryset):
+        # The tasks stats.exception_type gives this type: the text up to the first of
+        # TYPE_ENDS (as typed, on SQLite too, whose LIKE ignores the case), cut.
         value = self.value()
         if not value:
             return queryset
+        vendor = connections[queryset.db].vendor
         if value == NO_EXCEPTION:
-            return queryset.filter(Q(exception=None) | Q(exception=""))
-        # As stats.exception_type reads it: the first word, up to "(" or ":".
-        return queryset.filter(
-            Q(exception=value)
-            | Q(exception__startswith=f"{value}(")
-            | Q(exception__startswith=f"{value}:")
-            | Q(exception__startswith=f"{value} ")
-        )
+            q = Q(exception=None) | Q(exception="")
+            for end in TYPE_ENDS:
+                q |= prefix_q("exception", end, vendor)
+            return queryset.filter(q)
+        if len(value) > MAX_TYPE or any(end in value for end in TYPE_ENDS):
+            return queryset.none()  # no type is so
+        if len(value) == MAX_TYPE:
+            return queryset.filter(prefix_q("exception", value, vendor))
+        q = Q(exception=value)
+        for end in TYPE_ENDS:
+            q |= prefix_q("exception", value + end, vendor)
+        return queryset.filter(q)

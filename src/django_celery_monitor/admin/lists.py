@@ -129,6 +129,12 @@ class MonitorList(ChangeList):
         if any("\x00" in value for values in request.GET.lists() for value in values[1]):
             # No database stores a NUL byte, and PostgreSQL refuses even to compare with one.
             raise IncorrectLookupParameters("A NUL character in the query string.")
+        # Only the list's own filters and drill-down: Django would take any lookup on a
+        # field of the model (``?args__regex=``), each a read of every row.
+        allowed = self.model_admin.allowed_lookups(request)
+        for key in self.get_filters_params():
+            if key not in allowed:
+                raise IncorrectLookupParameters(f"Not a filter of this list: {key}")
         self._check_drilldown(request)
         self._check_times(request)
         # Django turns its own date hierarchy's year, month and day into a range of the

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import datetime
+import math
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -29,6 +30,7 @@ from django.utils.translation import gettext_lazy as _
 
 from .. import control
 from ..models import TaskState, WorkerState
+from ..sanitize import in_calendar
 from .base import ModelMonitor
 from .helpers import (
     MAX_ACTION_TASKS,
@@ -401,13 +403,15 @@ def _timestamp(value: Any) -> datetime.datetime | None:
     """A worker's time: a POSIX timestamp (``time_start``) or an ISO 8601 text (``eta``)."""
     try:
         if isinstance(value, int | float) and not isinstance(value, bool):
-            return datetime.datetime.fromtimestamp(value, tz=datetime.timezone.utc)
-        if isinstance(value, str) and value:
+            parsed = datetime.datetime.fromtimestamp(value, tz=datetime.timezone.utc)
+        elif isinstance(value, str) and value:
             parsed = datetime.datetime.fromisoformat(value)
-            return parsed if timezone.is_aware(parsed) else None
+        else:
+            return None
     except (ValueError, OverflowError, OSError):
         return None
-    return None
+    # Shown in the page's time zone: a time at either end of the calendar is none.
+    return parsed if timezone.is_aware(parsed) and in_calendar(parsed) else None
 
 
 def _at(value: datetime.datetime | None) -> str:
@@ -429,7 +433,11 @@ def _at(value: datetime.datetime | None) -> str:
 
 def _duration(seconds: Any) -> str:
     """An uptime in its two largest units: ``3 d 4 h``, ``2 h 5 min``, ``12 s``."""
-    if not isinstance(seconds, int | float) or isinstance(seconds, bool) or seconds < 0:
+    if (
+        not isinstance(seconds, int | float)
+        or isinstance(seconds, bool)
+        or not 0 <= seconds < math.inf  # NaN too
+    ):
         return "-"
     seconds = int(seconds)
     units = ((gettext("d"), 86400), (gettext("h"), 3600), (gettext("min"), 60), (gettext("s"), 1))
