@@ -229,6 +229,14 @@ def test_the_jsonl_values(admin_client):
     assert bare["name"] is None and bare["worker"] is None and bare["lost"] is False
 
 
+def test_a_jsonl_row_is_one_line_for_every_reader(admin_client):
+    odd = "a\u2028b\u2029c\x85d\x0be\rf"
+    make_task(task_id="odd-task", args=odd)
+    text = body(export(admin_client, "jsonl"))
+    assert len(text.splitlines()) == 1
+    assert json.loads(text)["args"] == odd
+
+
 def test_the_response_is_a_streamed_attachment(admin_client, tasks):
     for fmt, content_type, extension in (
         ("csv", "text/csv; charset=utf-8", "csv"),

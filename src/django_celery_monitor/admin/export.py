@@ -175,11 +175,17 @@ def csv_lines(rows: Iterable[Sequence[Any]]) -> Iterator[str]:
         yield writer.writerow([_csv_cell(value) for value in row])
 
 
+#: Characters that end a line for some readers (Python's ``str.splitlines``) and that JSON
+#: leaves as they are (it escapes those below U+0020): escaped in a JSON line, so that each
+#: row is one line whatever splits them.
+LINE_ENDS = str.maketrans({char: f"\\u{ord(char):04x}" for char in "\x85\u2028\u2029"})
+
+
 def jsonl_lines(rows: Iterable[Sequence[Any]]) -> Iterator[str]:
     """One JSON object per row of :data:`FIELDS` values, keyed by :data:`COLUMNS`."""
     for row in rows:
         item = dict(zip(COLUMNS, map(_value, row), strict=True))
-        yield json.dumps(item, ensure_ascii=False, default=str) + "\n"
+        yield json.dumps(item, ensure_ascii=False, default=str).translate(LINE_ENDS) + "\n"
 
 
 def _buffered(lines: Iterable[str]) -> Generator[bytes, None, None]:
