@@ -115,9 +115,11 @@ def test_a_broker_that_does_not_answer_leaves_a_gap(monkeypatch, redis_url):
     app = broker_app(redis_url)
     release = threading.Event()
 
-    def stuck(app, names):
+    def stuck(app, names, measures=None):
         release.wait(10)
-        return [queues.Measure(name, messages=1) for name in names]
+        measures = [] if measures is None else measures
+        measures.extend(queues.Measure(name, messages=1) for name in names)
+        return measures
 
     monkeypatch.setattr(queues, "measure_queues", stuck)
     monkeypatch.setattr(queues, "worker_queues", lambda app, timeout=1.0: {})
@@ -135,6 +137,84 @@ def test_a_broker_that_does_not_answer_leaves_a_gap(monkeypatch, redis_url):
     assert sampler.measure()[0].messages == 1
     row = QueueSample.objects.get()
     assert (row.queue, row.messages, row.note) == ("celery", None, measures[0].note)
+
+
+@pytest.mark.nodb
+def test_a_queue_redis_cannot_count_does_not_hide_the_others(redis_url):
+    import redis
+
+    app = broker_app(redis_url)
+    queue, odd = (f"cm-{name}-{uuid.uuid4().hex[:6]}" for name in ("ok", "str"))
+    publish(app, queue, 2)
+    client = redis.Redis.from_url(redis_url)
+    client.set(odd, "not a list")  # WRONGTYPE for a count
+    try:
+        measured = {m.queue: m for m in queues.measure_queues(app, [odd, queue])}
+        assert measured[queue].messages == 2
+        assert measured[odd].messages is None
+        assert measured[odd].note == "the broker refused to count it: ResponseError"
+    finally:
+        client.delete(odd, queue)
+
+
+@pytest.mark.nodb
+def test_a_queue_rabbitmq_refuses_does_not_hide_the_others(rabbitmq_url):
+    app = broker_app(rabbitmq_url, confirm_publish=True)
+    queue, locked = (f"cm-test-{name}-{uuid.uuid4().hex[:6]}" for name in ("ok", "excl"))
+    publish(app, queue, 3)
+    with app.connection_for_write() as owner:
+        # Another client's exclusive queue: a passive declare of it is refused (405).
+        owner.default_channel.queue_declare(locked, exclusive=True)
+        try:
+            names = [locked, queue, "x" * 256, f"{queue}-none", queue]
+            measured = queues.measure_queues(app, names)
+            assert [m.queue for m in measured] == names
+            assert measured[0].note.startswith("the broker refused to count it")
+            assert measured[1].messages == measured[4].messages == 3
+            assert measured[2].note == "a name longer than AMQP's 255 bytes"
+            assert measured[3].note == "not declared on the broker"
+        finally:
+            with app.connection_for_write() as connection:
+                connection.default_channel.queue_delete(queue)
+
+
+@pytest.mark.nodb
+def test_a_failover_broker_url_is_followed(redis_url):
+    app = broker_app(f"redis://127.0.0.1:1/0;{redis_url}")
+    queue = f"cm-failover-{uuid.uuid4().hex[:6]}"
+    publish(broker_app(redis_url), queue, 4)
+    assert queues.measure_queues(app, [queue])[0].messages == 4
+
+
+@pytest.mark.nodb
+def test_broadcast_queues_are_not_measured():
+    from kombu.common import Broadcast
+
+    app = broker_app("memory://")
+    app.conf.task_queues = [KombuQueue("tasks"), Broadcast("everyone")]
+    assert queues.configured_queues(app) == ["tasks"]
+    app.conf.task_queues = [Broadcast("everyone")]
+    assert queues.configured_queues(app) == []
+
+
+@pytest.mark.django_db
+def test_the_queues_measured_before_the_broker_stalled_are_kept(monkeypatch, redis_url):
+    app = broker_app(redis_url)
+    app.conf.task_queues = [KombuQueue(name) for name in ("a", "b", "c")]
+    release = threading.Event()
+
+    def slow(app, names, measures=None):
+        measures.append(queues.Measure(names[0], messages=7))
+        release.wait(10)  # then the broker stalls
+        return measures
+
+    monkeypatch.setattr(queues, "measure_queues", slow)
+    monkeypatch.setattr(queues, "worker_queues", lambda app, timeout=1.0: {})
+    monkeypatch.setattr(queues, "WORKER_QUEUES_TIMEOUT", 0.0)
+    measures = queues.QueueSampler(app, timeout=0.3).measure()
+    release.set()
+    assert [(m.queue, m.messages) for m in measures] == [("a", 7), ("b", None), ("c", None)]
+    assert measures[1].note == "no answer from the broker in 0.3 s"
 
 
 @pytest.mark.django_db
@@ -189,6 +269,27 @@ def test_the_backlog_over_a_window_with_its_gaps():
     assert values[NOW - timedelta(minutes=5)] == 95  # the sample at 5 min 5 s ago
     assert values[NOW - timedelta(minutes=15)] is None  # the gap
     assert stats.queue_lengths(now=NOW)[0]["messages"] == 100
+
+
+@pytest.mark.django_db
+def test_a_longer_sampling_period_leaves_no_false_gaps(settings):
+    # A sample every 30 s, each answered: the 15-minute chart (a point every 15 s) has
+    # no gap; sampled every 15 minutes, a queue stays listed, and fresh, for its period.
+    settings.CELERY_MONITOR_QUEUE_SAMPLE_EVERY = 30
+    for n in range(40):
+        QueueSample.objects.create(
+            queue="celery", sampled=NOW - timedelta(seconds=30 * n + 1), messages=n, consumers=1
+        )
+    [celery] = stats.queues("15m", now=NOW)["queues"]
+    assert None not in [value for _when, value in celery["points"]]
+    settings.CELERY_MONITOR_QUEUE_SAMPLE_EVERY = 900
+    QueueSample.objects.all().delete()
+    QueueSample.objects.create(
+        queue="slow", sampled=NOW - timedelta(minutes=11), messages=3, consumers=1
+    )
+    [slow] = stats.queue_lengths(now=NOW)
+    assert slow["queue"] == "slow"
+    assert slow["age"] < stats.queue_stale_after().total_seconds()
 
 
 @pytest.mark.django_db

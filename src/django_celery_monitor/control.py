@@ -142,13 +142,22 @@ def broker_connection(app: Celery, timeout: float = TIMEOUT, read: bool = False)
     return opener(connect_timeout=timeout, transport_options=options)
 
 
+def connect(connection: Connection, timeout: float = TIMEOUT) -> None:
+    """Make ``connection``: one try of each of the broker's URLs (a failover list, ``a;b``,
+    goes to the next on a failure), without Kombu's waits between the tries."""
+    hosts = len(getattr(connection, "alt", None) or ()) or 1
+    connection.ensure_connection(
+        max_retries=hosts - 1, interval_start=0, interval_step=0, interval_max=0, timeout=timeout
+    )
+
+
 @contextmanager
 def _connection(app: Celery | None) -> Iterator[Connection]:
     """Yield a connected broker connection; turn any broker failure into ControlError."""
     app = _app(app)
     try:
         with broker_connection(app) as conn:
-            conn.ensure_connection(max_retries=0, timeout=TIMEOUT)
+            connect(conn)
             yield conn
     except ControlError:
         raise

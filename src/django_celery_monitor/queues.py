@@ -9,9 +9,11 @@ among them), the channel's own count of a queue's messages, every priority level
 and with ``global_keyprefix`` (Kombu's client adds the prefix). On RabbitMQ, a passive
 declare of the queue, which answers the message and consumer counts without the
 management plugin. A transport that cannot count is reported "not supported", never as
-zero. Each measure runs in a thread of its own and is given :data:`TIMEOUT` seconds: a
-broker that does not answer in time leaves a gap (a sample without a length, whose note
-says why), never a stalled camera.
+zero; a queue the broker refuses to count (another client's exclusive queue, a key of
+another type on Redis) gets a note of its own, and the others their counts. Each measure
+runs in a thread of its own and is given :data:`TIMEOUT` seconds (and the time the workers
+are given to answer, when they are asked): the queues the broker did not answer for in
+time are a gap (a sample without a length, whose note says why), never a stalled camera.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from celery import Celery
 from kombu.transport.virtual import Transport as VirtualTransport
 
 from .conf import get_celery_app
-from .control import broker_connection
+from .control import broker_connection, connect
 
 __all__ = ["Measure", "QueueSampler", "configured_queues", "measure_queues"]
 
@@ -55,23 +57,35 @@ class Measure:
 
 
 def configured_queues(app: Celery) -> list[str]:
-    """The queues the project configures: ``task_queues``, else the default queue."""
-    queues = app.conf.task_queues
-    names = [getattr(queue, "name", queue) for queue in queues or ()]
-    if not names:
+    """The queues the project configures: ``task_queues``, else the default queue.
+
+    Broadcast queues are left out: each consumer declares one of its own, under a name
+    made anew at each start.
+    """
+    queues = list(app.conf.task_queues or ())
+    names = [
+        getattr(queue, "name", queue)
+        for queue in queues
+        if getattr(getattr(queue, "exchange", None), "type", None) != "fanout"
+    ]
+    if not queues:
         names = [app.conf.task_default_queue]
     return [name for name in names if isinstance(name, str) and name]
 
 
-def worker_queues(app: Celery, timeout: float = 1.0) -> dict[str, int]:
+#: Seconds the workers are given to say which queues they consume.
+WORKER_QUEUES_TIMEOUT = 1.0
+
+
+def worker_queues(app: Celery, timeout: float = WORKER_QUEUES_TIMEOUT) -> dict[str, int]:
     """The queues the workers consume from, with how many workers consume each.
 
     One broadcast of ``active_queues``; a worker that does not answer in ``timeout``
     seconds is left out. Broadcast queues (``celery.pidbox``...) are not counted.
     """
     with broker_connection(app, timeout) as connection:
-        # One try: a broker that is down answers at once, not after Kombu's retries.
-        connection.ensure_connection(max_retries=0, timeout=timeout)
+        # One try a URL: a broker that is down answers at once, not after Kombu's retries.
+        connect(connection, timeout)
         inspect = app.control.inspect(timeout=timeout, connection=connection)
         replies = inspect.active_queues() or {}
     consumers: dict[str, int] = {}
@@ -87,47 +101,77 @@ def worker_queues(app: Celery, timeout: float = 1.0) -> dict[str, int]:
     return consumers
 
 
-def measure_queues(app: Celery, names: Iterable[str]) -> list[Measure]:
+def measure_queues(
+    app: Celery, names: Iterable[str], measures: list[Measure] | None = None
+) -> list[Measure]:
     """Count the messages of each queue in ``names`` on the app's broker, now.
 
-    Raises on a broker that cannot be reached; a queue the broker does not know is
-    recorded with a note ("not declared") and no length.
+    Each measure is appended to ``measures`` (a new list by default, returned) as soon as
+    it is known. Raises on a broker that cannot be reached. On RabbitMQ a queue the broker
+    does not know is recorded with a note ("not declared") and no length (and is not
+    created); on Redis it has no messages. A queue the broker refuses to count gets a
+    note with the broker's error, and the others are counted.
     """
     names = list(names)
+    measures = [] if measures is None else measures
     with broker_connection(app, TIMEOUT, read=True) as connection:
-        connection.ensure_connection(max_retries=0, timeout=TIMEOUT)
+        connect(connection, TIMEOUT)
         transport = connection.transport
         if not isinstance(transport, VirtualTransport):
             if getattr(transport, "driver_type", "") == "amqp":
-                return [_declare_passively(connection, name) for name in names]
-            return [Measure(name, note=NOT_SUPPORTED) for name in names]
+                _declare_passively(connection, names, measures)
+            else:
+                measures.extend(Measure(name, note=NOT_SUPPORTED) for name in names)
+            return measures
         channel = connection.default_channel
         size = getattr(channel, "_size", None)
         if size is None:
-            return [Measure(name, note=NOT_SUPPORTED) for name in names]
-        measures = []
+            measures.extend(Measure(name, note=NOT_SUPPORTED) for name in names)
+            return measures
         for name in names:
             try:
                 measures.append(Measure(name, messages=int(size(name))))
             except NotImplementedError:
                 measures.append(Measure(name, note=NOT_SUPPORTED))
+            except connection.connection_errors:
+                raise
+            except Exception as exc:  # this queue's: a key of another type (WRONGTYPE)
+                measures.append(Measure(name, note=_refused(exc)))
         return measures
 
 
-def _declare_passively(connection: Any, name: str) -> Measure:
-    """RabbitMQ: the counts of a passive declare, on a channel of its own (a queue that
-    does not exist closes the channel)."""
-    channel = connection.channel()
+def _refused(exc: BaseException) -> str:
+    return f"the broker refused to count it: {exc.__class__.__name__}"
+
+
+def _declare_passively(connection: Any, names: list[str], measures: list[Measure]) -> None:
+    """RabbitMQ: the counts of a passive declare of each queue, on one channel until a
+    queue the broker refuses closes it (a queue that does not exist, another client's
+    exclusive queue), then on a new one."""
+    channel = None
     try:
-        ok = channel.queue_declare(queue=name, passive=True)
-        return Measure(name, messages=ok.message_count, consumers=ok.consumer_count)
-    except connection.channel_errors as exc:
-        if "NOT_FOUND" in str(exc) or getattr(exc, "code", None) == 404:
-            return Measure(name, note="not declared on the broker")
-        raise
+        for name in names:
+            if len(name.encode("utf-8", "surrogatepass")) > 255:
+                measures.append(Measure(name, note="a name longer than AMQP's 255 bytes"))
+                continue
+            if channel is None:
+                channel = connection.channel()
+            try:
+                ok = channel.queue_declare(queue=name, passive=True)
+            except connection.channel_errors as exc:
+                with contextlib.suppress(Exception):  # the broker closed it already
+                    channel.close()
+                channel = None
+                if "NOT_FOUND" in str(exc) or getattr(exc, "code", None) == 404:
+                    measures.append(Measure(name, note="not declared on the broker"))
+                else:
+                    measures.append(Measure(name, note=_refused(exc)))
+                continue
+            measures.append(Measure(name, messages=ok.message_count, consumers=ok.consumer_count))
     finally:
-        with contextlib.suppress(Exception):  # a channel the broker closed already
-            channel.close()
+        if channel is not None:
+            with contextlib.suppress(Exception):
+                channel.close()
 
 
 class QueueSampler:
@@ -153,18 +197,16 @@ class QueueSampler:
             logger.warning("Measuring the first %d of %d queues.", MAX_QUEUES, len(found))
         return found[:MAX_QUEUES]
 
-    def _measure(self, result: dict) -> None:
+    def _measure(self, result: dict, ask_workers: bool) -> None:
         try:
-            now = time.monotonic()
-            if now - self._asked_workers >= WORKER_QUEUES_EVERY:
-                self._asked_workers = now
+            if ask_workers:
                 try:
                     self._consumers = worker_queues(self.app)
                 except Exception:  # the broker is down: measured (and reported) below
                     logger.debug("Could not ask the workers for their queues.", exc_info=True)
             names = self.queue_names()
             result["names"] = names
-            result["measures"] = measure_queues(self.app, names)
+            measure_queues(self.app, names, result.setdefault("measures", []))
         except Exception as exc:
             result["error"] = exc
         finally:
@@ -175,24 +217,32 @@ class QueueSampler:
         if not self._busy.acquire(blocking=False):
             return [Measure(name, note="the previous measure is still waiting for the broker")
                     for name in self.queue_names()]  # fmt: skip
+        now = time.monotonic()
+        ask_workers = now - self._asked_workers >= WORKER_QUEUES_EVERY
+        if ask_workers:
+            self._asked_workers = now
         result: dict[str, Any] = {}
         thread = threading.Thread(
-            target=self._measure, args=(result,), name="queue-sampler", daemon=True
+            target=self._measure, args=(result, ask_workers), name="queue-sampler", daemon=True
         )
         thread.start()
-        thread.join(self.timeout)
+        # The workers' answers take their whole time: it is not the queues'.
+        thread.join(self.timeout + (WORKER_QUEUES_TIMEOUT if ask_workers else 0.0))
+        # What was measured in time is kept (a copy: the thread may still add to it).
+        measured = list(result.get("measures", ()))
         if thread.is_alive():
-            return [Measure(name, note=f"no answer from the broker in {self.timeout:g} s")
-                    for name in self.queue_names()]  # fmt: skip
-        if "error" in result:
-            error = result["error"]
-            note = f"the broker could not be asked: {error.__class__.__name__}"
-            return [Measure(name, note=note) for name in result.get("names") or self.queue_names()]
-        measures = result["measures"]
-        for measure in measures:
+            note = f"no answer from the broker in {self.timeout:g} s"
+        elif "error" in result:
+            note = f"the broker could not be asked: {result['error'].__class__.__name__}"
+        else:
+            note = ""
+        known = {measure.queue for measure in measured}
+        names = result.get("names") or self.queue_names()
+        measured += [Measure(name, note=note) for name in names if name not in known]
+        for measure in measured:
             if measure.consumers is None and measure.messages is not None:
                 measure.consumers = self._consumers.get(measure.queue, 0)
-        return measures
+        return measured
 
     def sample(self, using: str = "default") -> list[Measure]:
         """Measure the queues and write one sample each; return the measures."""

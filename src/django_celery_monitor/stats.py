@@ -1187,10 +1187,28 @@ def camera_health(now: datetime | None = None, using: str = "default") -> dict[s
 
 # -- queues -----------------------------------------------------------------------------
 
-#: Queues whose latest sample is older than this are no longer listed.
+#: Queues whose latest sample is older than this (or three sampling periods, if longer)
+#: are no longer listed.
 QUEUE_RECENT = timedelta(minutes=10)
+#: A queue's latest sample is stale after this (or three sampling periods, if longer).
+QUEUE_STALE = timedelta(minutes=2)
 #: Points of a queue's backlog chart over its window.
 QUEUE_POINTS = 60
+
+
+def _sample_period() -> timedelta:
+    """The time between two samples of the queues (``monitor_queue_sample_every``; its
+    default when sampling is off: what was sampled before is still shown)."""
+    try:
+        every = monitor_settings.queue_sample_every
+    except Exception:  # a setting the system checks report
+        every = None
+    return timedelta(seconds=every or 10.0)
+
+
+def queue_stale_after() -> timedelta:
+    """How old a queue's latest sample may be before it is shown as stale."""
+    return max(QUEUE_STALE, 3 * _sample_period())
 
 
 def queues(
@@ -1198,9 +1216,11 @@ def queues(
 ) -> dict[str, Any]:
     """The queues sampled lately: the latest sample of each and its backlog over ``window``.
 
-    Each point of a backlog is the latest sample at or before its time (a gap: None), read
-    with one statement a queue of :data:`QUEUE_POINTS` index lookups, whatever the number
-    of samples in the window.
+    Each point of a backlog is the latest sample at or before its time, within a point's
+    step or one and a half sampling periods, whichever is longer (a gap, None, where there
+    is none: the sampler was not running, or the broker did not answer), read with one
+    statement a queue of :data:`QUEUE_POINTS` index lookups, whatever the number of samples
+    in the window.
     """
     if window not in WINDOWS:
         raise ValueError(f"Unknown window {window!r}: one of {', '.join(WINDOWS)}.")
@@ -1209,15 +1229,16 @@ def queues(
     step = length / QUEUE_POINTS
     times = [now - length + step * (index + 1) for index in range(QUEUE_POINTS)]
     found = queue_lengths(using, now)
+    reach = max(step, 1.5 * _sample_period())
     for entry in found:
-        backlog = _backlog(using, entry["queue"], times, step)
+        backlog = _backlog(using, entry["queue"], times, reach)
         entry["points"] = list(zip(times, backlog, strict=True))
     return {"window": window, "start": now - length, "end": now, "queues": found, "now": now}
 
 
 def _backlog(using: str, name: str, times: list[datetime], step: timedelta) -> list[int | None]:
     """The latest length of queue ``name`` at or before each of ``times`` (within ``step``
-    of it, else None: the sampler was not running or the broker did not answer)."""
+    before it, else None)."""
     connection = connections[using]
     quote = connection.ops.quote_name
     table = quote(QueueSample._meta.db_table)
@@ -1241,7 +1262,8 @@ def _backlog(using: str, name: str, times: list[datetime], step: timedelta) -> l
 
 
 def queue_lengths(using: str = "default", now: datetime | None = None) -> list[dict[str, Any]]:
-    """The latest sample of each queue sampled in the last :data:`QUEUE_RECENT`.
+    """The latest sample of each queue sampled in the last :data:`QUEUE_RECENT` (or three
+    sampling periods, if longer).
 
     What the metrics export, and the queues page lists.
     """
@@ -1250,7 +1272,8 @@ def queue_lengths(using: str = "default", now: datetime | None = None) -> list[d
     latest = samples.order_by("-sampled").values_list("sampled", flat=True).first()
     if latest is None:
         return []
-    recent = samples.filter(sampled__gte=max(latest, now) - QUEUE_RECENT).order_by()
+    recent_for = max(QUEUE_RECENT, 3 * _sample_period())
+    recent = samples.filter(sampled__gte=max(latest, now) - recent_for).order_by()
     names = list(recent.order_by("queue").values_list("queue", flat=True).distinct()[:200])
     found = []
     for name in names:

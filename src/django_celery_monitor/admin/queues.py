@@ -35,6 +35,7 @@ class QueueMonitor(WindowPage):
     def body_context(self, request: HttpRequest, window: str) -> dict[str, Any]:
         data = stats.queues(window)
         found = []
+        stale_after = stats.queue_stale_after().total_seconds()
         for queue in data["queues"]:
             found.append(
                 {
@@ -42,7 +43,7 @@ class QueueMonitor(WindowPage):
                     "chart": charts.backlog_chart(
                         queue["points"], gettext("Messages in %(queue)s") % queue
                     ),
-                    "stale": queue["age"] > 120,
+                    "stale": queue["age"] > stale_after,
                 }
             )
         return {
