@@ -5,15 +5,17 @@ from __future__ import annotations
 import threading
 import time
 import uuid as uuidlib
+from datetime import timedelta
 from unittest import mock
 
 import pytest
 from celery.events.state import State
 from django.db import OperationalError, connection
 from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
 
 from django_celery_monitor.camera import Camera
-from django_celery_monitor.models import TaskState, WorkerState
+from django_celery_monitor.models import RollupMark, TaskState, WorkerState
 from tests import events
 from tests.sessions import cut_on_the_server
 
@@ -902,3 +904,41 @@ def test_an_exception_billiard_wrapped_is_named_by_its_traceback(state, app, las
     )
     shutter(camera)
     assert (row(tid).exception, row(tid).traceback) == (exception, traceback)
+
+
+@pytest.mark.django_db(transaction=True)  # the session is cut: no test transaction to keep
+def test_the_housekeeping_recovers_from_a_connection_cut_by_the_server(camera, settings):
+    # Roll-ups, the cleanup and the queue samples run on the cleanup timer's thread, with
+    # a connection of their own: cut by a database restart, the next run makes a new one.
+    if connection.vendor == "sqlite":
+        pytest.skip("SQLite has no server to cut a connection")
+    from django.db import connection as thread_connection
+
+    settings.CELERY_MONITOR_TASK_SUCCESS_EXPIRES = 1
+    jobs = [camera.housekeeping(job) for job in (camera.cleanup, camera.roll_up)]
+    cut, go = threading.Event(), threading.Event()
+
+    def run_on_one_thread() -> None:
+        try:
+            for job in jobs:
+                job()
+            cut_on_the_server(thread_connection)
+            cut.set()
+            go.wait(30)
+            for _round in range(2):  # with CONN_MAX_AGE, the first may find it gone
+                for job in jobs:
+                    job()
+        finally:
+            thread_connection.close()
+
+    thread = threading.Thread(target=run_on_one_thread)
+    thread.start()
+    assert cut.wait(30)
+    TaskState.objects.create(
+        task_id=new_id(), state="SUCCESS", tstamp=timezone.now() - timedelta(hours=1)
+    )
+    RollupMark.objects.all().delete()
+    go.set()
+    thread.join(60)
+    assert not TaskState.objects.exists()  # expired and purged after the cut
+    assert RollupMark.objects.exists()  # rolled up after the cut

@@ -741,12 +741,28 @@ class Camera(Polaroid):
         self.cleanup_timer = Timer(max_interval=TIMER_TICK)
         if self.shard is None or self.shard.index == 1:
             # Shards share the rows: the first one keeps the house for all.
-            self._ctref = self.cleanup_timer.call_repeatedly(self.cleanup_freq, self.cleanup)
-            self._reconcile_ref = self.cleanup_timer.call_after(RECONCILE_AFTER, self.reconcile)
-            self._rref = self.cleanup_timer.call_repeatedly(ROLLUP_EVERY, self.roll_up)
+            timer, job = self.cleanup_timer, self.housekeeping
+            self._ctref = timer.call_repeatedly(self.cleanup_freq, job(self.cleanup))
+            self._reconcile_ref = timer.call_after(RECONCILE_AFTER, job(self.reconcile))
+            self._rref = timer.call_repeatedly(ROLLUP_EVERY, job(self.roll_up))
             every = self.settings.queue_sample_every
             if every:
-                self._qref = self.cleanup_timer.call_repeatedly(every, self.sample_queues)
+                self._qref = timer.call_repeatedly(every, job(self.sample_queues))
+
+    def housekeeping(self, job: Any) -> Any:
+        """``job`` as the cleanup timer runs it: on its thread's own database connection,
+        replaced when a database restart broke it (as the shots replace theirs), before and
+        after each run."""
+
+        def run() -> Any:
+            self._close_broken_connection()
+            try:
+                return job()
+            finally:
+                self._close_broken_connection()
+
+        run.__name__ = getattr(job, "__name__", "housekeeping")
+        return run
 
     def reconcile(self) -> tuple[int, int]:
         """Settle the tasks recorded unfinished before the camera started (see ``reconcile``).
