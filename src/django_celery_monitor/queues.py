@@ -244,8 +244,9 @@ class QueueSampler:
                 measure.consumers = self._consumers.get(measure.queue, 0)
         return measured
 
-    def sample(self, using: str = "default") -> list[Measure]:
-        """Measure the queues and write one sample each; return the measures."""
+    def sample(self, using: str | None = None) -> list[Measure]:
+        """Measure the queues and write one sample each (in ``using``, by default the
+        database the routers write the samples to); return the measures."""
         from django.db import DatabaseError
         from django.utils import timezone
 
