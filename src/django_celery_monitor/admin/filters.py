@@ -191,16 +191,24 @@ class ExceptionTypeFilter(admin.SimpleListFilter):
         if not value:
             return queryset
         vendor = connections[queryset.db].vendor
+
+        def starts(prefix: str) -> Q:
+            # As typed: on SQLite a range (its LIKE ignores the case), elsewhere Django's
+            # startswith (LIKE, and LIKE BINARY on MySQL, whose collations ignore the case).
+            if vendor == "sqlite":
+                return prefix_q("exception", prefix, vendor)
+            return Q(exception__startswith=prefix)
+
         if value == NO_EXCEPTION:
             q = Q(exception=None) | Q(exception="")
             for end in TYPE_ENDS:
-                q |= prefix_q("exception", end, vendor)
+                q |= starts(end)
             return queryset.filter(q)
         if len(value) > MAX_TYPE or any(end in value for end in TYPE_ENDS):
             return queryset.none()  # no type is so
         if len(value) == MAX_TYPE:
-            return queryset.filter(prefix_q("exception", value, vendor))
-        q = Q(exception=value)
+            return queryset.filter(starts(value))
+        q = Q(exception=value) & starts(value)  # equal, in the case typed too
         for end in TYPE_ENDS:
-            q |= prefix_q("exception", value + end, vendor)
+            q |= starts(value + end)
         return queryset.filter(q)
