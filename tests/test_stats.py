@@ -592,6 +592,14 @@ def test_an_expiry_shorter_than_the_rollups_never_takes_a_task_out_of_the_counte
     assert TaskState.objects.filter(tstamp__lt=mark).count() == 0
     stats.roll_up()
     assert total() == len(ages)
+    # Roll-ups that stopped (no camera) hold the purge back an hour at most.
+    RollupMark.objects.update(until=now - timedelta(days=2))
+    TaskState.objects.create(
+        task_id="old", state="SUCCESS", name="proj.add", hidden=True,
+        tstamp=now - timedelta(hours=2),
+    )  # fmt: skip
+    call_command("celery_monitor_purge", stdout=io.StringIO())
+    assert not TaskState.objects.filter(task_id="old").exists()
 
 
 @pytest.mark.django_db

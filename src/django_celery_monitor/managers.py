@@ -32,6 +32,8 @@ MIN_BATCH = 50
 BATCH_SECONDS = 0.25
 #: The most distinct states the expiry of custom states looks for by the state index.
 MAX_CUSTOM_STATES = 100
+#: How long the purge keeps expired finished rows the rollups have not counted yet.
+PURGE_WAITS_FOR_ROLLUPS = timedelta(hours=1)
 
 
 def values_present(queryset: models.QuerySet, field: str, limit: int) -> list[str]:
@@ -316,8 +318,11 @@ class TaskStateQuerySet(ExtendedQuerySet):
 
         A finished task the rollups have not counted yet (its minute is after the last one
         rolled up) stays hidden until they have, so that an expiry shorter than a few
-        minutes never takes a task out of the metrics' counters.
+        minutes never takes a task out of the metrics' counters; for an hour at most, so
+        that roll-ups that stopped (no camera) never stop the purge.
         """
+        from django.utils import timezone
+
         from .models import RollupMark
 
         db = self.write_db
@@ -331,7 +336,8 @@ class TaskStateQuerySet(ExtendedQuerySet):
             RollupMark.objects.using(db).filter(period=60).values_list("until", flat=True).first()
         )
         if rolled_up is not None:
-            expired = expired.exclude(state__in=states.READY_STATES, tstamp__gte=rolled_up)
+            keep_since = max(rolled_up, timezone.now() - PURGE_WAITS_FOR_ROLLUPS)
+            expired = expired.exclude(state__in=states.READY_STATES, tstamp__gte=keep_since)
         # In key order, each batch from where the last ended: the index of the hidden rows
         # is read once, not again past the entries of the rows deleted before.
         return self._in_batches(expired, delete, onwards="pk")
