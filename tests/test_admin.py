@@ -1557,3 +1557,35 @@ def test_only_the_lists_own_lookups_are_taken_from_the_query_string(
     else:
         assert response.status_code == 302 and response.url.endswith("?e=1")
         assert export.status_code == 400
+
+
+def test_the_links_of_the_earlier_release_s_filters_still_filter(client, django_user_model):
+    # django_celery_monitor 1.1.2 filtered the tasks by state, name, tstamp, eta and worker
+    # with Django's own filters: links and bookmarks kept from it list the same rows.
+    client.force_login(staff(django_user_model, *VIEW))
+    worker = make_worker("w1@test")
+    now = timezone.now()
+    with_eta = make_task("SUCCESS", name="proj.a", worker=worker, eta=now + timedelta(hours=1))
+    failed = make_task("FAILURE", name="proj.b", worker=worker)
+    nameless = make_task("PENDING", name=None)
+    soon = str(now + timedelta(minutes=30))  # as Django's date filter writes them
+    later = str(now + timedelta(hours=2))
+    cases = [
+        ({"state__exact": "FAILURE"}, [failed]),
+        ({"name": "proj.a"}, [with_eta]),
+        ({"name__isnull": "True"}, [nameless]),
+        ({"worker__id__exact": str(worker.pk)}, [with_eta, failed]),
+        ({"worker__isnull": "True"}, [nameless]),
+        ({"eta__gte": soon, "eta__lt": later}, [with_eta]),
+        ({"eta__isnull": "True"}, [failed, nameless]),
+        ({"eta__isnull": "False"}, [with_eta]),
+    ]
+    for params, expected in cases:
+        response = client.get(TASKS, params)
+        assert response.status_code == 200, params
+        listed = {task.pk for task in response.context["cl"].result_list}
+        assert listed == {task.pk for task in expected}, params
+    # A number no key holds, and a time out of the calendar, are refused, not a server error.
+    for params in ({"worker__id__exact": "9" * 20}, {"eta__gte": "99999-01-01"}):
+        response = client.get(TASKS, params)
+        assert response.status_code == 302 and response.url.endswith("?e=1"), params

@@ -5,13 +5,43 @@ from __future__ import annotations
 from typing import Any
 
 from django.contrib import admin, messages
+from django.contrib.admin.utils import get_fields_from_path
 from django.contrib.admin.views.main import ChangeList
+from django.db import models
 from django.http import HttpRequest
 from django.utils.translation import gettext
 
 from .. import control
 from ..conf import get_celery_app
 from .lists import CappedPaginator, MonitorList
+
+
+def field_filter_lookups(model: Any, path: str, spec: Any = None) -> set[str]:
+    """The query-string parameters of the admin's own filter of field ``path``.
+
+    What Django's filter for that field writes in its links (``expected_parameters()``),
+    without building the filter, which reads its choices from the table.
+    """
+    field = get_fields_from_path(model, path)[-1]
+    if spec is None:  # the filter Django picks for the field
+        if field.is_relation:
+            spec = admin.RelatedFieldListFilter
+        elif field.flatchoices or isinstance(field, models.BooleanField):
+            spec = admin.ChoicesFieldListFilter
+        elif isinstance(field, models.DateField):
+            spec = admin.DateFieldListFilter
+        else:
+            spec = admin.AllValuesFieldListFilter
+    isnull = {f"{path}__isnull"}
+    if issubclass(spec, admin.DateFieldListFilter):
+        return {f"{path}__gte", f"{path}__lt"} | (isnull if field.null else set())
+    if issubclass(spec, admin.RelatedFieldListFilter):
+        return {f"{path}__{field.target_field.name}__exact"} | isnull
+    if issubclass(spec, admin.AllValuesFieldListFilter):
+        return {path} | isnull
+    if issubclass(spec, admin.EmptyFieldListFilter):
+        return {f"{path}__isempty"}
+    return {f"{path}__exact"} | isnull
 
 
 class ReadOnly:
@@ -82,12 +112,8 @@ class ModelMonitor(ReadOnly, admin.ModelAdmin):
                 allowed.add(entry.parameter_name)
                 continue
             field, spec = entry if isinstance(entry, list | tuple) else (entry, None)
-            if not isinstance(field, str):
-                continue
-            if isinstance(spec, type) and issubclass(spec, admin.DateFieldListFilter):
-                allowed |= {f"{field}__gte", f"{field}__lt", f"{field}__isnull"}
-            else:
-                allowed |= {f"{field}__exact", f"{field}__isnull", f"{field}__id__exact"}
+            if isinstance(field, str):
+                allowed |= field_filter_lookups(self.model, field, spec)
         if self.date_drilldown:
             allowed |= {f"{self.date_drilldown}__{part}" for part in ("year", "month", "day")}
         return frozenset(allowed)

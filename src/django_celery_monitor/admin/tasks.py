@@ -22,7 +22,7 @@ from django.utils.translation import gettext_lazy as _
 
 from .. import control
 from ..models import TaskState, WorkerState
-from .base import ModelMonitor
+from .base import ModelMonitor, field_filter_lookups
 from .export import TaskExportMixin
 from .filters import (
     ExceptionTypeFilter,
@@ -89,9 +89,14 @@ class TaskMonitor(TaskExportMixin, ModelMonitor):
     """Tasks: what ran where, when, with what, and how it ended; exported as CSV or JSON lines."""
 
     date_drilldown = "tstamp"
-    #: The lookups of django_celery_monitor 1.1.2's filters, in links kept from it (each
-    #: served by an index).
-    extra_lookups = frozenset({"state__exact", "name__exact", "worker__id__exact"})
+    #: The parameters of django_celery_monitor 1.1.2's filters (state, name, tstamp, eta,
+    #: worker), in links kept from it; its ``?name=`` is this list's task name filter's.
+    extra_lookups = frozenset(
+        field_filter_lookups(TaskState, "state", admin.ChoicesFieldListFilter)
+        | field_filter_lookups(TaskState, "name", admin.AllValuesFieldListFilter)
+        | field_filter_lookups(TaskState, "eta")
+        | field_filter_lookups(TaskState, "worker")
+    )
     # What a user scans for, in a list that fits a 1280 px window with the admin's navigation
     # sidebar and the filters open (about 630 px for the table): the name with its
     # arguments below it, and the time with the runtime below it. The ETA, the expiry, the
