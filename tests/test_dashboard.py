@@ -206,15 +206,16 @@ def test_each_link_lists_the_tasks_it_counts(admin_client):
         return response.content.decode().count('class="action-select"')
 
     failures = re.findall(
-        r'<td><a href="([^"]+)"><code>([^<]+)</code></a></td>\s*<td class="cm-num">(\d+)</td>',
+        r'<td><a href="([^"]+)">(?:<code>([^<]+)</code>|(None recorded))</a></td>\s*'
+        r'<td class="cm-num">(\d+)</td>',
         page,
     )
-    counted = {exception: int(count) for _url, exception, count in failures}
+    counted = {code or text: int(count) for _url, code, text, count in failures}
     assert counted == {
-        "KeyError": 3, "ValueError": 3, "ValueErrorish": 1, "?": 2, "valueerror": 1, "-": 1,
-        "T" * 200: 1,
+        "KeyError": 3, "ValueError": 3, "ValueErrorish": 1, "None recorded": 2,
+        "valueerror": 1, "-": 1, "T" * 200: 1,
     }  # fmt: skip
-    for url, _exception, count in failures:
+    for url, _code, _text, count in failures:
         assert listed(url) == int(count)
     names = re.findall(
         r'<td><a href="([^"]+)">([^<]+)</a></td>\s*<td class="cm-num">(\d+)</td>', page
@@ -222,3 +223,19 @@ def test_each_link_lists_the_tasks_it_counts(admin_client):
     assert {name for _url, name, _count in names} >= {"(no name)", "proj.named", "proj.fail"}
     for url, _name, count in names:
         assert listed(url) == int(count)
+
+
+def test_failures_without_a_type_are_not_merged_with_a_type_named_so(admin_client):
+    # A failure that recorded no exception, and one whose exception type reads "?": two
+    # rows, each linking to its own tasks.
+    now = timezone.now()
+    plain = make_task("FAILURE", "proj.a", tstamp=now, exception="")
+    odd = make_task("FAILURE", "proj.a", tstamp=now, exception="?: odd")
+    response = admin_client.get(DASHBOARD)
+    failures = response.context["failures"]
+    assert sorted(f["exception_type"] for f in failures) == ["", "?"]
+    for failure in failures:
+        listed = admin_client.get(failure["url"]).context["cl"].result_list
+        expected = odd if failure["exception_type"] else plain
+        assert [task.pk for task in listed] == [expected.pk]
+    assert "None recorded" in response.content.decode()

@@ -614,9 +614,23 @@ def test_the_all_time_counts_hold_more_than_32_bits():
     assert (row.count, row.retried, row.runtime_count, row.wait_count) == (big,) * 4
 
 
-def test_the_running_totals_count_every_task_once_over_weeks(monkeypatch):
+@pytest.mark.parametrize("during_read", [False, True], ids=["between", "during-a-read"])
+def test_the_running_totals_count_every_task_once_over_weeks(monkeypatch, during_read):
     # A camera rolls up every 5 hours for 20 days while tasks finish, two an hour; the
     # metrics then read running totals and the last quarter days, not two weeks of them.
+    # Each roll-up either comes before the reading, or commits in the middle of it (after
+    # the reading took the rollups' marks): every task is counted once all the same.
+    records = stats._records
+    pending = []
+    reads = []
+
+    def records_after_a_roll_up(using, ranges):
+        reads.append(ranges)
+        while pending:
+            stats.roll_up(now=pending.pop())
+        return records(using, ranges)
+
+    monkeypatch.setattr(stats, "_records", records_after_a_roll_up)
     start = NOW - timedelta(days=20)
     states = ("SUCCESS", "FAILURE", "REVOKED")
     made, last = 0, 0
@@ -638,8 +652,12 @@ def test_the_running_totals_count_every_task_once_over_weeks(monkeypatch):
             made += 1
         TaskState.objects.bulk_create(batch)
         monkeypatch.setattr(stats, "_now", lambda when=following: when)
-        stats.roll_up(now=following)
+        if during_read:
+            pending.append(following)
+        else:
+            stats.roll_up(now=following)
         counted = sum(group.count for group in stats.cumulative_groups().values())
+        assert not pending
         assert counted == made  # every task, once, whatever was rolled up or folded
         assert counted >= last
         last = counted
@@ -650,3 +668,5 @@ def test_the_running_totals_count_every_task_once_over_weeks(monkeypatch):
     # Quarter days older than the totals' mark are never read again by the metrics.
     quarters = TaskRollup.objects.filter(period=stats.LEVELS[-1], bucket__gte=totals_until)
     assert quarters.count() <= 4 * 3 * 4
+    # The readings a roll-up interrupted were made again.
+    assert len(reads) == (2 * (made // 10) if during_read else made // 10)

@@ -28,7 +28,7 @@ import itertools
 import json
 import math
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from datetime import timezone as dt_timezone
@@ -100,6 +100,10 @@ ARCHIVE = 0
 #: writes again (those before its mark), one row a name, state and exception type. The
 #: metrics read them and the few quarter days since, not two weeks of quarter days.
 TOTAL = -1
+
+#: How many times a reading of the rollups is made again when a roll-up moved their marks
+#: meanwhile (see :func:`_while_marks_hold`).
+MAX_READS = 5
 
 #: The histogram: bucket ``i`` holds the values up to ``HIST_BASE * 2 ** (i / HIST_STEPS)``
 #: seconds (bucket 0 everything up to 1 ms, the last everything above its lower bound).
@@ -550,8 +554,9 @@ def _archive(using: str, before: datetime) -> None:
 def _add_to_totals(using: str) -> None:
     """Add the quarter days that became final since the last call to the running totals.
 
-    A roll-up writes again the quarter days from :data:`REROLL` before the hours' mark
-    (which only moves on): those before that, less another :data:`REROLL`, are final. The
+    A roll-up writes again the quarter days from :data:`REROLL` before the hours' mark:
+    those before that, less another :data:`REROLL`, are final. A mark that went back (the
+    camera host's clock did) adds nothing until it passes the totals' mark again. The
     first call starts from the all-time rows and adds every quarter day before then.
     """
     hours, quarters = _mark(using, 3600), _mark(using, LEVELS[-1])
@@ -592,15 +597,26 @@ def cumulative_groups(using: str = "default") -> dict[tuple[str, str, str], Grou
     minutes of tasks.
     """
     now = _now()
+    sums = _while_marks_hold(using, lambda marks: _cumulative_sums(using, marks, now))
+    return {
+        key: Group(count, retried, runtime.digest(), wait.digest())
+        for key, (count, retried, runtime, wait) in sums.items()
+    }
+
+
+def _cumulative_sums(
+    using: str, marks: dict[int, datetime], now: datetime
+) -> dict[tuple[str, str, str], list]:
+    """The sums :func:`cumulative_groups` returns, read with the rollups' ``marks``."""
     epoch = datetime(1970, 1, 1, tzinfo=now.tzinfo)
-    totals_until = _mark(using, TOTAL)
+    totals_until = marks.get(TOTAL)
     first = ARCHIVE if totals_until is None else TOTAL
     ranges: list[tuple[int | None, datetime, datetime]] = [
         (first, epoch, epoch + timedelta(seconds=1))
     ]
     cursor = epoch if totals_until is None else totals_until
     for period in reversed(LEVELS):
-        until = _mark(using, period)
+        until = marks.get(period)
         if until is not None and until > cursor:
             ranges.append((period, cursor, until))
             cursor = until
@@ -617,10 +633,7 @@ def cumulative_groups(using: str = "default") -> dict[tuple[str, str, str], Grou
         found[1] += record[5]
         found[2].add(*record[6:10])
         found[3].add(*record[10:14])
-    return {
-        key: Group(count, retried, runtime.digest(), wait.digest())
-        for key, (count, retried, runtime, wait) in sums.items()
-    }
+    return sums
 
 
 def unfinished_counts(using: str = "default") -> dict[str, int]:
@@ -641,6 +654,26 @@ def unfinished_counts(using: str = "default") -> dict[str, int]:
 def _marks(using: str) -> dict[int, datetime]:
     """How far the rollups of each period are written (one statement for all)."""
     return dict(RollupMark.objects.using(using).values_list("period", "until"))
+
+
+def _while_marks_hold(using: str, read: Callable[[dict[int, datetime]], Any]) -> Any:
+    """``read(marks)``, made again while a roll-up moved the rollups' marks meanwhile.
+
+    A reading takes several statements: the marks, then the rollups up to them and the
+    task rows after them. A roll-up that commits in between (new rollups and their mark,
+    or quarter days added to the running totals) would have some tasks counted twice or
+    not at all, a counter that jumps and falls back. Every such commit moves a mark, so
+    marks that read the same before and after mean a reading of one moment, whatever the
+    database's isolation level and whether the caller is in a transaction.
+    """
+    marks = _marks(using)
+    for _ in range(MAX_READS):
+        result = read(marks)
+        after = _marks(using)
+        if after == marks:
+            break
+        marks = after
+    return result
 
 
 def _sources(
@@ -748,9 +781,15 @@ def window_totals(
     """Totals by state, throughput and failure rate of ``window`` and the one before."""
     start, end, _interval = window_bounds(window, now)
     length, period, _ = WINDOWS[window]
-    marks = _marks(using)
-    current = _totals(*_finished_counts(using, start, end, period, marks), _elapsed(start, now))
-    previous = _totals(*_finished_counts(using, start - length, start, period, marks), length)
+    current_counts, previous_counts = _while_marks_hold(
+        using,
+        lambda marks: (
+            _finished_counts(using, start, end, period, marks),
+            _finished_counts(using, start - length, start, period, marks),
+        ),
+    )
+    current = _totals(*current_counts, _elapsed(start, now))
+    previous = _totals(*previous_counts, length)
     unfinished_now, unfinished_before = _unfinished_windows(using, start, length)
     current["states"].update(unfinished_now)
     previous["states"].update(unfinished_before)
@@ -905,65 +944,73 @@ def dashboard(
     start, end, interval = window_bounds(window, now)
     length, period, _ = WINDOWS[window]
 
-    bins = int(length.total_seconds() // interval)
-    series = [
-        {
-            "start": start + timedelta(seconds=i * interval),
-            "succeeded": 0,
-            "failed": 0,
-            "revoked": 0,
-            "retried": 0,
-            "runtime": _Sum(),
-        }
-        for i in range(bins)
-    ]
-    kinds = {states.SUCCESS: "succeeded", states.FAILURE: "failed", states.REVOKED: "revoked"}
-    names: dict[str, dict[str, Any]] = {}
-    failures: dict[str, dict[str, Any]] = {}
-    by_state: dict[str, int] = {}
-    retried_total = 0
-    bin_of: dict[datetime, int] = {}
-    marks = _marks(using)
-    for record in _records(using, _sources(start, end, period, marks)):
-        bucket, name, state, exc, count, retried = record[:6]
-        rc, rs, rm, rh, wc, ws, wm, wh, latest_id, latest_ts = record[6:]
-        by_state[state] = by_state.get(state, 0) + count
-        retried_total += retried
-        kind = kinds.get(state, "revoked")
-        index = bin_of.get(bucket)
-        if index is None:
-            index = bin_of[bucket] = int((bucket - start).total_seconds() // interval)
-        if 0 <= index < bins:
-            point = series[index]
-            point[kind] += count
-            point["retried"] += retried
-            point["runtime"].add(rc, rs, rm, rh)
-        entry = names.get(name)
-        if entry is None:
-            entry = names[name] = {
-                "name": name, "count": 0, "succeeded": 0, "failed": 0, "revoked": 0,
-                "retried": 0, "runtime": _Sum(), "wait": _Sum(),
-            }  # fmt: skip
-        entry["count"] += count
-        entry["retried"] += retried
-        entry[kind] += count
-        entry["runtime"].add(rc, rs, rm, rh)
-        entry["wait"].add(wc, ws, wm, wh)
-        if state == states.FAILURE:
-            failure = failures.setdefault(
-                exc or "?",
-                {"exception_type": exc or "?", "count": 0, "latest_task_id": "",
-                 "latest_tstamp": None, "latest_name": ""},
-            )  # fmt: skip
-            failure["count"] += count
-            latest = _datetime(latest_ts) if latest_ts is not None else None
-            if latest is not None and (
-                failure["latest_tstamp"] is None or latest > failure["latest_tstamp"]
-            ):
-                failure.update(latest_task_id=latest_id, latest_tstamp=latest, latest_name=name)
+    def read(marks: dict[int, datetime]) -> tuple:
+        bins = int(length.total_seconds() // interval)
+        series = [
+            {
+                "start": start + timedelta(seconds=i * interval),
+                "succeeded": 0,
+                "failed": 0,
+                "revoked": 0,
+                "retried": 0,
+                "runtime": _Sum(),
+            }
+            for i in range(bins)
+        ]
+        kinds = {states.SUCCESS: "succeeded", states.FAILURE: "failed", states.REVOKED: "revoked"}
+        names: dict[str, dict[str, Any]] = {}
+        failures: dict[str, dict[str, Any]] = {}
+        by_state: dict[str, int] = {}
+        retried_total = 0
+        bin_of: dict[datetime, int] = {}
+        for record in _records(using, _sources(start, end, period, marks)):
+            bucket, name, state, exc, count, retried = record[:6]
+            rc, rs, rm, rh, wc, ws, wm, wh, latest_id, latest_ts = record[6:]
+            by_state[state] = by_state.get(state, 0) + count
+            retried_total += retried
+            kind = kinds.get(state, "revoked")
+            index = bin_of.get(bucket)
+            if index is None:
+                index = bin_of[bucket] = int((bucket - start).total_seconds() // interval)
+            if 0 <= index < bins:
+                point = series[index]
+                point[kind] += count
+                point["retried"] += retried
+                point["runtime"].add(rc, rs, rm, rh)
+            entry = names.get(name)
+            if entry is None:
+                entry = names[name] = {
+                    "name": name, "count": 0, "succeeded": 0, "failed": 0, "revoked": 0,
+                    "retried": 0, "runtime": _Sum(), "wait": _Sum(),
+                }  # fmt: skip
+            entry["count"] += count
+            entry["retried"] += retried
+            entry[kind] += count
+            entry["runtime"].add(rc, rs, rm, rh)
+            entry["wait"].add(wc, ws, wm, wh)
+            if state == states.FAILURE:
+                failure = failures.setdefault(
+                    exc or "",
+                    {"exception_type": exc or "", "count": 0, "latest_task_id": "",
+                     "latest_tstamp": None, "latest_name": ""},
+                )  # fmt: skip
+                failure["count"] += count
+                latest = _datetime(latest_ts) if latest_ts is not None else None
+                if latest is not None and (
+                    failure["latest_tstamp"] is None or latest > failure["latest_tstamp"]
+                ):
+                    failure.update(
+                        latest_task_id=latest_id, latest_tstamp=latest, latest_name=name
+                    )
 
+        previous = _finished_counts(using, start - length, start, period, marks)
+        return series, names, failures, by_state, retried_total, previous
+
+    series, names, failures, by_state, retried_total, previous_counts = _while_marks_hold(
+        using, read
+    )
     current = _totals(by_state, retried_total, _elapsed(start, now))
-    previous = _totals(*_finished_counts(using, start - length, start, period, marks), length)
+    previous = _totals(*previous_counts, length)
     unfinished_now, unfinished_before = _unfinished_windows(using, start, length)
     current["states"].update(unfinished_now)
     previous["states"].update(unfinished_before)

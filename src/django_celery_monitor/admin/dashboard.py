@@ -260,9 +260,7 @@ class DashboardMonitor(WindowPage):
                     ),
                     "url": tasks_link(
                         state="FAILURE",
-                        exception=failure["exception_type"]
-                        if failure["exception_type"] != "?"
-                        else NO_EXCEPTION,
+                        exception=failure["exception_type"] or NO_EXCEPTION,
                     ),
                 }
             )
