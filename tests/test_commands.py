@@ -43,6 +43,26 @@ def test_purge_dry_run_counts_and_changes_nothing():
 
 
 @pytest.mark.django_db
+def test_purge_dry_run_counts_what_the_purge_deletes():
+    from django_celery_monitor.models import RollupMark
+
+    # Hidden rows: one the rollups counted, one finished after their mark (kept for now).
+    now = timezone.now()
+    RollupMark.objects.create(period=60, until=now - timedelta(minutes=5))
+    make_task("SUCCESS", timedelta(minutes=30))
+    make_task("SUCCESS", timedelta(minutes=2))
+    TaskState.objects.update(hidden=True)
+    out = StringIO()
+    call_command("celery_monitor_purge", "--dry-run", stdout=out)
+    assert "1 already hidden would be purged." in out.getvalue()
+    assert "1 already hidden are kept until the rollups have counted them" in out.getvalue()
+    assert TaskState.objects.count() == 2
+    out = StringIO()
+    call_command("celery_monitor_purge", stdout=out)
+    assert out.getvalue().strip().endswith("purged 1.")
+
+
+@pytest.mark.django_db
 def test_purge_expires_and_deletes(settings):
     settings.CELERY_MONITOR_TASK_PENDING_EXPIRES = None
     make_task("SUCCESS", timedelta(days=2))

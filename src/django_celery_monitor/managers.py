@@ -313,34 +313,43 @@ class TaskStateQuerySet(ExtendedQuerySet):
             rows.order_by(), lambda batch: batch.update(lost=True), pause=False
         )
 
-    def purge(self) -> int:
-        """Purge all expired (hidden) task states, in batches. Returns how many were deleted.
+    def purgeable(self) -> TaskStateQuerySet:
+        """The rows :meth:`purge` deletes: the hidden ones, but the finished tasks the
+        rollups have not counted yet (their minute is after the last one rolled up).
 
-        A finished task the rollups have not counted yet (its minute is after the last one
-        rolled up) stays hidden until they have, so that an expiry shorter than a few
-        minutes never takes a task out of the metrics' counters; for an hour at most, so
-        that roll-ups that stopped (no camera) never stop the purge.
+        Those stay hidden until the rollups have counted them, so that an expiry shorter
+        than a few minutes never takes a task out of the metrics' counters; for
+        :data:`PURGE_WAITS_FOR_ROLLUPS` at most, so that roll-ups that stopped (no camera)
+        never stop the purge.
         """
         from django.utils import timezone
 
         from .models import RollupMark
 
+        expired = self.filter(hidden=True)
+        rolled_up = (
+            RollupMark.objects.using(self.write_db)
+            .filter(period=60)
+            .values_list("until", flat=True)
+            .first()
+        )
+        if rolled_up is not None:
+            keep_since = max(rolled_up, timezone.now() - PURGE_WAITS_FOR_ROLLUPS)
+            expired = expired.exclude(state__in=states.READY_STATES, tstamp__gte=keep_since)
+        return expired
+
+    def purge(self) -> int:
+        """Purge the expired (hidden) task states :meth:`purgeable` names, in batches.
+        Returns how many were deleted."""
         db = self.write_db
 
         def delete(batch: models.QuerySet) -> int:
             with transaction.atomic(using=db):
                 return batch.delete()[0]
 
-        expired = self.filter(hidden=True)
-        rolled_up = (
-            RollupMark.objects.using(db).filter(period=60).values_list("until", flat=True).first()
-        )
-        if rolled_up is not None:
-            keep_since = max(rolled_up, timezone.now() - PURGE_WAITS_FOR_ROLLUPS)
-            expired = expired.exclude(state__in=states.READY_STATES, tstamp__gte=keep_since)
         # In key order, each batch from where the last ended: the index of the hidden rows
         # is read once, not again past the entries of the rows deleted before.
-        return self._in_batches(expired, delete, onwards="pk")
+        return self._in_batches(self.purgeable(), delete, onwards="pk")
 
     def update_state(self, state: str, task_id: str, defaults: Mapping[str, Any]) -> Any:
         """Create or update one task row, following Celery's state precedence.

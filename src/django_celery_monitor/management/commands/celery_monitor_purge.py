@@ -63,4 +63,10 @@ class Command(BaseCommand):
             count = expired.filter(hidden=False).count()
             self.stdout.write(f"{label}: {count} would expire (older than {expires}).")
         hidden = manager.filter(hidden=True).count()
-        self.stdout.write(f"{hidden} already hidden would be purged.")
+        purged = manager.purgeable().count()
+        self.stdout.write(f"{purged} already hidden would be purged.")
+        if hidden > purged:
+            self.stdout.write(
+                f"{hidden - purged} already hidden are kept until the rollups have counted "
+                "them (an hour at most)."
+            )
