@@ -527,6 +527,16 @@ def test_the_right_token_reads(client):
     assert task_ids(client.get(TASKS, HTTP_AUTHORIZATION="Bearer s3cret")) == ["some-task"]
 
 
+@override_settings(CELERY_MONITOR_API_TOKENS=["s3cret", "tökén", "two words", ""])
+def test_tokens_that_could_never_match_leave_the_good_ones_working(client):
+    # The system check reports them; a server started without the checks still answers.
+    make_task(task_id="some-task")
+    assert task_ids(client.get(TASKS, HTTP_AUTHORIZATION="Bearer s3cret")) == ["some-task"]
+    assert client.get(TASKS, HTTP_AUTHORIZATION="Bearer two words").status_code == 401
+    with override_settings(CELERY_MONITOR_API_TOKENS=12345):
+        assert client.get(TASKS, HTTP_AUTHORIZATION="Bearer 12345").status_code == 401
+
+
 @pytest.mark.parametrize("url", ENDPOINTS)
 def test_a_user_who_is_not_staff_is_a_403(client, django_user_model, url):
     client.force_login(django_user_model.objects.create_user("someone", password="pw"))

@@ -36,7 +36,9 @@ def has_token(request: HttpRequest) -> bool:
     if scheme.lower() != "bearer" or not token.strip():
         return False
     given = token.strip().encode()
-    return any(hmac.compare_digest(given, known.encode()) for known in monitor_settings.api_tokens)
+    return any(
+        hmac.compare_digest(given, known.encode()) for known in monitor_settings.usable_api_tokens
+    )
 
 
 def may_read(request: HttpRequest, permissions: tuple[str, ...] = DASHBOARD) -> bool:

@@ -416,22 +416,39 @@ class MonitorSettings:
 
     @property
     def api_tokens(self) -> tuple[str, ...]:
+        """The bearer tokens, checked: a token that could never match is an error."""
+        tokens, problem = self._api_tokens()
+        if problem:
+            raise ImproperlyConfigured(problem)
+        return tokens
+
+    @property
+    def usable_api_tokens(self) -> tuple[str, ...]:
+        """The bearer tokens that can match a request's header, the others left out (a
+        system check reports them; a server started without checks still serves the
+        good tokens, not an error to every request)."""
+        return self._api_tokens()[0]
+
+    def _api_tokens(self) -> tuple[tuple[str, ...], str | None]:
         where, value = API_TOKENS.raw(self.app)
         if isinstance(value, str):
             value = (value,)
-        if not isinstance(value, list | tuple | set | frozenset) or not all(
-            isinstance(token, str) and token for token in value
-        ):
-            raise ImproperlyConfigured(f"{where} must be a list of non-empty strings.")
+        if not isinstance(value, list | tuple | set | frozenset):
+            return (), f"{where} must be a list of non-empty strings."
+        tokens, problem = [], None
         for token in value:
+            if not isinstance(token, str) or not token:
+                problem = f"{where} must be a list of non-empty strings."
             # What an Authorization header carries as it was set: a token with a space, or
             # a letter beyond ASCII (which servers read as Latin-1), would never match.
-            if not (token.isascii() and token.isprintable()) or any(c.isspace() for c in token):
-                raise ImproperlyConfigured(
+            elif not (token.isascii() and token.isprintable()) or any(c.isspace() for c in token):
+                problem = problem or (
                     f"{where}: each token must be printable ASCII without spaces (a token of "
                     f"{len(token)} characters is not)."
                 )
-        return tuple(value)
+            else:
+                tokens.append(token)
+        return tuple(tokens), problem
 
     @property
     def expire_task_states(self) -> tuple[tuple[frozenset[str], timedelta | None], ...]:
