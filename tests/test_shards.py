@@ -10,6 +10,8 @@ from celery import Celery
 from celery.events.state import State
 from django.core.management import CommandError, call_command
 from django.db import connection, connections
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from django_celery_monitor.camera import Camera
 from django_celery_monitor.events import Shard
@@ -55,6 +57,47 @@ def test_the_shards_split_every_task_once_and_about_evenly():
     assert all(800 < size < 1200 for size in sizes), sizes
     # The same id is in the same shard in every process: the hash is not Python's hash().
     assert "d" in Shard(1, 2) and "a" in Shard(2, 2)  # CRC-32: 0x82a34642, 0xe8b7be43
+
+
+class Text(str):
+    """A string of another class: what a decoder other than JSON's could give."""
+
+
+ODD = st.one_of(
+    st.text(max_size=8),
+    st.sampled_from(["task-received", "task-succeeded", "worker-heartbeat", "task"]),
+    st.builds(Text, st.sampled_from(["task-started", "worker-online"])),
+    st.builds(Text, st.text(max_size=8)),
+    st.integers(),
+    st.none(),
+    st.lists(st.integers(), max_size=2),
+)
+EVENTS = st.one_of(
+    st.dictionaries(st.sampled_from(["type", "uuid", "hostname"]), ODD, max_size=3),
+    st.builds(dict, type=ODD, uuid=ODD),
+    st.none(),
+    st.integers(),
+    st.lists(st.integers(), max_size=2),
+    st.text(max_size=4),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(event=EVENTS, index=st.integers(1, 3))
+def test_the_shards_filter_drops_what_keeps_says_and_hands_on_the_rest(event, index):
+    shard = Shard(index, 3)
+    handed = []
+    result = shard.filter(lambda e: handed.append(e) or "handled")(event)
+    assert (result == "handled") == shard.keeps(event) == (handed == [event])
+    # Exactly one of the shards keeps a task event whose id is a string; all keep the rest.
+    keepers = [k for k in (1, 2, 3) if Shard(k, 3).keeps(event)]
+    is_task = (
+        isinstance(event, dict)
+        and isinstance(event.get("type"), str)
+        and event["type"].startswith("task-")
+        and isinstance(event.get("uuid"), str)
+    )
+    assert len(keepers) == (1 if is_task else 3)
 
 
 def test_a_sharded_camera_keeps_only_its_tasks_and_every_worker(app):
