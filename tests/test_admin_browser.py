@@ -594,3 +594,23 @@ def test_a_live_list_binds_its_new_rows_and_counts_once(page, live_server):
         "document.querySelector('.cm-live-status').getAttribute('aria-live') === 'off'",
         timeout=15_000,
     )
+    # The list of actions open (focused, nothing chosen yet): the list is not swapped
+    # under the pointer, and is once it is left.
+    select = page.locator("select[name=action]").first
+    select.focus()
+    chosen = select.element_handle()
+    TaskState.objects.create(
+        task_id=str(uuid.uuid4()), state="FAILURE", name="proj.later", tstamp=timezone.now()
+    )
+    page.wait_for_function(
+        "document.querySelector('.cm-live-status').textContent.includes('paused')",
+        timeout=15_000,
+    )
+    assert chosen.evaluate("e => e.isConnected && document.activeElement === e")
+    assert page.locator("#result_list >> text=proj.later").count() == 0
+    chosen.evaluate("e => e.blur()")
+    page.wait_for_selector("#result_list >> text=proj.later", timeout=15_000)
+    # A list left with no rows drops the listeners of the rows it had.
+    TaskState.objects.all().delete()
+    page.wait_for_selector("#result_list", state="detached", timeout=15_000)
+    assert listeners() == {"document": [], "window": []}

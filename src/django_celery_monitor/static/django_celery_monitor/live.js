@@ -95,7 +95,16 @@
             return true;
         }
         const action = form.querySelector('select[name=action]');
-        return Boolean(action && action.value);
+        if (action && action.value) {
+            return true;
+        }
+        // A list of choices open, or a field being typed in: replacing the form would
+        // close it under the pointer.
+        const active = document.activeElement;
+        return Boolean(active && form.contains(active)
+            && (active.tagName === 'SELECT' || active.tagName === 'TEXTAREA'
+                || (active.tagName === 'INPUT'
+                    && !['checkbox', 'radio', 'submit', 'button'].includes(active.type))));
     }
 
     function replace(selector, fresh) {
@@ -168,15 +177,15 @@
     }
 
     function bindActions() {
-        const boxes = document.querySelectorAll('tr input.action-select');
-        if (!boxes.length || typeof window.Actions !== 'function') {
-            return;
-        }
+        // The old list's listeners go with it, even when the new one has no rows to bind.
         (actionListeners || []).forEach(([target, type, listener, listenerOptions]) => {
             target.removeEventListener(type, listener, listenerOptions);
         });
         actionListeners = null;
-        window.Actions(boxes);
+        const boxes = document.querySelectorAll('tr input.action-select');
+        if (boxes.length && typeof window.Actions === 'function') {
+            window.Actions(boxes);
+        }
     }
 
     // The list's form as the server rendered it, without its CSRF token (new in each
@@ -261,7 +270,7 @@
                 if (done) {
                     setStatus(toggle, gettextOr('updated at ') + now(), 'updated');
                 } else {
-                    setStatus(toggle, gettextOr('paused while rows are selected'), 'paused');
+                    setStatus(toggle, gettextOr('paused while rows are selected or an action is chosen'), 'paused');
                 }
             } catch (error) {
                 setStatus(toggle, gettextOr('could not refresh: ') + error.message, 'failed');
