@@ -595,6 +595,11 @@ def test_each_endpoint_asks_the_permission_the_admin_asks_for_its_data(
 def test_only_get(client, url):
     for method in (client.post, client.put, client.delete):
         assert method(url, HTTP_AUTHORIZATION="Bearer s3cret").status_code == 405
+    # HEAD answers as GET does, without the body (a monitoring probe's check).
+    head = client.head(url, HTTP_AUTHORIZATION="Bearer s3cret")
+    get = client.get(url, HTTP_AUTHORIZATION="Bearer s3cret")
+    assert head.status_code == get.status_code != 405 and head.content == b""
+    assert client.head(url).status_code == 401
 
 
 def test_answers_are_not_cached(admin_client):

@@ -109,7 +109,7 @@ from django.db import models
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.utils import timezone
 from django.utils.dateparse import parse_date, parse_datetime
-from django.views.decorators.http import require_GET
+from django.views.decorators.http import require_safe
 
 from . import access, stats
 from .access import staff_or_token
@@ -202,11 +202,11 @@ def _answers_bad_queries(view: Callable[..., HttpResponse]) -> Callable[..., Htt
 def api_view(
     permissions: tuple[str, ...],
 ) -> Callable[[Callable[..., HttpResponse]], Callable[..., HttpResponse]]:
-    """GET only, for bearer tokens and staff with one of ``permissions`` (see ``access``),
-    with a 400 for a query it cannot answer."""
+    """GET (and HEAD) only, for bearer tokens and staff with one of ``permissions`` (see
+    ``access``), with a 400 for a query it cannot answer."""
 
     def decorate(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
-        return require_GET(staff_or_token(permissions)(_answers_bad_queries(view)))
+        return require_safe(staff_or_token(permissions)(_answers_bad_queries(view)))
 
     return decorate
 
