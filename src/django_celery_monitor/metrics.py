@@ -215,14 +215,16 @@ class MonitorCollector:
             "online",
             workers,
         )
+        # An offline worker runs nothing the camera knows of: its last count would stay in
+        # every sum of the series until the worker's row goes.
         yield per_worker(
             GaugeMetricFamily(
                 "celery_monitor_worker_active_tasks",
-                "Tasks the worker is running, as of its last heartbeat.",
+                "Tasks the online worker is running, as of its last heartbeat.",
                 labels=labels,
             ),
             "active",
-            workers,
+            [worker for worker in workers if worker["online"]],
         )
         yield per_worker(
             CounterMetricFamily(
