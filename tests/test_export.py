@@ -371,6 +371,7 @@ def test_csv_injection_is_neutralised(admin_client):
     formulas = [
         "=1+2", "+1", "-1", "@SUM(A1)", "\tx", "\rx", '=HYPERLINK("http://x")',
         " =1+1", "\n=1+1", "  +1", "\uff1d1+1",  # behind spaces, full-width
+        "\u200b=1+1", "\ufeff\u200b +1", "\x01@x",  # behind what shows nothing
     ]  # fmt: skip
     for n, formula in enumerate(formulas):
         make_task(task_id=f"{formula}-{n}", name=formula, args=formula, tstamp=timezone.now())

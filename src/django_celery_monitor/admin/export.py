@@ -20,6 +20,7 @@ import datetime
 import json
 import logging
 import math
+import unicodedata
 from collections.abc import AsyncIterator, Callable, Generator, Iterable, Iterator, Sequence
 from typing import Any
 
@@ -92,13 +93,22 @@ def _value(value: Any) -> Any:
     return value
 
 
+def _after_blanks(value: str) -> str:
+    """``value`` without what leads it and shows nothing: spaces, and control and format
+    characters (a zero-width space, a byte order mark), which a spreadsheet may drop."""
+    start = 0
+    while start < len(value) and (
+        value[start].isspace() or unicodedata.category(value[start]) in ("Cc", "Cf")
+    ):
+        start += 1
+    return value[start:]
+
+
 def _csv_cell(value: Any) -> Any:
     if isinstance(value, str):
         # CSV injection: a text that starts like a formula gets a leading single quote, so a
         # spreadsheet shows it as text instead of running it (=HYPERLINK(...), =cmd|...).
-        if value.startswith(FORMULA_STARTS) or (
-            value[:1].isspace() and value.lstrip().startswith(FORMULA_STARTS)
-        ):
+        if value.startswith(FORMULA_STARTS) or _after_blanks(value).startswith(FORMULA_STARTS):
             return "'" + value
         return value
     if isinstance(value, bool):
