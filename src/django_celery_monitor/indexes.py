@@ -88,3 +88,29 @@ def restore_field_index(
     field = model._meta.get_field(field_name)
     if not unnamed_field_indexes(schema_editor, model, field.column, but):
         schema_editor.execute(schema_editor._create_index_sql(model, fields=[field]))
+
+
+def exact_text_columns(schema_editor: Any, columns: tuple[tuple[str, str, int], ...]) -> None:
+    """On MySQL and MariaDB, make ``(table, column, length)`` text columns compare byte for
+    byte; elsewhere, nothing.
+
+    Their default collations ignore case, accents and trailing spaces, so a unique key took
+    ``abc``, ``ABC`` and ``abc `` (three values to Celery) for one. A binary collation
+    that does not pad takes them apart, as PostgreSQL and SQLite do. (A later migration
+    that alters such a field makes it the table's collation again: it must call this too.)
+    """
+    connection = schema_editor.connection
+    if connection.vendor != "mysql":
+        return
+    quote = connection.ops.quote_name
+    if connection.mysql_is_mariadb:
+        collation = "utf8mb4_nopad_bin"
+    elif connection.mysql_version >= (8,):
+        collation = "utf8mb4_0900_bin"
+    else:
+        collation = "utf8mb4_bin"
+    for table, column, length in columns:
+        schema_editor.execute(
+            f"ALTER TABLE {quote(table)} MODIFY {quote(column)} varchar({length}) "
+            f"CHARACTER SET utf8mb4 COLLATE {collation} NOT NULL"
+        )

@@ -7,29 +7,16 @@ compare text exactly already; the model does not change.
 
 from django.db import migrations
 
+from django_celery_monitor.indexes import exact_text_columns
+
 COLUMNS = (
-    ("celery_monitor_taskstate", "task_id"),
-    ("celery_monitor_workerstate", "hostname"),
+    ("celery_monitor_taskstate", "task_id", 255),
+    ("celery_monitor_workerstate", "hostname", 255),
 )
 
 
 def binary_keys(apps, schema_editor):
-    connection = schema_editor.connection
-    if connection.vendor != "mysql":
-        return
-    quote = connection.ops.quote_name
-    # A binary collation that does not pad: "abc " is not "abc" either.
-    if connection.mysql_is_mariadb:
-        collation = "utf8mb4_nopad_bin"
-    elif connection.mysql_version >= (8,):
-        collation = "utf8mb4_0900_bin"
-    else:
-        collation = "utf8mb4_bin"
-    for table, column in COLUMNS:
-        schema_editor.execute(
-            f"ALTER TABLE {quote(table)} MODIFY {quote(column)} varchar(255) "
-            f"CHARACTER SET utf8mb4 COLLATE {collation} NOT NULL"
-        )
+    exact_text_columns(schema_editor, COLUMNS)
 
 
 class Migration(migrations.Migration):
