@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 import threading
 import uuid as uuidlib
 
@@ -46,6 +47,14 @@ def test_parse_and_show():
     for bad in ("0/2", "3/2", "1", "a/b", "1/0", "", "1/2/3"):
         with pytest.raises(ValueError, match="shard"):
             Shard.parse(bad)
+
+
+def test_a_shard_in_use_is_pickled_as_its_numbers():
+    shard = Shard(2, 3)
+    assert shard.keeps({"type": "task-received", "uuid": "a"}) is False
+    shard.filter(print)
+    again = pickle.loads(pickle.dumps(shard))
+    assert again == shard and again.keeps({"type": "task-received", "uuid": "a"}) is False
 
 
 def test_the_shards_split_every_task_once_and_about_evenly():

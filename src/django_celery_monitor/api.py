@@ -82,6 +82,7 @@ With ``path("monitor/", include("django_celery_monitor.urls"))``:
          "failure_types": [{"exception_type": "ValueError", "count": 4,
                             "latest_task_id": "...", "latest_tstamp": "...",
                             "latest_name": "proj.add"}, ...],
+           (an exception_type of "" counts the failures that recorded no exception)
          "workers": [...as "results" of /api/workers/],
          "worker_totals": {"total": 12, "online": 10, "events_missed": 0},
          "stuck": {"threshold": 3600.0 or null,

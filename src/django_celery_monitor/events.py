@@ -398,6 +398,10 @@ class Shard:
     def __str__(self) -> str:
         return f"{self.index}/{self.count}"
 
+    def __reduce__(self) -> tuple[Any, tuple[int, int]]:
+        # Pickled as its two numbers: not with the function :attr:`keeps` made.
+        return type(self), (self.index, self.count)
+
     def __contains__(self, task_id: object) -> bool:
         if not isinstance(task_id, str):
             return True  # not a task id: the guard decides what to do with it

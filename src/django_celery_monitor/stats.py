@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 import math
 import re
 from collections.abc import Callable, Iterable, Iterator
@@ -49,6 +50,8 @@ from .models import (
     TaskState,
     WorkerState,
 )
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "WINDOWS",
@@ -671,8 +674,13 @@ def _while_marks_hold(using: str, read: Callable[[dict[int, datetime]], Any]) ->
         result = read(marks)
         after = _marks(using)
         if after == marks:
-            break
+            return result
         marks = after
+    logger.warning(
+        "The rollups moved during each of %d readings (a camera catching up?): the last "
+        "one is answered, and may count a few tasks twice or not at all.",
+        MAX_READS,
+    )
     return result
 
 

@@ -98,13 +98,24 @@
         if (action && action.value) {
             return true;
         }
-        // A list of choices open, or a field being typed in: replacing the form would
-        // close it under the pointer.
+        // The list of actions being opened or walked through (a browser does not tell
+        // whether its menu is open): replacing the form would close it under the pointer.
+        // Not once it was left alone a while, nor while the window is in the background,
+        // where it keeps the focus.
         const active = document.activeElement;
-        return Boolean(active && form.contains(active)
-            && (active.tagName === 'SELECT' || active.tagName === 'TEXTAREA'
-                || (active.tagName === 'INPUT'
-                    && !['checkbox', 'radio', 'submit', 'button'].includes(active.type))));
+        return Boolean(active && active.tagName === 'SELECT' && form.contains(active)
+            && document.hasFocus() && Date.now() - choosing < CHOOSING_MS);
+    }
+
+    // When a select of the list was last pressed or typed in.
+    const CHOOSING_MS = 30000;
+    let choosing = 0;
+
+    function noteChoosing(event) {
+        if (event.target instanceof Element
+                && event.target.closest('#changelist-form select')) {
+            choosing = Date.now();
+        }
     }
 
     function replace(selector, fresh) {
@@ -317,6 +328,12 @@
 
     wrapActions();
     ready(() => {
+        // On the list's container, which a refresh keeps (it replaces the form in it).
+        const changelist = document.getElementById('changelist');
+        if (changelist) {
+            changelist.addEventListener('pointerdown', noteChoosing, true);
+            changelist.addEventListener('keydown', noteChoosing, true);
+        }
         document.querySelectorAll('input[data-cm-live]').forEach(start);
     });
 }
