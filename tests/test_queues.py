@@ -122,7 +122,7 @@ def test_a_broker_that_does_not_answer_leaves_a_gap(monkeypatch, redis_url):
         return measures
 
     monkeypatch.setattr(queues, "measure_queues", stuck)
-    monkeypatch.setattr(queues, "worker_queues", lambda app, timeout=1.0: {})
+    monkeypatch.setattr(queues, "worker_queue_names", lambda app, timeout=1.0: {})
     sampler = queues.QueueSampler(app, timeout=0.3)
     started = time.monotonic()
     measures = sampler.sample()
@@ -209,7 +209,7 @@ def test_the_queues_measured_before_the_broker_stalled_are_kept(monkeypatch, red
         return measures
 
     monkeypatch.setattr(queues, "measure_queues", slow)
-    monkeypatch.setattr(queues, "worker_queues", lambda app, timeout=1.0: {})
+    monkeypatch.setattr(queues, "worker_queue_names", lambda app, timeout=1.0: {})
     monkeypatch.setattr(queues, "WORKER_QUEUES_TIMEOUT", 0.0)
     measures = queues.QueueSampler(app, timeout=0.3).measure()
     release.set()
@@ -359,3 +359,26 @@ def test_an_answer_with_a_null_exchange_counts_its_queue(monkeypatch):
             return Connection("memory://")
 
     assert queues.worker_queues(App()) == {"a": 2, "b": 1}
+
+
+def test_a_worker_that_does_not_answer_keeps_its_queues_a_while(monkeypatch):
+    # A solo worker busy with a long task answers nothing: its queues are still measured,
+    # and counted as consumed, until it has been silent for WORKER_QUEUES_KEPT.
+    from django_celery_monitor import queues
+
+    clock = [1000.0]
+    monkeypatch.setattr(queues.time, "monotonic", lambda: clock[0])
+    sampler = queues.QueueSampler(
+        type("App", (), {"conf": type("Conf", (), {"task_queues": None,
+                                                   "task_default_queue": "celery"})()})()
+    )  # fmt: skip
+    sampler._heard_from({"w1@h": ["celery", "media"], "w2@h": ["celery"]})
+    assert sampler._consumers == {"celery": 2, "media": 1}
+    clock[0] += 300
+    sampler._heard_from({"w2@h": ["celery"]})  # w1 is busy
+    assert sampler._consumers == {"celery": 2, "media": 1}
+    assert "media" in sampler.queue_names()
+    clock[0] += queues.WORKER_QUEUES_KEPT
+    sampler._heard_from({"w2@h": ["celery"]})  # w1 silent for longer than that: gone
+    assert sampler._consumers == {"celery": 1}
+    assert "media" not in sampler.queue_names()

@@ -77,19 +77,27 @@ def configured_queues(app: Celery) -> list[str]:
 WORKER_QUEUES_TIMEOUT = 1.0
 
 
-def worker_queues(app: Celery, timeout: float = WORKER_QUEUES_TIMEOUT) -> dict[str, int]:
-    """The queues the workers consume from, with how many workers consume each.
+#: How long the queues a worker named stay measured when it does not answer (a busy solo
+#: worker answers nothing while it runs a task).
+WORKER_QUEUES_KEPT = 600.0
 
-    One broadcast of ``active_queues``; a worker that does not answer in ``timeout``
-    seconds is left out. Broadcast queues (``celery.pidbox``...) are not counted.
+
+def worker_queue_names(
+    app: Celery, timeout: float = WORKER_QUEUES_TIMEOUT
+) -> dict[str, list[str]]:
+    """The queues each worker that answered in ``timeout`` seconds consumes from.
+
+    One broadcast of ``active_queues``. Broadcast queues (``celery.pidbox``...) and
+    exclusive ones are left out.
     """
     with broker_connection(app, timeout) as connection:
         # One try a URL: a broker that is down answers at once, not after Kombu's retries.
         connect(connection, timeout)
         inspect = app.control.inspect(timeout=timeout, connection=connection)
         replies = inspect.active_queues() or {}
-    consumers: dict[str, int] = {}
-    for queues in replies.values():
+    answers: dict[str, list[str]] = {}
+    for hostname, queues in replies.items():
+        names = answers.setdefault(str(hostname), [])
         for queue in queues or ():
             name = queue.get("name") if isinstance(queue, dict) else None
             if not isinstance(name, str) or not name or queue.get("exclusive"):
@@ -97,8 +105,23 @@ def worker_queues(app: Celery, timeout: float = WORKER_QUEUES_TIMEOUT) -> dict[s
             exchange = queue.get("exchange")
             if isinstance(exchange, dict) and exchange.get("type") == "fanout":
                 continue
+            if name not in names:
+                names.append(name)
+    return answers
+
+
+def _consumer_counts(answers: Iterable[list[str]]) -> dict[str, int]:
+    consumers: dict[str, int] = {}
+    for names in answers:
+        for name in names:
             consumers[name] = consumers.get(name, 0) + 1
     return consumers
+
+
+def worker_queues(app: Celery, timeout: float = WORKER_QUEUES_TIMEOUT) -> dict[str, int]:
+    """The queues the workers consume from, with how many workers consume each (those that
+    answered in ``timeout`` seconds: see :func:`worker_queue_names`)."""
+    return _consumer_counts(worker_queue_names(app, timeout).values())
 
 
 def measure_queues(
@@ -186,6 +209,8 @@ class QueueSampler:
         self.app = get_celery_app(app)
         self.timeout = timeout
         self._consumers: dict[str, int] = {}
+        #: Each worker's last answer: when, and its queues.
+        self._answers: dict[str, tuple[float, list[str]]] = {}
         self._asked_workers = -float("inf")
         self._busy = threading.Lock()
 
@@ -201,7 +226,7 @@ class QueueSampler:
         try:
             if ask_workers:
                 try:
-                    self._consumers = worker_queues(self.app)
+                    self._heard_from(worker_queue_names(self.app))
                 except Exception:  # the broker is down: measured (and reported) below
                     logger.debug("Could not ask the workers for their queues.", exc_info=True)
             names = self.queue_names()
@@ -211,6 +236,18 @@ class QueueSampler:
             result["error"] = exc
         finally:
             self._busy.release()
+
+    def _heard_from(self, answers: dict[str, list[str]]) -> None:
+        """Note the workers' answers. A worker that did not answer keeps its last queues
+        for :data:`WORKER_QUEUES_KEPT` seconds: a busy solo worker, silent while it runs a
+        task, leaves no gap in its queues' samples."""
+        now = time.monotonic()
+        for hostname, names in answers.items():
+            self._answers[hostname] = (now, names)
+        for hostname, (heard, _names) in list(self._answers.items()):
+            if now - heard > WORKER_QUEUES_KEPT:
+                del self._answers[hostname]
+        self._consumers = _consumer_counts(names for _heard, names in self._answers.values())
 
     def measure(self) -> list[Measure]:
         """The queues now; each queue with a note and no length when there is no answer."""
