@@ -362,8 +362,9 @@ def test_an_answer_with_a_null_exchange_counts_its_queue(monkeypatch):
 
 
 def test_a_worker_that_does_not_answer_keeps_its_queues_a_while(monkeypatch):
-    # A solo worker busy with a long task answers nothing: its queues are still measured,
-    # and counted as consumed, until it has been silent for WORKER_QUEUES_KEPT.
+    # A solo worker busy with a long task answers nothing: its queues are still measured
+    # until it has been silent for WORKER_QUEUES_KEPT, but it counts as a consumer only
+    # while it answers.
     from django_celery_monitor import queues
 
     clock = [1000.0]
@@ -375,8 +376,8 @@ def test_a_worker_that_does_not_answer_keeps_its_queues_a_while(monkeypatch):
     sampler._heard_from({"w1@h": ["celery", "media"], "w2@h": ["celery"]})
     assert sampler._consumers == {"celery": 2, "media": 1}
     clock[0] += 300
-    sampler._heard_from({"w2@h": ["celery"]})  # w1 is busy
-    assert sampler._consumers == {"celery": 2, "media": 1}
+    sampler._heard_from({"w2@h": ["celery"]})  # w1 is busy: measured, not counted
+    assert sampler._consumers == {"celery": 1, "media": 0}
     assert "media" in sampler.queue_names()
     clock[0] += queues.WORKER_QUEUES_KEPT
     sampler._heard_from({"w2@h": ["celery"]})  # w1 silent for longer than that: gone

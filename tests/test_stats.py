@@ -694,3 +694,16 @@ def test_groups_that_differ_only_by_case_accents_or_trailing_spaces_roll_up_apar
     counted = stats.cumulative_groups()
     assert {key[0] for key in counted if key[1] == "SUCCESS"} == set(names)
     assert sum(group.count for group in counted.values()) == len(names) + len(types)
+
+
+def test_a_reading_the_rollups_keep_moving_under_is_answered_and_said_once(monkeypatch, caplog):
+    marks = iter(range(1000))
+    monkeypatch.setattr(stats, "_marks", lambda using: {60: next(marks)})
+    monkeypatch.setattr(stats, "_warned_at", -float("inf"))
+    reads = []
+    with caplog.at_level("DEBUG", logger="django_celery_monitor.stats"):
+        assert stats._while_marks_hold("default", lambda m: reads.append(m) or "last") == "last"
+        stats._while_marks_hold("default", lambda m: "again")
+    assert len(reads) == stats.MAX_READS
+    levels = [r.levelname for r in caplog.records if "rollups moved" in r.getMessage()]
+    assert levels == ["WARNING", "DEBUG"]  # not again on every scrape

@@ -1,13 +1,13 @@
 """The read-only JSON API: the recorded tasks and workers, and the dashboard's figures.
 
-Every view answers ``GET`` only (405 otherwise) and reads for a staff user with the view
-permission the admin asks for the same data (the tasks' for the tasks, the workers' for the
-workers, the dashboard's or the tasks' for the dashboard), or for a caller that sends one
-of the tokens of ``CELERY_MONITOR_API_TOKENS`` as ``Authorization: Bearer <token>`` (401
-without either, 403 for a user who may not read them; see
+Every view answers ``GET`` and ``HEAD`` only (405 otherwise) and reads for a staff user
+with the view permission the admin asks for the same data (the tasks' for the tasks, the
+workers' for the workers, the dashboard's or the tasks' for the dashboard), or for a caller
+that sends one of the tokens of ``CELERY_MONITOR_API_TOKENS`` as ``Authorization: Bearer
+<token>`` (401 without either, 403 for a user who may not read them; see
 :mod:`django_celery_monitor.access`). Times are ISO 8601 (``2026-03-02T10:30:20.123Z``),
-durations seconds. A request the API cannot answer
-(a malformed date, limit or cursor, a NUL character) gets 400 and ``{"error": "..."}``.
+durations seconds. A request the API cannot answer (a malformed date, limit or cursor, a
+NUL character) gets 400 and ``{"error": "..."}``.
 
 With ``path("monitor/", include("django_celery_monitor.urls"))``:
 

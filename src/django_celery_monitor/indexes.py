@@ -105,7 +105,7 @@ def exact_text_columns(schema_editor: Any, columns: tuple[tuple[str, str, int], 
     quote = connection.ops.quote_name
     if connection.mysql_is_mariadb:
         collation = "utf8mb4_nopad_bin"
-    elif connection.mysql_version >= (8,):
+    elif connection.mysql_version >= (8, 0, 17):  # its binary collation from 8.0.17 on
         collation = "utf8mb4_0900_bin"
     else:
         collation = "utf8mb4_bin"

@@ -239,15 +239,17 @@ class QueueSampler:
 
     def _heard_from(self, answers: dict[str, list[str]]) -> None:
         """Note the workers' answers. A worker that did not answer keeps its last queues
-        for :data:`WORKER_QUEUES_KEPT` seconds: a busy solo worker, silent while it runs a
-        task, leaves no gap in its queues' samples."""
+        measured for :data:`WORKER_QUEUES_KEPT` seconds (a busy solo worker, silent while
+        it runs a task, leaves no gap in its queues' samples), but counts as a consumer
+        only while it answers (one stopped, or gone under a new name, is not one)."""
         now = time.monotonic()
         for hostname, names in answers.items():
             self._answers[hostname] = (now, names)
         for hostname, (heard, _names) in list(self._answers.items()):
             if now - heard > WORKER_QUEUES_KEPT:
                 del self._answers[hostname]
-        self._consumers = _consumer_counts(names for _heard, names in self._answers.values())
+        kept = {name: 0 for _heard, names in self._answers.values() for name in names}
+        self._consumers = {**kept, **_consumer_counts(answers.values())}
 
     def measure(self) -> list[Measure]:
         """The queues now; each queue with a note and no length when there is no answer."""

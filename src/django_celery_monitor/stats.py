@@ -29,6 +29,7 @@ import json
 import logging
 import math
 import re
+import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -107,6 +108,9 @@ TOTAL = -1
 #: How many times a reading of the rollups is made again when a roll-up moved their marks
 #: meanwhile (see :func:`_while_marks_hold`).
 MAX_READS = 5
+#: Seconds between two warnings that the rollups moved under every reading.
+WARN_EVERY = 600.0
+_warned_at = -float("inf")
 
 #: The histogram: bucket ``i`` holds the values up to ``HIST_BASE * 2 ** (i / HIST_STEPS)``
 #: seconds (bucket 0 everything up to 1 ms, the last everything above its lower bound).
@@ -676,7 +680,15 @@ def _while_marks_hold(using: str, read: Callable[[dict[int, datetime]], Any]) ->
         if after == marks:
             return result
         marks = after
-    logger.warning(
+    # Once in a while: a camera catching up moves them for minutes, and every scrape and
+    # dashboard load would say it again.
+    global _warned_at
+    now = time.monotonic()
+    level = logging.WARNING if now - _warned_at >= WARN_EVERY else logging.DEBUG
+    if level == logging.WARNING:
+        _warned_at = now
+    logger.log(
+        level,
         "The rollups moved during each of %d readings (a camera catching up?): the last "
         "one is answered, and may count a few tasks twice or not at all.",
         MAX_READS,
