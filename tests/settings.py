@@ -108,5 +108,7 @@ if _XDIST_WORKER.startswith("gw") and not os.environ.get("CM_TEST_REDIS_OWN"):
     CELERY_BROKER_URL = f"{_base}/{int(_db or 0) - int(_XDIST_WORKER[2:])}"
     os.environ["REDIS_URL"] = CELERY_BROKER_URL
     os.environ["CM_TEST_REDIS_OWN"] = "1"
+# The tests that wait for a worker that never answers wait this long (2 s by default).
+CELERY_MONITOR_CONTROL_TIMEOUT = 1.0
 # No result backend, unless a test's worker is given one.
 CELERY_RESULT_BACKEND = os.environ.get("RESULT_BACKEND") or None

@@ -169,6 +169,11 @@ def test_a_sqlite_cache_size_of_mib_or_none_passes(value):
         ("CELERY_MONITOR_QUEUE_SAMPLE_EVERY", "10"),
         ("CELERY_MONITOR_QUEUE_SAMPLES_EXPIRES", "7 days"),
         ("CELERY_MONITOR_QUEUE_SAMPLES_EXPIRES", timedelta(seconds=-1)),
+        ("CELERY_MONITOR_CONTROL_TIMEOUT", 0),
+        ("CELERY_MONITOR_CONTROL_TIMEOUT", "2"),
+        ("CELERY_MONITOR_CONTROL_TIMEOUT", float("nan")),
+        ("CELERY_MONITOR_CONTROL_TIMEOUT", 31),
+        ("CELERY_MONITOR_CONTROL_TIMEOUT", True),
     ],
 )
 def test_e004_for_the_other_settings(setting, value):

@@ -8,6 +8,7 @@ from decimal import Decimal
 
 import pytest
 from celery import Celery, states
+from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.test import override_settings
 
@@ -44,6 +45,28 @@ def test_size_defaults():
     assert conf.write_batch_size == 2000
     assert conf.purge_batch_size == 5000
     assert conf.max_text_length == 65536
+
+
+def test_the_control_timeout():
+    with override_settings():
+        del settings.CELERY_MONITOR_CONTROL_TIMEOUT  # the tests' own, 1 s
+        assert fresh_settings().control_timeout == 2.0
+        assert fresh_settings(monitor_control_timeout=5).control_timeout == 5.0
+        assert fresh_settings(monitor_control_timeout=0.25).control_timeout == 0.25
+        for wrong in (0, -1, 30.5, math.inf, math.nan, "2", None, False):
+            with pytest.raises(ImproperlyConfigured, match="monitor_control_timeout"):
+                _ = fresh_settings(monitor_control_timeout=wrong).control_timeout
+    assert fresh_settings().control_timeout == 1.0
+
+
+def test_a_wrong_control_timeout_waits_the_default():
+    from django_celery_monitor import control
+
+    app = Celery("conf-test", set_as_current=False)
+    with override_settings(CELERY_MONITOR_CONTROL_TIMEOUT="soon"):
+        assert control.reply_timeout(app) == 2.0
+    with override_settings(CELERY_MONITOR_CONTROL_TIMEOUT=3):
+        assert control.reply_timeout(app) == 3.0
 
 
 def test_a_value_in_the_celery_configuration_wins():

@@ -317,6 +317,10 @@ def test_the_url(client, recorded):
     response = client.get("/monitor/metrics", headers={"Authorization": f"Bearer {TOKEN}"})
     assert response.status_code == 200
     assert parse(response.content.decode())["celery_monitor_workers_online"] == {(): 1}
+    assert client.get("/monitor/metrics/").status_code == 401
+    slash = client.get("/monitor/metrics/", headers={"Authorization": f"Bearer {TOKEN}"})
+    assert slash.status_code == 200
+    assert parse(slash.content.decode())["celery_monitor_workers_online"] == {(): 1}
 
 
 DASHBOARD = Path(__file__).resolve().parent.parent / "contrib" / "grafana" / "celery-monitor.json"

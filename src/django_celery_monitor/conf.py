@@ -249,7 +249,13 @@ EXPIRES_SETTINGS = (
 )
 #: The other settings the system checks read (``celery_monitor.E004``): the properties of
 #: :class:`MonitorSettings` that check them.
-OTHER_CHECKED = ("stuck_after", "api_tokens", "queue_sample_every", "queue_samples_expires")
+OTHER_CHECKED = (
+    "stuck_after",
+    "api_tokens",
+    "queue_sample_every",
+    "queue_samples_expires",
+    "control_timeout",
+)
 #: Every state Celery defines: a task in any other state is in a custom one.
 KNOWN_STATES = frozenset(states.ALL_STATES | {states.REJECTED})
 EVENT_QUEUE_EXPIRES = Setting(
@@ -296,6 +302,15 @@ QUEUE_SAMPLES_EXPIRES = Setting(
     timedelta(days=7),
     description="How long queue length samples are kept (a timedelta, seconds, or None).",
 )
+
+CONTROL_TIMEOUT = Setting(
+    "monitor_control_timeout",
+    2.0,
+    description="Seconds the admin waits for the workers' replies to a remote control "
+    "command or question (a command to every worker, like revoke, waits all of it).",
+)
+#: The longest wait for workers' replies: an admin page waits for them.
+MAX_CONTROL_TIMEOUT = 30.0
 
 SIZE_SETTINGS = (
     WRITE_BATCH_SIZE,
@@ -404,6 +419,20 @@ class MonitorSettings:
             return None
         if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
             raise ImproperlyConfigured(f"{where} must be a number of seconds or None.")
+        return float(value)
+
+    @property
+    def control_timeout(self) -> float:
+        where, value = CONTROL_TIMEOUT.raw(self.app)
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not 0 < value <= MAX_CONTROL_TIMEOUT
+        ):
+            raise ImproperlyConfigured(
+                f"{where} must be a number of seconds above 0 and at most "
+                f"{MAX_CONTROL_TIMEOUT:g}, not {value!r}."
+            )
         return float(value)
 
     @property

@@ -19,9 +19,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from django.core.exceptions import ImproperlyConfigured
 from kombu.exceptions import EncodeError, KombuError
 
-from .conf import get_celery_app
+from .conf import CONTROL_TIMEOUT, MonitorSettings, get_celery_app
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -55,6 +56,7 @@ __all__ = [
     "rate_limit",
     "rate_limits",
     "reply_text",
+    "reply_timeout",
     "retry",
     "revoke",
     "revoke_waiting",
@@ -63,7 +65,7 @@ __all__ = [
     "worker_rate_limit",
 ]
 
-#: Seconds to wait for the broker connection and for the workers' replies.
+#: Seconds to wait for the broker connection.
 TIMEOUT = 1.0
 #: Seconds one read or write of the broker's socket may block: a broker that took the
 #: connection but does not answer (overloaded, stopped) is then an error, not a hang.
@@ -116,6 +118,15 @@ class RetryError(ValueError):
 
 def _app(app: Celery | None) -> Celery:
     return get_celery_app(app)
+
+
+def reply_timeout(app: Celery | None = None) -> float:
+    """Seconds to wait for the workers' replies: ``monitor_control_timeout`` (its default
+    when it is wrong, which the system checks report)."""
+    try:
+        return MonitorSettings(app).control_timeout
+    except ImproperlyConfigured:
+        return float(CONTROL_TIMEOUT.default)
 
 
 def broker_connection(app: Celery, timeout: float = TIMEOUT, read: bool = False) -> Connection:
@@ -234,11 +245,13 @@ def _timed(
     command: str,
     destination: list[str] | None,
     app: Celery | None,
-    timeout: float = TIMEOUT,
+    timeout: float | None = None,
     **arguments: Any,
 ) -> Answer:
-    """Broadcast ``command`` and time each reply as it arrives."""
+    """Broadcast ``command`` and time each reply as it arrives (for ``timeout`` seconds,
+    :func:`reply_timeout` by default)."""
     app = _app(app)
+    timeout = reply_timeout(app) if timeout is None else timeout
     replies: dict[str, Any] = {}
     ms: dict[str, float] = {}
     start = time.monotonic()
@@ -283,7 +296,11 @@ def revoke(
     with _connection(app) as conn:
         return _merge(
             _app(app).control.revoke(
-                task_ids, connection=conn, reply=True, timeout=TIMEOUT, **options
+                task_ids,
+                connection=conn,
+                reply=True,
+                timeout=reply_timeout(app),
+                **options,
             )
         )
 
@@ -311,7 +328,12 @@ def rate_limit(
     with _connection(app) as conn:
         return _merge(
             _app(app).control.rate_limit(
-                task_name, rate, destination=dest, connection=conn, reply=True, timeout=TIMEOUT
+                task_name,
+                rate,
+                destination=dest,
+                connection=conn,
+                reply=True,
+                timeout=reply_timeout(app),
             )
         )
 
@@ -324,7 +346,7 @@ def rate_limits(
 ) -> dict[str, dict[str, Any]]:
     """:func:`rate_limit` of several task types: the replies by hostname of each name.
 
-    A broadcast a name (Celery's command takes one), each waiting :data:`TIMEOUT` for the
+    A broadcast a name (Celery's command takes one), each waiting :func:`reply_timeout` for the
     replies: they are sent at once, from threads of their own, so that a dozen names take
     about as long as one.
     """
@@ -363,7 +385,7 @@ def _broadcast(command: str, hostnames: Iterable[str], app: Celery | None, **arg
                 destination=dest,
                 connection=conn,
                 reply=True,
-                timeout=TIMEOUT,
+                timeout=reply_timeout(app),
             )
         )
 
@@ -389,12 +411,14 @@ def pool_shrink(hostnames: Iterable[str], n: int = 1, app: Celery | None = None)
 
 
 def ping(
-    hostnames: Iterable[str], timeout: float = TIMEOUT, app: Celery | None = None
+    hostnames: Iterable[str], timeout: float | None = None, app: Celery | None = None
 ) -> dict[str, float]:
-    """Ping workers; return the round trip in milliseconds of each worker that answered."""
+    """Ping workers; return the round trip in milliseconds of each worker that answered
+    within ``timeout`` seconds (:func:`reply_timeout` by default)."""
     dest = _destination(hostnames)
     if not dest:
         return {}
+    timeout = reply_timeout(app) if timeout is None else timeout
     answered: dict[str, float] = {}
     start = time.monotonic()
 
@@ -414,7 +438,7 @@ def ping(
 def inspect(
     hostname: str,
     commands: Iterable[str] = INSPECT_COMMANDS,
-    timeout: float = TIMEOUT,
+    timeout: float | None = None,
     app: Celery | None = None,
 ) -> dict[str, Answer]:
     """Ask one worker the inspect ``commands``, all at once; return the answers by command.
@@ -424,6 +448,7 @@ def inspect(
     answer in time has an empty :class:`Answer`.
     """
     app = _app(app)  # the current app is per thread: look it up here, not in the threads
+    timeout = reply_timeout(app) if timeout is None else timeout
     commands = list(dict.fromkeys(commands))
     if not commands:
         return {}

@@ -18,4 +18,6 @@ urlpatterns = [
     path("api/dashboard/", api.dashboard, name="api-dashboard"),
     path("health/", health.health, name="health"),
     path("metrics", metrics.metrics_view, name="metrics"),
+    # Prometheus scrapes /metrics; Django's habit of a closing slash finds it too.
+    path("metrics/", metrics.metrics_view, name="metrics-slash"),
 ]

@@ -182,9 +182,9 @@ class WorkerControlForm(forms.Form):
         return dict(self.cleaned_data)
 
 
-def _timeout() -> str:
-    """How long an answer is awaited, in seconds: ``1``."""
-    return f"{control.TIMEOUT:g}"
+def _timeout(app: Any = None) -> str:
+    """How long an answer is awaited, in seconds: ``2``."""
+    return f"{control.reply_timeout(app):g}"
 
 
 def _seconds_words(value: float | None) -> str:
@@ -879,7 +879,7 @@ class WorkerMonitor(ModelMonitor):
     ) -> dict[str, Any]:
         live: dict[str, Any] = {
             "asked_at": timezone.now(),
-            "timeout": _timeout(),
+            "timeout": _timeout(self.get_celery_app()),
         }
         registered: list[str] | None = None
         try:
@@ -968,12 +968,12 @@ class WorkerMonitor(ModelMonitor):
                 request,
                 [worker],
                 gettext("%(asked)s (no answer in %(timeout)s s)")
-                % {"asked": asked, "timeout": _timeout()},
+                % {"asked": asked, "timeout": _timeout(self.get_celery_app())},
             )
             self.message_user(
                 request,
                 gettext("%(asked)s: %(host)s did not answer in %(timeout)s s.")
-                % {"asked": asked, "host": host, "timeout": _timeout()},
+                % {"asked": asked, "host": host, "timeout": _timeout(self.get_celery_app())},
                 messages.WARNING,
             )
             return
@@ -1049,7 +1049,7 @@ class WorkerMonitor(ModelMonitor):
         else:
             log = gettext("%(done)s (no answer in %(timeout)s s)") % {
                 "done": done,
-                "timeout": _timeout(),
+                "timeout": _timeout(self.get_celery_app()),
             }
         _log(request, [worker], log)
         _log(request, tasks, gettext("Revoked"))
@@ -1068,6 +1068,6 @@ class WorkerMonitor(ModelMonitor):
             self.message_user(
                 request,
                 gettext("%(done)s: no worker answered in %(timeout)s s.")
-                % {"done": done, "timeout": _timeout()},
+                % {"done": done, "timeout": _timeout(self.get_celery_app())},
                 messages.WARNING,
             )
