@@ -849,8 +849,14 @@ def test_revoke_actions(client, django_user_model, redis_url, celery, action, ve
 
     response = post_action(client, TASKS, action, tasks)
 
-    assert messages_of(response) == [f"{verb} 2 tasks; no worker answered."]
-    assert levels_of(response) == ["warning"]
+    told = [f"{verb} 2 tasks; no worker answered."]
+    if action == "revoke_tasks":  # a revoke does not stop the one that runs
+        told.append(
+            "1 of them had started: a revoked task that runs goes on to its end. "
+            "Terminate stops it."
+        )
+    assert messages_of(response) == told
+    assert levels_of(response) == ["warning"] * len(told)
     entries = LogEntry.objects.filter(user=user, action_flag=CHANGE)
     assert sorted(int(e.object_id) for e in entries) == sorted(t.pk for t in tasks)
     assert {e.change_message for e in entries} == {log}
@@ -860,6 +866,18 @@ def test_revoke_one_task_says_task(admin_client, redis_url, celery):
     response = post_action(admin_client, TASKS, "revoke_tasks", [make_task("RECEIVED")])
 
     assert messages_of(response) == ["Revoked 1 task; no worker answered."]
+
+
+def test_revoking_running_tasks_says_they_go_on(admin_client, redis_url, celery):
+    tasks = [make_task("STARTED"), make_task("STARTED"), make_task("RETRY")]
+
+    response = post_action(admin_client, TASKS, "revoke_tasks", tasks)
+
+    assert messages_of(response) == [
+        "Revoked 3 tasks; no worker answered.",
+        "2 of them had started: a revoked task that runs goes on to its end. "
+        "Terminate stops them.",
+    ]
 
 
 @pytest.fixture

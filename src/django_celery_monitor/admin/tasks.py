@@ -501,6 +501,21 @@ class TaskMonitor(TaskExportMixin, ModelMonitor):
             "count": len(tasks),
         }
         self._report_replies(request, text, replies)
+        running = sum(task.state == states.STARTED for task in tasks)
+        if running and not terminate:
+            # Celery's revoke only keeps a task from starting.
+            self.message_user(
+                request,
+                ngettext(
+                    "%(count)d of them had started: a revoked task that runs goes on to its "
+                    "end. Terminate stops it.",
+                    "%(count)d of them had started: a revoked task that runs goes on to its "
+                    "end. Terminate stops them.",
+                    running,
+                )
+                % {"count": running},
+                messages.WARNING,
+            )
 
     def _report_finished(self, request, finished: list[TaskState]) -> None:
         if len(finished) == 1:
