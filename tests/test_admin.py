@@ -730,6 +730,18 @@ def test_task_detail(admin_client):
     assert "this task" in root_html
 
 
+def test_the_task_page_is_headed_by_its_name_and_id(admin_client):
+    eta = timezone.now() + timedelta(hours=1)
+    task = make_task(state="RECEIVED", name="proj.<later>", eta=eta)
+
+    html = admin_client.get(task_url(task)).content.decode()
+
+    assert f"<h2>proj.&lt;later&gt; {task.task_id}</h2>" in html
+    nameless = make_task(state="RECEIVED", name=None)
+    html = admin_client.get(task_url(nameless)).content.decode()
+    assert f"<h2>UNKNOWN {nameless.task_id}</h2>" in html
+
+
 def test_task_detail_of_a_task_whose_parent_was_not_recorded(admin_client):
     task = make_task(state="STARTED", parent_id="gone-1234", received=timezone.now())
 

@@ -442,6 +442,13 @@ class TaskMonitor(TaskExportMixin, ModelMonitor):
             )
         return format_html('<ul class="cm-children">{}</ul>', items)
 
+    def render_change_form(self, request, context, add=False, change=False, form_url="", obj=None):
+        if obj is not None:
+            # The heading under the title: the task's name and id (its str() is 1.1.2's, with
+            # the state padded and the eta's microseconds, which the page shows below).
+            context["subtitle"] = _heading(obj)
+        return super().render_change_form(request, context, add, change, form_url, obj)
+
     # -- actions
 
     def has_revoke_permission(self, request: HttpRequest) -> bool:
@@ -699,6 +706,11 @@ class TaskMonitor(TaskExportMixin, ModelMonitor):
                 % {"count": len(refused), "reason": refused[0]},
                 messages.WARNING,
             )
+
+
+def _heading(obj: TaskState) -> str:
+    """``proj.tasks.add 5f2c9a1e-...``: how the task's page names it."""
+    return f"{obj.name or gettext('UNKNOWN')} {obj.task_id}"
 
 
 def _earlier_attempt(obj: TaskState, value: str | None, shown: str) -> str:
