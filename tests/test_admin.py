@@ -760,6 +760,14 @@ def test_worker_detail(admin_client):
     assert response.status_code == 200
     assert "py-celery" in html and "Linux" in html
     assert f"{TASKS}?worker={worker.pk}" in html
+    assert "Heartbeat every" in html and '<div class="readonly">2 s</div>' in html
+    assert "Signed off" in html and '<div class="readonly">no</div>' in html
+
+    worker.offline, worker.freq = True, None
+    worker.save()
+    html = admin_client.get(worker_url(worker)).content.decode()
+    assert "yes: it said it was stopping (worker-offline)" in html
+    assert '<div class="readonly">-</div>' in html
 
 
 # -- permissions

@@ -713,7 +713,16 @@ class WorkerMonitor(ModelMonitor):
     fieldsets = (
         (
             None,
-            {"fields": ("hostname", "status_badge", "heartbeat", "freq", "offline", "tasks_link")},
+            {
+                "fields": (
+                    "hostname",
+                    "status_badge",
+                    "heartbeat",
+                    "heartbeat_every",
+                    "signed_off",
+                    "tasks_link",
+                )
+            },
         ),
         (_("Software"), {"fields": ("sw_ident", "sw_ver", "sw_sys")}),
         (_("Load"), {"fields": ("processed", "active", "loadavg_display", "last_update")}),
@@ -729,6 +738,20 @@ class WorkerMonitor(ModelMonitor):
     @admin.display(description=_("last heartbeat"), ordering="last_heartbeat")
     def heartbeat(self, obj: WorkerState) -> str:
         return _when(obj.last_heartbeat) or "-"
+
+    @admin.display(description=_("heartbeat every"))
+    def heartbeat_every(self, obj: WorkerState) -> str:
+        # ``freq``: the period the worker said it sends its heartbeats at.
+        if obj.freq is None:
+            return "-"
+        return gettext("%(s)g s") % {"s": obj.freq}
+
+    @admin.display(description=_("signed off"))
+    def signed_off(self, obj: WorkerState) -> str:
+        # ``offline``: a worker-offline event came after its last heartbeat.
+        if obj.offline:
+            return gettext("yes: it said it was stopping (worker-offline)")
+        return gettext("no")
 
     @admin.display(description=_("load average"))
     def loadavg_display(self, obj: WorkerState) -> str:
