@@ -239,3 +239,21 @@ def test_failures_without_a_type_are_not_merged_with_a_type_named_so(admin_clien
         expected = odd if failure["exception_type"] else plain
         assert [task.pk for task in listed] == [expected.pk]
     assert "None recorded" in response.content.decode()
+
+
+def test_the_throughput_takes_a_unit_that_shows_it():
+    from django_celery_monitor.admin.dashboard import _rates
+
+    assert _rates(12.34, 3.0) == ["12.3 tasks/min", "3.0 tasks/min"]
+    # 150 tasks in a week: a day's worth, in both windows alike.
+    assert _rates(150 / (7 * 1440), 0.0) == ["21.4 tasks/day", "0.0 tasks/day"]
+    assert _rates(0.5, 0.002) == ["30.0 tasks/h", "0.1 tasks/h"]
+    assert _rates(0.0, 0.0) == ["0.0 tasks/min", "0.0 tasks/min"]
+
+
+def test_a_week_of_few_tasks_shows_their_rate_and_the_window_until_now(admin_client, data):
+    html = admin_client.get(DASHBOARD, {"window": "7d"}).content.decode()
+
+    assert re.search(r"[\d.]+ tasks/day", html)
+    assert "0.0 tasks/min" not in html
+    assert "until now, against the 7 days before" in html

@@ -56,6 +56,24 @@ def _change(delta_now: float | None, before: float | None) -> dict[str, Any] | N
     return {"direction": direction, "text": f"{ratio:+.0%}"}
 
 
+#: The units a throughput is shown in, each with its minutes; the first in which the
+#: larger of the two windows' rates reaches 1 is used.
+RATE_UNITS = (
+    (1, gettext_lazy("%(rate)s tasks/min")),
+    (60, gettext_lazy("%(rate)s tasks/h")),
+    (1440, gettext_lazy("%(rate)s tasks/day")),
+)
+
+
+def _rates(*per_minute: float) -> list[str]:
+    """The throughputs (tasks a minute), in one unit that shows the larger of them as 1 or
+    more: 150 tasks in a week are 21.4 tasks/day, not 0.0 tasks/min."""
+    top = max(per_minute, default=0.0)
+    units = [unit for unit in RATE_UNITS if top * unit[0] >= 1]
+    minutes, words = units[0] if units else RATE_UNITS[-1 if top else 0]
+    return [str(words) % {"rate": formats.number_format(rate * minutes, 1)} for rate in per_minute]
+
+
 def _percent(value: float | None) -> str:
     return "-" if value is None else f"{value:.1%}"
 
@@ -197,12 +215,12 @@ class DashboardMonitor(WindowPage):
                     "url": tasks_link(state=state),
                 }
             )
+        rates = _rates(totals["throughput_per_minute"], previous["throughput_per_minute"])
         summary = [
             {
                 "label": gettext("Throughput"),
-                "value": gettext("%(rate)s tasks/min")
-                % {"rate": formats.number_format(totals["throughput_per_minute"], 1)},
-                "previous": formats.number_format(previous["throughput_per_minute"], 1),
+                "value": rates[0],
+                "previous": rates[1],
                 "change": _change(
                     totals["throughput_per_minute"], previous["throughput_per_minute"]
                 ),
