@@ -908,8 +908,10 @@ def revoke_calls(celery, monkeypatch):
 
     def spy(task_ids, **kwargs):
         calls.append(sorted(task_ids))
+        spy.expected.append(kwargs.get("expected"))
         return revoke(task_ids, **kwargs)
 
+    spy.expected = []
     monkeypatch.setattr(monitor_admin.control, "revoke", spy)
     return calls
 
@@ -952,8 +954,18 @@ def test_revoking_finished_and_unfinished_tasks(admin_client, redis_url, revoke_
     ]
     assert levels_of(response) == ["warning", "info"]
     assert revoke_calls == [sorted([waiting.task_id, running.task_id])]
+    # No worker is online: the replies are awaited for the whole timeout.
+    assert monitor_admin.control.revoke.expected == [None]
     logged = LogEntry.objects.values_list("object_id", flat=True)
     assert sorted(logged) == sorted([str(waiting.pk), str(running.pk)])
+
+
+def test_revoking_awaits_as_many_replies_as_workers_online(admin_client, redis_url, revoke_calls):
+    make_worker("w1@test"), make_worker("w2@test"), make_worker("gone@test", alive=False)
+
+    post_action(admin_client, TASKS, "revoke_tasks", [make_task("RECEIVED")])
+
+    assert monitor_admin.control.revoke.expected == [2]
 
 
 def test_revoking_finished_tasks_needs_no_broker(admin_client, broker_down):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 import pytest
+from django.test import override_settings
 
 from django_celery_monitor import control
 from django_celery_monitor.models import TaskState
@@ -303,6 +304,13 @@ def test_commands_reach_a_real_worker(app, celery_worker):
     assert 0 < answered[worker.hostname] < 1000
 
     assert control.revoke(["nope"], app=app)[worker.hostname]["ok"]
+    with override_settings(CELERY_MONITOR_CONTROL_TIMEOUT=20):
+        # The one worker online answered: not a reply more is awaited.
+        start = time.monotonic()
+        assert list(control.revoke(["nope"], app=app, expected=1)) == [worker.hostname]
+        answer = control.revoke_waiting(["nope"], app=app, expected=1)
+        assert list(answer.replies) == [worker.hostname]
+        assert time.monotonic() - start < 10
     assert "ok" in control.enable_events([worker.hostname], app=app)[worker.hostname]
     assert "ok" in control.pool_grow([worker.hostname], app=app)[worker.hostname]
     assert "ok" in control.pool_shrink([worker.hostname], app=app)[worker.hostname]

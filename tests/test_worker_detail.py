@@ -478,14 +478,16 @@ def test_an_unknown_command_is_a_bad_request(admin_client, sent):
 
 @pytest.fixture
 def revoked(celery, monkeypatch):
-    calls = []
+    calls, expecting = [], []
 
-    def revoke_waiting(task_ids, app=None):
+    def revoke_waiting(task_ids, app=None, expected=None):
         calls.append(list(task_ids))
+        expecting.append(expected)
         return control.Answer({"w1@test": {"ok": "revoked"}, "w2@test": {"ok": "revoked"}},
                               {"w1@test": 2.0, "w2@test": 5.5})  # fmt: skip
 
     monkeypatch.setattr(control, "revoke_waiting", revoke_waiting)
+    revoke_waiting.expecting = expecting
     return calls
 
 
@@ -511,6 +513,8 @@ def test_revoke_by_name_revokes_the_waiting_tasks_of_this_worker(admin_client, i
         ("admin", "Revoked 2 waiting tasks of proj.add (answered in 2.0 ms)")
     ]
     assert history(admin_client, waiting[0]) == [("admin", "Revoked")]
+    # The workers online (both made just now) are all the replies awaited.
+    assert control.revoke_waiting.expecting == [2]
 
 
 def test_revoke_by_name_is_bounded(admin_client, inspected, revoked, monkeypatch):

@@ -307,7 +307,8 @@ CONTROL_TIMEOUT = Setting(
     "monitor_control_timeout",
     2.0,
     description="Seconds the admin waits for the workers' replies to a remote control "
-    "command or question (a command to every worker, like revoke, waits all of it).",
+    "command or question (a command to every worker, like revoke, waits until the workers "
+    "online answered).",
 )
 #: The longest wait for workers' replies: an admin page waits for them.
 MAX_CONTROL_TIMEOUT = 30.0

@@ -246,10 +246,11 @@ def _timed(
     destination: list[str] | None,
     app: Celery | None,
     timeout: float | None = None,
+    expected: int | None = None,
     **arguments: Any,
 ) -> Answer:
     """Broadcast ``command`` and time each reply as it arrives (for ``timeout`` seconds,
-    :func:`reply_timeout` by default)."""
+    :func:`reply_timeout` by default, or until ``expected`` workers answered)."""
     app = _app(app)
     timeout = reply_timeout(app) if timeout is None else timeout
     replies: dict[str, Any] = {}
@@ -272,6 +273,7 @@ def _timed(
             connection=conn,
             reply=True,
             timeout=timeout,
+            limit=expected or None,
             callback=on_reply,
         )
     return Answer(replies, ms)
@@ -282,10 +284,14 @@ def revoke(
     terminate: bool = False,
     signal: str | None = None,
     app: Celery | None = None,
+    expected: int | None = None,
 ) -> dict[str, Any]:
     """Revoke tasks on every worker, and terminate them with ``signal`` if asked.
 
-    Returns the workers' replies by hostname (empty when no worker answered in time).
+    Returns the workers' replies by hostname (empty when no worker answered in time). Every
+    worker gets the command; the replies are awaited for :func:`reply_timeout` seconds, or
+    until ``expected`` workers answered (the ones known to be online: one that was not
+    known and answers first is counted in the place of one of them).
     """
     task_ids = list(task_ids)
     if not task_ids:
@@ -300,6 +306,7 @@ def revoke(
                 connection=conn,
                 reply=True,
                 timeout=reply_timeout(app),
+                limit=expected or None,
                 **options,
             )
         )
@@ -555,16 +562,19 @@ def worker_rate_limit(
     return _timed("rate_limit", [hostname], app, task_name=task_name, rate_limit=parse_rate(rate))
 
 
-def revoke_waiting(task_ids: Iterable[str], app: Celery | None = None) -> Answer:
+def revoke_waiting(
+    task_ids: Iterable[str], app: Celery | None = None, expected: int | None = None
+) -> Answer:
     """Revoke tasks that have not started, without terminating anything.
 
     Sent to every worker, since any of them may be the one to receive a waiting task: the
-    call waits the whole timeout for their replies.
+    call waits the whole timeout for their replies, or until ``expected`` workers answered
+    (as :func:`revoke`).
     """
     task_ids = list(task_ids)
     if not task_ids:
         return Answer()
-    return _timed("revoke", None, app, task_id=task_ids, terminate=False)
+    return _timed("revoke", None, app, expected=expected, task_id=task_ids, terminate=False)
 
 
 def _literal(value: str | None, kind: type, empty: Any, label: str) -> Any:

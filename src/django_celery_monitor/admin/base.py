@@ -121,6 +121,13 @@ class ModelMonitor(ReadOnly, admin.ModelAdmin):
     def _has_perm(self, request: HttpRequest, codename: str) -> bool:
         return request.user.has_perm(f"{self.opts.app_label}.{codename}")
 
+    def _online_workers(self) -> int | None:
+        """How many workers are online (a command to all of them waits for as many
+        replies, not the whole timeout), or None when none is known to be."""
+        from ..stats import worker_totals
+
+        return worker_totals()["online"] or None
+
     def _control(self, request: HttpRequest, call, *args: Any, **kwargs: Any) -> Any:
         """Run a control call; on a broker failure, tell the user and return None."""
         try:

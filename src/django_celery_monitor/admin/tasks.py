@@ -495,6 +495,7 @@ class TaskMonitor(TaskExportMixin, ModelMonitor):
             [task.task_id for task in tasks],
             terminate=terminate,
             signal=signal,
+            expected=self._online_workers(),
         )
         if replies is None:
             return

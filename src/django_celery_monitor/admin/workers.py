@@ -1054,7 +1054,12 @@ class WorkerMonitor(ModelMonitor):
                 messages.INFO,
             )
             return
-        answer = self._control(request, control.revoke_waiting, [t.task_id for t in tasks])
+        answer = self._control(
+            request,
+            control.revoke_waiting,
+            [t.task_id for t in tasks],
+            expected=self._online_workers(),
+        )
         if answer is None:
             return
         done = ngettext(
