@@ -760,14 +760,23 @@ def test_worker_detail(admin_client):
     assert response.status_code == 200
     assert "py-celery" in html and "Linux" in html
     assert f"{TASKS}?worker={worker.pk}" in html
-    assert "Heartbeat every" in html and '<div class="readonly">2 s</div>' in html
-    assert "Signed off" in html and '<div class="readonly">no</div>' in html
+    assert readonly_field(html, "Heartbeat every") == "2 s"
+    assert readonly_field(html, "Signed off") == "no"
 
     worker.offline, worker.freq = True, None
     worker.save()
     html = admin_client.get(worker_url(worker)).content.decode()
-    assert "yes: it said it was stopping (worker-offline)" in html
-    assert '<div class="readonly">-</div>' in html
+    assert readonly_field(html, "Signed off") == "yes: it said it was stopping (worker-offline)"
+    assert readonly_field(html, "Heartbeat every") == "-"
+
+
+def readonly_field(html, label):
+    """The text of the read-only field ``label`` of an admin page."""
+    found = re.search(
+        rf"<label>{re.escape(label)}:</label>\s*<div class=\"readonly\">(.*?)</div>", html, re.S
+    )
+    assert found, f"no read-only field {label!r}"
+    return found.group(1)
 
 
 # -- permissions
@@ -873,7 +882,7 @@ def test_revoke_actions(client, django_user_model, redis_url, celery, action, ve
     if action == "revoke_tasks":  # a revoke does not stop the one that runs
         told.append(
             "1 of them had started: a revoked task that runs goes on to its end. "
-            "Terminate stops it."
+            "Terminate stops it (not in a solo or threads pool)."
         )
     assert messages_of(response) == told
     assert levels_of(response) == ["warning"] * len(told)
@@ -896,7 +905,17 @@ def test_revoking_running_tasks_says_they_go_on(admin_client, redis_url, celery)
     assert messages_of(response) == [
         "Revoked 3 tasks; no worker answered.",
         "2 of them had started: a revoked task that runs goes on to its end. "
-        "Terminate stops them.",
+        "Terminate stops them (not in a solo or threads pool).",
+    ]
+
+
+def test_revoking_the_one_task_that_runs_says_it_goes_on(admin_client, redis_url, celery):
+    response = post_action(admin_client, TASKS, "revoke_tasks", [make_task("STARTED")])
+
+    assert messages_of(response) == [
+        "Revoked 1 task; no worker answered.",
+        "The task had started: a revoked task that runs goes on to its end. "
+        "Terminate stops it (not in a solo or threads pool).",
     ]
 
 
@@ -1482,7 +1501,11 @@ def test_a_worker_that_refuses_a_pool_grow_is_said_to(admin_client, celery, monk
 
 
 def test_a_rate_limit_of_an_unknown_task_is_a_refusal(admin_client, celery, monkeypatch):
-    def rate_limits(names, rate, **kwargs):
+    make_worker("a@test"), make_worker("b@test"), make_worker("gone@test", alive=False)
+    expecting = []
+
+    def rate_limits(names, rate, expected=None, **kwargs):
+        expecting.append(expected)
         return {
             "proj.known": {"a@test": {"ok": "new rate limit set successfully"}},
             "proj.unknown": {"a@test": {"error": "unknown task"}},
@@ -1500,6 +1523,8 @@ def test_a_rate_limit_of_an_unknown_task_is_a_refusal(admin_client, celery, monk
         "Rate limit set to 10/m for 2 task types; 1 worker acknowledged. "
         "1 refused (a@test (proj.unknown): unknown task)."
     ]
+    # Sent to every worker, the replies are awaited until the two online answered.
+    assert expecting == [2]
     assert history(admin_client, known) == [("admin", "Rate limit set to 10/m for proj.known")]
     assert history(admin_client, unknown) == [
         ("admin", "Rate limit 10/m for proj.unknown: refused (unknown task)")

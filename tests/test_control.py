@@ -304,13 +304,19 @@ def test_commands_reach_a_real_worker(app, celery_worker):
     assert 0 < answered[worker.hostname] < 1000
 
     assert control.revoke(["nope"], app=app)[worker.hostname]["ok"]
-    with override_settings(CELERY_MONITOR_CONTROL_TIMEOUT=20):
+    with override_settings(CELERY_MONITOR_CONTROL_TIMEOUT=10):
         # The one worker online answered: not a reply more is awaited.
         start = time.monotonic()
         assert list(control.revoke(["nope"], app=app, expected=1)) == [worker.hostname]
         answer = control.revoke_waiting(["nope"], app=app, expected=1)
         assert list(answer.replies) == [worker.hostname]
-        assert time.monotonic() - start < 10
+        limited = control.rate_limits(["tests.tasks.add"], "10/m", app=app, expected=1)
+        assert list(limited["tests.tasks.add"]) == [worker.hostname]
+        # One worker named: its answer is the last awaited.
+        assert list(control.rate_limit("tests.tasks.add", "0", [worker.hostname], app)) == [
+            worker.hostname
+        ]
+        assert time.monotonic() - start < 5
     assert "ok" in control.enable_events([worker.hostname], app=app)[worker.hostname]
     assert "ok" in control.pool_grow([worker.hostname], app=app)[worker.hostname]
     assert "ok" in control.pool_shrink([worker.hostname], app=app)[worker.hostname]
@@ -449,13 +455,13 @@ def test_rate_limits_of_several_task_types_are_sent_at_once(monkeypatch):
     # (which needs all three at once) breaks.
     barrier = threading.Barrier(3, timeout=5)
 
-    def rate_limit(name, rate, destination=None, app=None):
+    def rate_limit(name, rate, destination=None, app=None, expected=None):
         barrier.wait()
-        return {"w@h": {"ok": f"{name} {rate}"}}
+        return {"w@h": {"ok": f"{name} {rate} {expected}"}}
 
     monkeypatch.setattr(control, "rate_limit", rate_limit)
-    replies = control.rate_limits(["a", "b", "c", "a"], "10/m", app=object())
-    assert replies == {name: {"w@h": {"ok": f"{name} 10/m"}} for name in "abc"}
+    replies = control.rate_limits(["a", "b", "c", "a"], "10/m", app=object(), expected=3)
+    assert replies == {name: {"w@h": {"ok": f"{name} 10/m 3"}} for name in "abc"}
 
 
 @pytest.mark.parametrize("body", [["not", "a", "dict"], "text", 7, None, {1: "x"}])

@@ -249,6 +249,8 @@ def test_the_throughput_takes_a_unit_that_shows_it():
     assert _rates(150 / (7 * 1440), 0.0) == ["21.4 tasks/day", "0.0 tasks/day"]
     assert _rates(0.5, 0.002) == ["30.0 tasks/h", "0.1 tasks/h"]
     assert _rates(0.0, 0.0) == ["0.0 tasks/min", "0.0 tasks/min"]
+    # Rounded, not cut: 2.99 tasks a minute show as 3.0.
+    assert _rates(2.99, 1.96) == ["3.0 tasks/min", "2.0 tasks/min"]
 
 
 def test_a_week_of_few_tasks_shows_their_rate_and_the_window_until_now(admin_client, data):

@@ -354,6 +354,7 @@ def test_a_control_answered(admin_client, inspected, sent, command, call, argume
 
 def test_time_limits_left_empty_remove_them(admin_client, inspected, sent):
     worker = make_worker("w1@test")
+    inspected.update(registered=["proj.add"])
 
     response = post_control(admin_client, worker, "time_limit", task_name="proj.add")
 
@@ -411,6 +412,26 @@ def test_a_control_nobody_answered(admin_client, redis_url, celery):
     ]
 
 
+@pytest.mark.parametrize(
+    ("command", "title"), [("time_limit", "Time limits"), ("rate_limit", "Rate limit")]
+)
+def test_a_limit_for_a_worker_that_does_not_say_its_tasks_is_not_sent(
+    admin_client, redis_url, celery, sent, command, title
+):
+    # The task name is checked against the worker's tasks: a worker that does not answer
+    # that question is not sent the command too (a second wait for nothing).
+    worker = make_worker("nobody@test")
+
+    response = post_control(admin_client, worker, command, **FIELDS[command])
+
+    assert sent == []
+    assert levels_of(response) == ["warning"]
+    assert messages_of(response) == [
+        f"{title}: nobody@test did not say what tasks it runs within 1 s, so nothing was sent."
+    ]
+    assert history(admin_client, worker) == [("admin", f"{title}: not sent (no answer in 1 s)")]
+
+
 @pytest.mark.parametrize("command", sorted(ALL_FORMS))
 def test_a_control_with_the_broker_down(admin_client, broker_down, command):
     worker = make_worker("w1@test")
@@ -445,7 +466,6 @@ def test_a_control_with_the_broker_down(admin_client, broker_down, command):
         ("rate_limit", {"task_name": "proj.add", "rate": "often"},
          "Enter a number, optionally followed by /s, /m or /h."),
         ("rate_limit", {"task_name": "proj add", "rate": "1/s"}, "A task name has no spaces."),
-        ("revoke_waiting", {"task_name": "proj.nope"}, "is not a task registered"),
     ],
 )  # fmt: skip
 def test_invalid_input_shows_the_form_with_its_errors(
@@ -515,6 +535,26 @@ def test_revoke_by_name_revokes_the_waiting_tasks_of_this_worker(admin_client, i
     assert history(admin_client, waiting[0]) == [("admin", "Revoked")]
     # The workers online (both made just now) are all the replies awaited.
     assert control.revoke_waiting.expecting == [2]
+
+
+def test_revoke_by_name_says_when_this_workers_answer_was_not_awaited(
+    admin_client, inspected, revoked
+):
+    # Two workers online, this one and w1; w2, not recorded yet, answered in its place.
+    worker = make_worker("w3@test")
+    make_worker("w1@test")
+    make_task("RECEIVED", name="proj.add", worker=worker)
+
+    post_control(admin_client, worker, "revoke_waiting", task_name="proj.add")
+
+    assert control.revoke_waiting.expecting == [2]
+    assert history(admin_client, worker) == [
+        (
+            "admin",
+            "Revoked 1 waiting task of proj.add "
+            "(its answer not awaited: 2 workers answered first)",
+        )
+    ]
 
 
 def test_revoke_by_name_is_bounded(admin_client, inspected, revoked, monkeypatch):

@@ -310,8 +310,9 @@ CONTROL_TIMEOUT = Setting(
     "command or question (a command to every worker, like revoke, waits until the workers "
     "online answered).",
 )
-#: The longest wait for workers' replies: an admin page waits for them.
-MAX_CONTROL_TIMEOUT = 30.0
+#: The longest wait for workers' replies: an admin page waits for them, and a web server
+#: stops a request that takes too long (gunicorn after 30 s).
+MAX_CONTROL_TIMEOUT = 10.0
 
 SIZE_SETTINGS = (
     WRITE_BATCH_SIZE,

@@ -325,10 +325,13 @@ def rate_limit(
     rate: str,
     destination: Iterable[str] | None = None,
     app: Celery | None = None,
+    expected: int | None = None,
 ) -> dict[str, Any]:
     """Set the rate limit of a task type on every (or the given) worker.
 
-    Returns the workers' replies by hostname.
+    Returns the workers' replies by hostname. The replies are awaited for
+    :func:`reply_timeout` seconds, or until every worker of ``destination`` answered, or
+    (sent to every worker) until ``expected`` workers answered, as :func:`revoke`.
     """
     rate = parse_rate(rate)
     dest = _destination(destination) if destination else None
@@ -341,6 +344,7 @@ def rate_limit(
                 connection=conn,
                 reply=True,
                 timeout=reply_timeout(app),
+                limit=(len(dest) if dest else expected) or None,
             )
         )
 
@@ -350,12 +354,13 @@ def rate_limits(
     rate: str,
     destination: Iterable[str] | None = None,
     app: Celery | None = None,
+    expected: int | None = None,
 ) -> dict[str, dict[str, Any]]:
     """:func:`rate_limit` of several task types: the replies by hostname of each name.
 
-    A broadcast a name (Celery's command takes one), each waiting :func:`reply_timeout` for the
-    replies: they are sent at once, from threads of their own, so that a dozen names take
-    about as long as one.
+    A broadcast a name (Celery's command takes one), each awaiting its replies as
+    :func:`rate_limit` does: they are sent at once, from threads of their own, so that a
+    dozen names take about as long as one.
     """
     names = list(dict.fromkeys(task_names))
     rate = parse_rate(rate)
@@ -363,7 +368,9 @@ def rate_limits(
         return {}
     app = _app(app)
     with ThreadPoolExecutor(max_workers=min(len(names), 8)) as pool:
-        futures = {name: pool.submit(rate_limit, name, rate, destination, app) for name in names}
+        futures = {
+            name: pool.submit(rate_limit, name, rate, destination, app, expected) for name in names
+        }
         return {name: future.result() for name, future in futures.items()}
 
 

@@ -71,7 +71,11 @@ def _rates(*per_minute: float) -> list[str]:
     top = max(per_minute, default=0.0)
     units = [unit for unit in RATE_UNITS if top * unit[0] >= 1]
     minutes, words = units[0] if units else RATE_UNITS[-1 if top else 0]
-    return [str(words) % {"rate": formats.number_format(rate * minutes, 1)} for rate in per_minute]
+    # number_format cuts the digits off (2.99 would show 2.9): round first.
+    return [
+        str(words) % {"rate": formats.number_format(round(rate * minutes, 1), 1)}
+        for rate in per_minute
+    ]
 
 
 def _percent(value: float | None) -> str:

@@ -512,18 +512,20 @@ class TaskMonitor(TaskExportMixin, ModelMonitor):
         running = sum(task.state == states.STARTED for task in tasks)
         if running and not terminate:
             # Celery's revoke only keeps a task from starting.
-            self.message_user(
-                request,
-                ngettext(
-                    "%(count)d of them had started: a revoked task that runs goes on to its "
-                    "end. Terminate stops it.",
-                    "%(count)d of them had started: a revoked task that runs goes on to its "
-                    "end. Terminate stops them.",
-                    running,
+            if len(tasks) == 1:
+                text = gettext(
+                    "The task had started: a revoked task that runs goes on to its end. "
+                    "Terminate stops it (not in a solo or threads pool)."
                 )
-                % {"count": running},
-                messages.WARNING,
-            )
+            else:
+                text = ngettext(
+                    "%(count)d of them had started: a revoked task that runs goes on to its "
+                    "end. Terminate stops it (not in a solo or threads pool).",
+                    "%(count)d of them had started: a revoked task that runs goes on to its "
+                    "end. Terminate stops them (not in a solo or threads pool).",
+                    running,
+                ) % {"count": running}
+            self.message_user(request, text, messages.WARNING)
 
     def _report_finished(self, request, finished: list[TaskState]) -> None:
         if len(finished) == 1:
@@ -607,7 +609,9 @@ class TaskMonitor(TaskExportMixin, ModelMonitor):
         form = RateLimitForm(request.POST if "apply" in request.POST else None)
         if form.is_valid():
             rate = form.cleaned_data["rate_limit"]
-            by_name = self._control(request, control.rate_limits, names, rate)
+            by_name = self._control(
+                request, control.rate_limits, names, rate, expected=self._online_workers()
+            )
             if by_name is None:
                 return None
             reached: dict[str, Any] = {}

@@ -358,7 +358,7 @@ class RevokeWaitingForm(WorkerControlForm):
         ),
         count=MAX_ACTION_TASKS,
     )
-    checks_task_name = True
+    # The recorded tasks tell whether any of the name waits: the worker is not asked first.
 
     task_name = TaskNameField()
 
@@ -960,8 +960,12 @@ class WorkerMonitor(ModelMonitor):
             if answers is None:
                 return HttpResponseRedirect(page)
             replies = answers["registered"].replies
-            if worker.hostname in replies:
-                registered = list(control.parse_registered(replies[worker.hostname]))
+            if worker.hostname not in replies:
+                # A worker that does not say what it runs would not answer the command
+                # either: one wait is enough.
+                self._not_answered(request, worker, form_class.title)
+                return HttpResponseRedirect(f"{page}#cm-control")
+            registered = list(control.parse_registered(replies[worker.hostname]))
         form = form_class(request.POST, registered=registered)
         if not form.is_valid():
             # The page again, with the form's errors, as a GET would show it.
@@ -973,6 +977,26 @@ class WorkerMonitor(ModelMonitor):
         else:
             self._run_control(request, worker, form)
         return HttpResponseRedirect(f"{page}#cm-control")
+
+    def _not_answered(self, request: HttpRequest, worker: WorkerState, title: Any) -> None:
+        """Say and record that the worker did not say what tasks it runs, so that the
+        command ``title`` was not sent."""
+        timeout = _timeout(self.get_celery_app())
+        _log(
+            request,
+            [worker],
+            gettext("%(title)s: not sent (no answer in %(timeout)s s)")
+            % {"title": title, "timeout": timeout},
+        )
+        self.message_user(
+            request,
+            gettext(
+                "%(title)s: %(host)s did not say what tasks it runs within %(timeout)s s, "
+                "so nothing was sent."
+            )
+            % {"title": title, "host": worker.hostname, "timeout": timeout},
+            messages.WARNING,
+        )
 
     def _run_control(
         self, request: HttpRequest, worker: WorkerState, form: WorkerControlForm
@@ -1054,11 +1078,9 @@ class WorkerMonitor(ModelMonitor):
                 messages.INFO,
             )
             return
+        expected = self._online_workers()
         answer = self._control(
-            request,
-            control.revoke_waiting,
-            [t.task_id for t in tasks],
-            expected=self._online_workers(),
+            request, control.revoke_waiting, [t.task_id for t in tasks], expected=expected
         )
         if answer is None:
             return
@@ -1074,6 +1096,13 @@ class WorkerMonitor(ModelMonitor):
                 "done": done,
                 "ms": answer.ms[worker.hostname],
             }
+        elif expected and len(answer.replies) >= expected:
+            # As many workers answered as were online, others first: the wait ended there.
+            log = ngettext(
+                "%(done)s (its answer not awaited: %(count)d worker answered first)",
+                "%(done)s (its answer not awaited: %(count)d workers answered first)",
+                len(answer.replies),
+            ) % {"done": done, "count": len(answer.replies)}
         else:
             log = gettext("%(done)s (no answer in %(timeout)s s)") % {
                 "done": done,
