@@ -737,6 +737,11 @@ def test_the_task_page_is_headed_by_its_name_and_id(admin_client):
     html = admin_client.get(task_url(task)).content.decode()
 
     assert f"<h2>proj.&lt;later&gt; {task.task_id}</h2>" in html
+    # The breadcrumbs end with the same words (escaped), not with the model's str().
+    crumbs = re.search(r'class="breadcrumbs">(.*?)</(?:div|ol)>', html, re.S).group(1)
+    assert crumbs.rstrip().removesuffix("</li>").endswith(f"proj.&lt;later&gt; {task.task_id}")
+    assert "RECEIVED" not in crumbs and "<later>" not in crumbs
+    assert "Tasks</a>" in crumbs
     nameless = make_task(state="RECEIVED", name=None)
     html = admin_client.get(task_url(nameless)).content.decode()
     assert f"<h2>UNKNOWN {nameless.task_id}</h2>" in html

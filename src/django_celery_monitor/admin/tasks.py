@@ -137,6 +137,7 @@ class TaskMonitor(TaskExportMixin, ModelMonitor):
         "retry_tasks",
     ]
     change_list_template = "admin/django_celery_monitor/change_list.html"
+    change_form_template = "admin/django_celery_monitor/task_change_form.html"
     fieldsets = (
         (
             None,
@@ -446,7 +447,7 @@ class TaskMonitor(TaskExportMixin, ModelMonitor):
         if obj is not None:
             # The heading under the title: the task's name and id (its str() is 1.1.2's, with
             # the state padded and the eta's microseconds, which the page shows below).
-            context["subtitle"] = _heading(obj)
+            context["subtitle"] = context["cm_heading"] = _heading(obj)
         return super().render_change_form(request, context, add, change, form_url, obj)
 
     # -- actions
