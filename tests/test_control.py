@@ -476,3 +476,31 @@ def test_a_reply_that_is_no_workers_answer_is_left_out(app, redis_url, monkeypat
     assert control.enable_events(["w@h"], app=app) == {"w@h": {"ok": "fine"}}
     assert control.pool_grow(["w@h"], app=app) == {"w@h": {"ok": "fine"}}
     assert control.ping(["w@h"], app=app) == {"w@h": pytest.approx(0, abs=1000)}
+
+
+@pytest.mark.parametrize(
+    ("key", "celery"),
+    [
+        ("broker_url", True),
+        ("CELERY_BROKER_URL", True),  # with Django's namespace
+        ("CELERY_TASK_ACKS_LATE", True),
+        ("CELERYD_CONCURRENCY", True),  # an old name
+        ("BROKER_URL", True),
+        ("MYAPP_WORKER_PREFETCH_MULTIPLIER", True),  # another namespace
+        ("CELERY_MONITOR_CONTROL_TIMEOUT", True),  # the monitor's own
+        ("monitors_expire_success", True),
+        ("DEBUG", False),
+        ("INSTALLED_APPS", False),
+        ("TIME_ZONE", False),
+        ("deprecated_settings", False),
+        ("", False),
+    ],
+)
+def test_the_celery_settings_of_a_conf_answer(key, celery):
+    assert control.is_celery_setting(key) is celery
+
+
+def test_a_conf_answer_keeps_celery_settings_and_counts_the_others():
+    reply = {"CELERY_BROKER_URL": "redis://", "DEBUG": True, "SECRET_KEY": "********"}
+    assert control.celery_settings(reply) == ({"CELERY_BROKER_URL": "redis://"}, 2)
+    assert control.celery_settings(["not", "a", "dict"]) == ({}, 0)

@@ -134,7 +134,8 @@ def test_the_page_shows_what_the_worker_answered(admin_client, inspected):
         scheduled=[{"eta": "2030-01-01T10:00:00+00:00", "priority": 6,
                     "request": {"id": "later-1", "name": "proj.add", "args": [1, 1]}}],
         revoked=["gone-1", recorded.task_id],
-        conf={"worker_prefetch_multiplier": 4},
+        conf={"worker_prefetch_multiplier": 4, "CELERY_BROKER_URL": "redis://b",
+              "INSTALLED_APPS": ["shop"], "DEBUG": True},
     )  # fmt: skip
 
     response = admin_client.get(worker_url(worker))
@@ -146,7 +147,13 @@ def test_the_page_shows_what_the_worker_answered(admin_client, inspected):
         assert text in html, text
     assert "proj.mail" in html and ">12<" in html  # registered, with the total done
     assert "2, 3, x=1" in html
-    assert "worker_prefetch_multiplier" in html
+    # Celery's settings; not the Django settings its answer holds too.
+    assert "worker_prefetch_multiplier" in html and "CELERY_BROKER_URL" in html
+    assert "INSTALLED_APPS" not in html and "shop" not in html
+    assert (
+        "2 Celery settings differ from their defaults (secrets masked by the worker); "
+        "2 other settings of its configuration (Django's, say) are left out"
+    ) in html
     # Recorded ids link to their task's page; the others say they were not recorded.
     task_page = reverse("admin:celery_monitor_taskstate_change", args=[recorded.pk])
     assert html.count(f'href="{task_page}"') == 2  # running, and revoked
@@ -197,7 +204,7 @@ def test_what_the_worker_answers_is_escaped(admin_client, inspected, payload):
         active=[{"id": payload, "name": payload, "args": [payload], "kwargs": {payload: payload}}],
         scheduled=[{"eta": payload, "request": {"id": payload, "name": payload}}],
         revoked=[payload],
-        conf={payload: payload},
+        conf={"broker_url": payload, f"CELERY_MONITOR_{payload}": 1},
     )
 
     html = admin_client.get(worker_url(worker)).content.decode()

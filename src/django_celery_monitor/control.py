@@ -10,6 +10,7 @@ workers were reached.
 from __future__ import annotations
 
 import ast
+import functools
 import math
 import re
 import time
@@ -477,6 +478,42 @@ def inspect(
     if errors:
         raise errors[0]
     return {command: future.result() for command, future in futures.items()}
+
+
+@functools.cache
+def _celery_setting_names() -> frozenset[str]:
+    """Celery's setting names, today's and the old ones, in lower case."""
+    from celery.app.defaults import DEFAULTS, NAMESPACES, flatten
+
+    names = set(DEFAULTS)
+    for _name, option in flatten(NAMESPACES):
+        names.update(old.lower() for old in option.old)
+    return frozenset(names)
+
+
+def is_celery_setting(key: str) -> bool:
+    """Whether ``key`` of a worker's ``conf`` answer is a setting of Celery's or of this
+    monitor's: ``broker_url``, ``CELERYD_CONCURRENCY``, or one given with the app's
+    namespace (``CELERY_BROKER_URL``, ``CELERY_MONITOR_CONTROL_TIMEOUT``).
+
+    Celery's answer holds everything its configuration source holds: with Django's
+    settings as the source, ``DEBUG``, ``INSTALLED_APPS`` and the rest of them too.
+    """
+    names = _celery_setting_names()
+    lower = key.lower()
+    candidates = [lower]
+    if "_" in lower:
+        candidates.append(lower.split("_", 1)[1])  # without the namespace
+    return any(name in names or name.startswith(("monitor_", "monitors_")) for name in candidates)
+
+
+def celery_settings(reply: Any) -> tuple[dict[str, Any], int]:
+    """The settings of a worker's ``conf`` answer that are Celery's or the monitor's (see
+    :func:`is_celery_setting`), and how many others it held."""
+    if not isinstance(reply, dict):
+        return {}, 0
+    kept = {str(key): value for key, value in reply.items() if is_celery_setting(str(key))}
+    return kept, len(reply) - len(kept)
 
 
 def parse_registered(reply: Any) -> dict[str, dict[str, str]]:

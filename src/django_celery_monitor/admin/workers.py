@@ -480,6 +480,8 @@ class Live:
         self._links: dict[str, str] = {}
 
     def context(self) -> dict[str, Any]:
+        # Celery's answer holds all of its configuration source (Django's settings too).
+        conf, conf_others = control.celery_settings(self.values.get("conf"))
         scheduled = [
             {**_dict(entry.get("request")), "eta": entry.get("eta")}
             for entry in map(_dict, _list(self.values.get("scheduled")))
@@ -534,10 +536,8 @@ class Live:
                 }
                 for name, info in sorted((self.registered_info() or {}).items())
             ],
-            "conf": [
-                (str(key), _text(value))
-                for key, value in sorted(_dict(self.values.get("conf")).items())
-            ],
+            "conf": [(key, _text(value)) for key, value in sorted(conf.items())],
+            "conf_others": conf_others,
         }
 
     def registered_info(self) -> dict[str, dict[str, str]] | None:
