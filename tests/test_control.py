@@ -479,28 +479,50 @@ def test_a_reply_that_is_no_workers_answer_is_left_out(app, redis_url, monkeypat
 
 
 @pytest.mark.parametrize(
-    ("key", "celery"),
+    ("key", "namespace", "celery"),
     [
-        ("broker_url", True),
-        ("CELERY_BROKER_URL", True),  # with Django's namespace
-        ("CELERY_TASK_ACKS_LATE", True),
-        ("CELERYD_CONCURRENCY", True),  # an old name
-        ("BROKER_URL", True),
-        ("MYAPP_WORKER_PREFETCH_MULTIPLIER", True),  # another namespace
-        ("CELERY_MONITOR_CONTROL_TIMEOUT", True),  # the monitor's own
-        ("monitors_expire_success", True),
-        ("DEBUG", False),
-        ("INSTALLED_APPS", False),
-        ("TIME_ZONE", False),
-        ("deprecated_settings", False),
-        ("", False),
+        ("broker_url", None, True),
+        ("CELERY_BROKER_URL", "CELERY", True),  # with Django's namespace
+        ("CELERY_TASK_ACKS_LATE", "CELERY", True),
+        ("CELERY_TASK_ACKS_LATE", None, True),  # the namespace Celery's docs give Django
+        ("CELERYD_CONCURRENCY", None, True),  # an old name
+        ("BROKER_URL", "CELERY", True),
+        ("MYAPP_WORKER_PREFETCH_MULTIPLIER", "MYAPP", True),  # the app's own namespace
+        ("MYAPP_WORKER_PREFETCH_MULTIPLIER", "CELERY", False),  # not the app's namespace
+        ("CELERY_MONITOR_CONTROL_TIMEOUT", "MYAPP", True),  # the monitor's own
+        ("MYAPP_MONITOR_CONTROL_TIMEOUT", "MYAPP", True),
+        ("monitors_expire_success", None, True),  # 1.1.2's name
+        ("CELERY_MONITORS_EXPIRE_SUCCESS", "CELERY", True),
+        ("CELERY_MONITOR_NO_SUCH_THING", "CELERY", False),
+        ("TIME_ZONE", "CELERY", True),  # Celery's timezone when it has none of its own
+        ("SELECT2_CACHE_BACKEND", "CELERY", False),  # another app's, not a namespace
+        ("SESSION_REDIS_HOST", "CELERY", False),
+        ("SENTRY_MONITOR_SLUG", "CELERY", False),
+        ("DEBUG", "CELERY", False),
+        ("INSTALLED_APPS", "CELERY", False),
+        ("deprecated_settings", "CELERY", False),
+        ("CELERY_", "CELERY", False),
+        ("", None, False),
     ],
 )
-def test_the_celery_settings_of_a_conf_answer(key, celery):
-    assert control.is_celery_setting(key) is celery
+def test_the_celery_settings_of_a_conf_answer(key, namespace, celery):
+    assert control.is_celery_setting(key, namespace) is celery
 
 
 def test_a_conf_answer_keeps_celery_settings_and_counts_the_others():
-    reply = {"CELERY_BROKER_URL": "redis://", "DEBUG": True, "SECRET_KEY": "********"}
-    assert control.celery_settings(reply) == ({"CELERY_BROKER_URL": "redis://"}, 2)
+    reply = {
+        "CELERY_BROKER_URL": "redis://",
+        "TIME_ZONE": "UTC",
+        "DEBUG": True,
+        "SECRET_KEY": "********",
+        # attributes of the configuration source, not settings: not counted
+        "SETTINGS_MODULE": "proj.settings",
+        "deprecated_settings": [],
+        "is_overridden": "<bound method>",
+        "_wrapped": "<Settings>",
+    }
+    assert control.celery_settings(reply, "CELERY") == (
+        {"CELERY_BROKER_URL": "redis://", "TIME_ZONE": "UTC"},
+        2,
+    )
     assert control.celery_settings(["not", "a", "dict"]) == ({}, 0)

@@ -491,29 +491,67 @@ def _celery_setting_names() -> frozenset[str]:
     return frozenset(names)
 
 
-def is_celery_setting(key: str) -> bool:
+@functools.cache
+def _monitor_setting_names() -> frozenset[str]:
+    """This monitor's setting names, today's and 1.1.2's, in lower case."""
+    from . import conf
+
+    return frozenset(
+        name.lower()
+        for setting in vars(conf).values()
+        if isinstance(setting, conf.Setting)
+        for name in setting.names
+    )
+
+
+# Celery reads these Django settings under their own names.
+_DJANGO_NAMES_CELERY_READS = frozenset({"TIME_ZONE"})
+# Attributes of a configuration source that are not settings (Django's LazySettings,
+# Celery's Settings).
+_NOT_SETTINGS = frozenset(
+    {"deprecated_settings", "is_overridden", "configured", "SETTINGS_MODULE", "settings_module"}
+)
+
+
+def is_celery_setting(key: str, namespace: str | None = None) -> bool:
     """Whether ``key`` of a worker's ``conf`` answer is a setting of Celery's or of this
-    monitor's: ``broker_url``, ``CELERYD_CONCURRENCY``, or one given with the app's
-    namespace (``CELERY_BROKER_URL``, ``CELERY_MONITOR_CONTROL_TIMEOUT``).
+    monitor's: ``broker_url``, ``CELERYD_CONCURRENCY``, ``TIME_ZONE`` (Celery's timezone
+    when it has none), or one given with the app's ``namespace`` (``CELERY_BROKER_URL``,
+    ``CELERY_MONITOR_CONTROL_TIMEOUT`` with the namespace ``CELERY``).
 
     Celery's answer holds everything its configuration source holds: with Django's
-    settings as the source, ``DEBUG``, ``INSTALLED_APPS`` and the rest of them too.
+    settings as the source, ``DEBUG``, ``INSTALLED_APPS`` and the rest of them too. Only
+    the app's own namespace is taken off: ``SELECT2_CACHE_BACKEND`` is not Celery's.
     """
-    names = _celery_setting_names()
-    lower = key.lower()
-    candidates = [lower]
-    if "_" in lower:
-        candidates.append(lower.split("_", 1)[1])  # without the namespace
-    return any(name in names or name.startswith(("monitor_", "monitors_")) for name in candidates)
+    if key in _DJANGO_NAMES_CELERY_READS:
+        return True
+    names = _celery_setting_names() | _monitor_setting_names()
+    if key.lower() in names:
+        return True
+    # CELERY_ is the namespace Celery's documentation gives Django projects, and the
+    # monitor reads its own settings under it whatever the app's namespace is.
+    for prefix in {"CELERY_", (namespace or "CELERY").rstrip("_").upper() + "_"}:
+        if key.upper().startswith(prefix) and key[len(prefix) :].lower() in names:
+            return True
+    return False
 
 
-def celery_settings(reply: Any) -> tuple[dict[str, Any], int]:
+def celery_settings(reply: Any, namespace: str | None = None) -> tuple[dict[str, Any], int]:
     """The settings of a worker's ``conf`` answer that are Celery's or the monitor's (see
-    :func:`is_celery_setting`), and how many others it held."""
+    :func:`is_celery_setting`), and how many other settings it held (attributes of the
+    configuration source that are not settings, such as ``SETTINGS_MODULE``, are not
+    counted)."""
     if not isinstance(reply, dict):
         return {}, 0
-    kept = {str(key): value for key, value in reply.items() if is_celery_setting(str(key))}
-    return kept, len(reply) - len(kept)
+    kept: dict[str, Any] = {}
+    others = 0
+    for key, value in reply.items():
+        key = str(key)
+        if is_celery_setting(key, namespace):
+            kept[key] = value
+        elif key not in _NOT_SETTINGS and not key.startswith("_"):
+            others += 1
+    return kept, others
 
 
 def parse_registered(reply: Any) -> dict[str, dict[str, str]]:

@@ -463,10 +463,15 @@ class Live:
     """What one worker answered the inspect commands, in the shape its page shows."""
 
     def __init__(
-        self, hostname: str, answers: dict[str, control.Answer], current_app: str | None
+        self,
+        hostname: str,
+        answers: dict[str, control.Answer],
+        current_app: str | None,
+        namespace: str | None = None,
     ) -> None:
         self.hostname = hostname
         self.current_app = current_app
+        self.namespace = namespace  # the Celery app's settings namespace ("CELERY")
         self.answers = {
             command: {
                 "answered": hostname in answer.replies,
@@ -481,7 +486,7 @@ class Live:
 
     def context(self) -> dict[str, Any]:
         # Celery's answer holds all of its configuration source (Django's settings too).
-        conf, conf_others = control.celery_settings(self.values.get("conf"))
+        conf, conf_others = control.celery_settings(self.values.get("conf"), self.namespace)
         scheduled = [
             {**_dict(entry.get("request")), "eta": entry.get("eta")}
             for entry in map(_dict, _list(self.values.get("scheduled")))
@@ -900,17 +905,17 @@ class WorkerMonitor(ModelMonitor):
     def _live_context(
         self, request: HttpRequest, worker: WorkerState, bound: WorkerControlForm | None
     ) -> dict[str, Any]:
-        live: dict[str, Any] = {
-            "asked_at": timezone.now(),
-            "timeout": _timeout(self.get_celery_app()),
-        }
+        app = self.get_celery_app()
+        live: dict[str, Any] = {"asked_at": timezone.now(), "timeout": _timeout(app)}
         registered: list[str] | None = None
         try:
-            answers = control.inspect(worker.hostname, app=self.get_celery_app())
+            answers = control.inspect(worker.hostname, app=app)
         except control.ControlError as exc:
             live["error"] = str(exc.__cause__ or exc)
         else:
-            state = Live(worker.hostname, answers, self.admin_site.name)
+            state = Live(
+                worker.hostname, answers, self.admin_site.name, getattr(app, "namespace", None)
+            )
             live.update(state.context())
             registered = state.registered()
         groups = []
