@@ -451,17 +451,22 @@ def test_retry_refuses_arguments_json_cannot_carry(app, redis_url):
 def test_rate_limits_of_several_task_types_are_sent_at_once(monkeypatch):
     import threading
 
-    # Each broadcast waits for its replies; three names wait together, or the barrier
-    # (which needs all three at once) breaks.
-    barrier = threading.Barrier(3, timeout=5)
+    # Each broadcast waits for its replies; the most names allowed wait together, or the
+    # barrier (which needs all of them at once) breaks.
+    most = control.MAX_RATE_LIMIT_NAMES
+    barrier = threading.Barrier(most, timeout=5)
 
     def rate_limit(name, rate, destination=None, app=None, expected=None):
         barrier.wait()
         return {"w@h": {"ok": f"{name} {rate} {expected}"}}
 
     monkeypatch.setattr(control, "rate_limit", rate_limit)
-    replies = control.rate_limits(["a", "b", "c", "a"], "10/m", app=object(), expected=3)
-    assert replies == {name: {"w@h": {"ok": f"{name} 10/m 3"}} for name in "abc"}
+    names = [f"t{i}" for i in range(most)]
+    replies = control.rate_limits([*names, "t0"], "10/m", app=object(), expected=3)
+    assert replies == {name: {"w@h": {"ok": f"{name} 10/m 3"}} for name in names}
+
+    with pytest.raises(ValueError, match="at most"):
+        control.rate_limits([*names, "one more"], "10/m", app=object())
 
 
 @pytest.mark.parametrize("body", [["not", "a", "dict"], "text", 7, None, {1: "x"}])

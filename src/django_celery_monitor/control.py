@@ -102,6 +102,8 @@ _REGISTERED_RE = re.compile(r"^(?P<name>\S+)(?: \[(?P<info>.*)\])?$", re.DOTALL)
 
 #: The most processes an autoscale command may ask for.
 MAX_AUTOSCALE = 1000
+#: The most task types :func:`rate_limits` sets at once (a broadcast each, all in flight).
+MAX_RATE_LIMIT_NAMES = 20
 #: The longest time limit accepted, in seconds (a week).
 MAX_TIME_LIMIT = 7 * 24 * 3600.0
 
@@ -360,15 +362,18 @@ def rate_limits(
     """:func:`rate_limit` of several task types: the replies by hostname of each name.
 
     A broadcast a name (Celery's command takes one), each awaiting its replies as
-    :func:`rate_limit` does: they are sent at once, from threads of their own, so that a
-    dozen names take about as long as one.
+    :func:`rate_limit` does: they are sent at once, each from a thread of its own, so that
+    :data:`MAX_RATE_LIMIT_NAMES` names take about as long as one. More names are refused
+    with ValueError.
     """
     names = list(dict.fromkeys(task_names))
     rate = parse_rate(rate)
     if not names:
         return {}
+    if len(names) > MAX_RATE_LIMIT_NAMES:
+        raise ValueError(f"{len(names)} task names, at most {MAX_RATE_LIMIT_NAMES} at once")
     app = _app(app)
-    with ThreadPoolExecutor(max_workers=min(len(names), 8)) as pool:
+    with ThreadPoolExecutor(max_workers=len(names)) as pool:
         futures = {
             name: pool.submit(rate_limit, name, rate, destination, app, expected) for name in names
         }

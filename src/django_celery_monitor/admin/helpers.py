@@ -42,8 +42,8 @@ NODE_STATE_COLORS = {"ONLINE": "green", "OFFLINE": "gray"}
 MAX_ACTION_TASKS = 1000
 #: The most tasks "retry" sends again at once.
 MAX_RETRY_TASKS = 100
-#: The most task types one rate limit action sets (a broadcast each).
-MAX_RATE_LIMIT_NAMES = 20
+#: The most task types one rate limit action sets (a broadcast each, all at once).
+MAX_RATE_LIMIT_NAMES = control.MAX_RATE_LIMIT_NAMES
 #: The most workers one worker action sends its command to.
 MAX_ACTION_WORKERS = 200
 #: How many refusals a message quotes.
