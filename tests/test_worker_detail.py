@@ -564,6 +564,41 @@ def test_revoke_by_name_says_when_this_workers_answer_was_not_awaited(
     ]
 
 
+def test_revoke_by_name_of_an_offline_worker_says_it_did_not_answer(
+    admin_client, inspected, revoked
+):
+    # w1 and w2 are online and answered; this worker is offline: it did not answer.
+    worker = make_worker("w3@test", alive=False)
+    make_worker("w1@test")
+    make_worker("w2@test")
+    make_task("RECEIVED", name="proj.add", worker=worker)
+
+    post_control(admin_client, worker, "revoke_waiting", task_name="proj.add")
+
+    assert control.revoke_waiting.expecting == [2]
+    [(_user, text)] = history(admin_client, worker)
+    assert re.fullmatch(r"Revoked 1 waiting task of proj\.add \(no answer in [\d.]+ s\)", text)
+
+
+def test_revoke_by_name_finds_the_tasks_without_asking_the_worker(
+    admin_client, inspected, revoked
+):
+    # The worker does not say it runs proj.add (any more): the recorded waiting task of
+    # that name is revoked all the same, and the worker is not asked anything.
+    worker = make_worker("w1@test")
+    task = make_task("RECEIVED", name="proj.add", worker=worker)
+    inspected.update(registered=["proj.mail"])
+
+    response = post_control(
+        admin_client, worker, "revoke_waiting", follow=False, task_name="proj.add"
+    )
+
+    assert response.status_code == 302
+    assert inspected["calls"] == []
+    assert revoked == [[task.task_id]]
+    assert history(admin_client, task) == [("admin", "Revoked")]
+
+
 def test_revoke_by_name_is_bounded(admin_client, inspected, revoked, monkeypatch):
     from django_celery_monitor.admin import workers
 

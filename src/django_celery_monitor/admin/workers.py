@@ -1101,7 +1101,7 @@ class WorkerMonitor(ModelMonitor):
                 "done": done,
                 "ms": answer.ms[worker.hostname],
             }
-        elif expected and len(answer.replies) >= expected:
+        elif expected and len(answer.replies) >= expected and worker.is_alive():
             # As many workers answered as were online, others first: the wait ended there.
             log = ngettext(
                 "%(done)s (its answer not awaited: %(count)d worker answered first)",
