@@ -747,6 +747,36 @@ def test_the_task_page_is_headed_by_its_name_and_id(admin_client):
     assert f"<h2>UNKNOWN {nameless.task_id}</h2>" in html
 
 
+def test_a_projects_own_task_change_form_comes_first(admin_client, settings):
+    # A project that overrides the task page the way Django documents keeps its override,
+    # and can extend the monitor's page.
+    templates = {
+        "admin/celery_monitor/taskstate/change_form.html": (
+            '{% extends "admin/django_celery_monitor/task_change_form.html" %}'
+            "{% block object-tools %}<p>project override</p>{{ block.super }}{% endblock %}"
+        )
+    }
+    settings.TEMPLATES = [
+        {
+            **settings.TEMPLATES[0],
+            "APP_DIRS": False,
+            "OPTIONS": {
+                **settings.TEMPLATES[0]["OPTIONS"],
+                "loaders": [
+                    ("django.template.loaders.locmem.Loader", templates),
+                    "django.template.loaders.app_directories.Loader",
+                ],
+            },
+        }
+    ]
+    task = make_task(state="RECEIVED", name="proj.add")
+
+    html = admin_client.get(task_url(task)).content.decode()
+
+    assert "<p>project override</p>" in html
+    assert f"<h2>proj.add {task.task_id}</h2>" in html
+
+
 def test_task_detail_of_a_task_whose_parent_was_not_recorded(admin_client):
     task = make_task(state="STARTED", parent_id="gone-1234", received=timezone.now())
 

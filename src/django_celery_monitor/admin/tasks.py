@@ -137,7 +137,11 @@ class TaskMonitor(TaskExportMixin, ModelMonitor):
         "retry_tasks",
     ]
     change_list_template = "admin/django_celery_monitor/change_list.html"
-    change_form_template = "admin/django_celery_monitor/task_change_form.html"
+    # A project's own admin/celery_monitor/taskstate/change_form.html still comes first.
+    change_form_template = [
+        "admin/celery_monitor/taskstate/change_form.html",
+        "admin/django_celery_monitor/task_change_form.html",
+    ]
     fieldsets = (
         (
             None,
