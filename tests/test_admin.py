@@ -747,6 +747,19 @@ def test_the_task_page_is_headed_by_its_name_and_id(admin_client):
     assert f"<h2>UNKNOWN {nameless.task_id}</h2>" in html
 
 
+def test_the_task_history_page_names_the_task_as_its_page_does(admin_client):
+    task = make_task(state="RECEIVED", name="proj.<later>", eta=timezone.now())
+    url = reverse("admin:celery_monitor_taskstate_history", args=[task.pk])
+
+    html = admin_client.get(url).content.decode()
+
+    heading = f"proj.&lt;later&gt; {task.task_id}"
+    assert f"<h1>Change history: {heading}</h1>" in html
+    crumbs = re.search(r'class="breadcrumbs">(.*?)</(?:div|ol)>', html, re.S).group(1)
+    assert f'href="{task_url(task)}">{heading}</a>' in crumbs
+    assert "RECEIVED" not in crumbs and "<later>" not in html
+
+
 def test_a_projects_own_task_change_form_comes_first(admin_client, settings):
     # A project that overrides the task page the way Django documents keeps its override,
     # and can extend the monitor's page.

@@ -454,6 +454,18 @@ class TaskMonitor(TaskExportMixin, ModelMonitor):
             context["subtitle"] = context["cm_heading"] = _heading(obj)
         return super().render_change_form(request, context, add, change, form_url, obj)
 
+    def history_view(
+        self, request: HttpRequest, object_id: str, extra_context: dict[str, Any] | None = None
+    ) -> HttpResponse:
+        # Its title and breadcrumbs name the task as its page does, not by its str().
+        response = super().history_view(request, object_id, extra_context)
+        context = getattr(response, "context_data", None)
+        if context and isinstance(context.get("object"), TaskState):
+            obj = context["object"]
+            context["object"] = _Headed(obj, _heading(obj))
+            context["title"] = gettext("Change history: %s") % context["object"]
+        return response
+
     # -- actions
 
     def has_revoke_permission(self, request: HttpRequest) -> bool:
@@ -716,6 +728,19 @@ class TaskMonitor(TaskExportMixin, ModelMonitor):
                 % {"count": len(refused), "reason": refused[0]},
                 messages.WARNING,
             )
+
+
+class _Headed:
+    """A task as a page's breadcrumbs show it: its attributes, and its heading as text."""
+
+    def __init__(self, obj: TaskState, heading: str) -> None:
+        self._obj, self._heading = obj, heading
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._obj, name)
+
+    def __str__(self) -> str:
+        return self._heading
 
 
 def _heading(obj: TaskState) -> str:
