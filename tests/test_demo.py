@@ -97,6 +97,8 @@ def test_the_demo_records_tasks_and_stops_cleanly_on_ctrl_c(demo):
     health = json.loads(urlopen(f"http://127.0.0.1:{demo.port}/monitor/health/").read())
     assert health["status"] == "ok", health
     assert health["last_shot_age"] < 10
+    # A browser's request for the site's icon is not a 404 in the log.
+    assert urlopen(f"http://127.0.0.1:{demo.port}/favicon.ico").status == 204
     process.send_signal(signal.SIGINT)
     assert process.wait(60) == 0
     assert "The demo stopped." in demo.output.read_text()
