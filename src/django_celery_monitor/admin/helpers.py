@@ -201,3 +201,8 @@ def _refusal_text(refused: Sequence[tuple[str, str]]) -> str:
     return ngettext(
         "%(count)d refused (%(reasons)s).", "%(count)d refused (%(reasons)s).", len(refused)
     ) % {"count": len(refused), "reasons": shown}
+
+
+def _timeout(app: Any = None) -> str:
+    """How long an answer is awaited, in seconds: ``2``."""
+    return f"{control.reply_timeout(app):g}"
