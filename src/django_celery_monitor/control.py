@@ -486,27 +486,19 @@ def inspect(
 
 
 @functools.cache
-def _celery_setting_names() -> frozenset[str]:
-    """Celery's setting names, today's and the old ones, in lower case."""
+def _setting_names() -> frozenset[str]:
+    """Celery's setting names and this monitor's, today's and the old ones, in lower case."""
     from celery.app.defaults import DEFAULTS, NAMESPACES, flatten
+
+    from . import conf
 
     names = set(DEFAULTS)
     for _name, option in flatten(NAMESPACES):
         names.update(old.lower() for old in option.old)
+    for setting in vars(conf).values():
+        if isinstance(setting, conf.Setting):
+            names.update(name.lower() for name in setting.names)
     return frozenset(names)
-
-
-@functools.cache
-def _monitor_setting_names() -> frozenset[str]:
-    """This monitor's setting names, today's and 1.1.2's, in lower case."""
-    from . import conf
-
-    return frozenset(
-        name.lower()
-        for setting in vars(conf).values()
-        if isinstance(setting, conf.Setting)
-        for name in setting.names
-    )
 
 
 # Celery reads these Django settings under their own names.
@@ -530,7 +522,7 @@ def is_celery_setting(key: str, namespace: str | None = None) -> bool:
     """
     if key in _DJANGO_NAMES_CELERY_READS:
         return True
-    names = _celery_setting_names() | _monitor_setting_names()
+    names = _setting_names()
     if key.lower() in names:
         return True
     # CELERY_ is the namespace Celery's documentation gives Django projects, and the
