@@ -13,6 +13,7 @@ from pprint import pformat
 from typing import Any
 
 from celery import states
+from django import forms
 from django.contrib.admin.models import CHANGE, LogEntry
 from django.contrib.admin.templatetags.admin_urls import admin_urlname
 from django.db import models
@@ -22,6 +23,7 @@ from django.utils import formats, timezone
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import mark_safe
 from django.utils.translation import gettext, ngettext
+from django.utils.translation import gettext_lazy as _
 
 from .. import control
 from ..humanize import naturaldate
@@ -206,3 +208,19 @@ def _refusal_text(refused: Sequence[tuple[str, str]]) -> str:
 def _timeout(app: Any = None) -> str:
     """How long an answer is awaited, in seconds: ``2``."""
     return f"{control.reply_timeout(app):g}"
+
+
+class RateField(forms.CharField):
+    """A task's rate limit as Celery takes it (``10``, ``10/s``, ``100/m``, ``1000/h``)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("max_length", 32)
+        super().__init__(**kwargs)
+
+    def clean(self, value: Any) -> str:
+        try:
+            return control.parse_rate(super().clean(value))
+        except ValueError:
+            raise forms.ValidationError(
+                _("Enter a number, optionally followed by /s, /m or /h."), code="invalid"
+            ) from None

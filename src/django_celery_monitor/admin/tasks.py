@@ -41,6 +41,7 @@ from .helpers import (
     MAX_SEARCH_NAMES,
     MAX_SEARCH_WORKERS,
     TASK_STATE_COLORS,
+    RateField,
     _badge,
     _change_url,
     _log,
@@ -60,22 +61,13 @@ from .queries import hostnames_starting, prefix_q, search_terms, values_present,
 class RateLimitForm(forms.Form):
     """The confirmation form of the rate limit action."""
 
-    rate_limit = forms.CharField(
+    rate_limit = RateField(
         label=_("Rate limit"),
-        max_length=32,
         help_text=_(
             "Tasks per second, or per minute or hour: 10, 10/s, 100/m, 1000/h. "
             "0 removes the limit."
         ),
     )
-
-    def clean_rate_limit(self) -> str:
-        try:
-            return control.parse_rate(self.cleaned_data["rate_limit"])
-        except ValueError:
-            raise forms.ValidationError(
-                _("Enter a number, optionally followed by /s, /m or /h."), code="invalid"
-            ) from None
 
 
 class TaskPaginator(CappedPaginator):

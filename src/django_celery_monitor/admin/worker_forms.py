@@ -16,7 +16,7 @@ from django.utils.translation import gettext
 from django.utils.translation import gettext_lazy as _
 
 from .. import control
-from .helpers import MAX_ACTION_TASKS
+from .helpers import MAX_ACTION_TASKS, RateField
 
 
 class TaskNameField(forms.CharField):
@@ -232,19 +232,7 @@ class WorkerRateLimitForm(WorkerControlForm):
     checks_task_name = True
 
     task_name = TaskNameField()
-    rate = forms.CharField(
-        label=_("Rate"),
-        max_length=32,
-        widget=forms.TextInput(attrs={"class": "cm-short"}),
-    )
-
-    def clean_rate(self) -> str:
-        try:
-            return control.parse_rate(self.cleaned_data["rate"])
-        except ValueError:
-            raise forms.ValidationError(
-                _("Enter a number, optionally followed by /s, /m or /h."), code="invalid"
-            ) from None
+    rate = RateField(label=_("Rate"), widget=forms.TextInput(attrs={"class": "cm-short"}))
 
 
 class RevokeWaitingForm(WorkerControlForm):
