@@ -595,6 +595,42 @@ def test_sqlite_stages_a_batch_while_another_writer_holds_the_lock():
     assert TaskState.objects.get(task_id=tid).state == "SUCCESS"
 
 
+@pytest.mark.django_db(transaction=True)  # statements traced on the writer's connection
+def test_sqlite_a_writer_new_to_the_workers_stages_its_rows_before_it_takes_the_lock():
+    """The first shot of a camera (or one naming a new worker): its workers are written in a
+    transaction of their own, then its rows are made and staged, and the transaction that
+    merges them holds SQLite's only write lock for the merge alone, not while Python makes
+    the rows (which, beside the thread handling events, took most of that first shot)."""
+    from django_celery_monitor import writer as writer_module
+    from django_celery_monitor.models import WorkerState
+
+    if connection.vendor != "sqlite":
+        pytest.skip("the lock of a SQLite file")
+    tasks = {
+        str(uuidlib.uuid4()): {"state": "STARTED", "tstamp": T0, "worker": f"w{n % 3}@h"}
+        for n in range(12)
+    }
+    connection.ensure_connection()
+    statements: list[str] = []
+    connection.connection.set_trace_callback(statements.append)
+    try:
+        ids, written = SnapshotWriter().write({"w0@h": {"last_heartbeat": T0}}, tasks)
+    finally:
+        connection.connection.set_trace_callback(None)
+    table = f'INSERT INTO "{TaskState._meta.db_table}"'
+    merge = next(n for n, s in enumerate(statements) if s.startswith(table))
+    begin = max(n for n, s in enumerate(statements[:merge]) if s.startswith("BEGIN"))
+    stage = f'INSERT INTO temp."{writer_module.STAGE_TABLE}"'
+    assert not [s for s in statements[begin:merge] if s.startswith(stage)]
+    assert [s for s in statements[:begin] if s.startswith(stage)]
+    assert written == 12 and sorted(ids) == ["w0@h", "w1@h", "w2@h"]
+    rows = TaskState.objects.select_related("worker")
+    assert sorted((r.task_id, r.worker.hostname) for r in rows) == sorted(
+        (task_id, values["worker"]) for task_id, values in tasks.items()
+    )
+    assert WorkerState.objects.get(hostname="w0@h").last_heartbeat == T0
+
+
 def _cache_size() -> int:
     with connection.cursor() as cursor:
         cursor.execute("PRAGMA cache_size")
@@ -695,8 +731,8 @@ def test_sqlite_stages_a_batch_in_inserts_of_as_many_rows_as_the_database_takes(
     with sqlite_parameters(100) as raw:
         raw.set_trace_callback(statements.append)
         try:
-            # A writer of its own: it knows no worker's key yet, so the batch is staged
-            # once, in the transaction that writes the worker.
+            # A writer of its own: it knows no worker's key yet, so it writes the worker
+            # first, and then stages the batch once, before the transaction that merges it.
             SnapshotWriter().write({"w1@h": {"last_heartbeat": T0}}, tasks)
         finally:
             raw.set_trace_callback(None)

@@ -552,19 +552,27 @@ class SnapshotWriter:
         The task rows are made ready, and staged in the connection's temporary table, before
         the transaction begins: that needs no lock on the database, and other writers (other
         cameras, shards) go on writing meanwhile. The rows name their workers by the keys
-        the last write read; in the transaction, the workers are written, and should a key
-        have changed (a worker deleted meanwhile, and made again), the rows are made and
-        staged again there.
+        the last write read (workers it did not name are written first, in a transaction of
+        their own); in the transaction, the workers are written, and should a key have
+        changed (a worker deleted meanwhile, and made again), the rows are made and staged
+        again there.
         """
         self._size_cache(connections[db])
         known = self._worker_ids.setdefault(db, {})
         named = {values["worker"] for values in tasks.values() if values.get("worker")}
         staged = {hostname: known.get(hostname) for hostname in named}
-        early = (
-            bool(tasks)
-            and len(tasks) <= self.settings.write_batch_size
-            and None not in staged.values()
-        )
+        early = bool(tasks) and len(tasks) <= self.settings.write_batch_size
+        written_first: dict[str, int] = {}
+        if early and None in staged.values():
+            # Workers this writer has not written yet (its first shot, a new worker): they
+            # are written first, on their own, so that the rows can be staged with their
+            # keys; the transaction then checks the keys only. Otherwise the rows would be
+            # made in it, holding the lock while other writers wait.
+            written_first = self._retrying(db, lambda: self._write_workers(db, worker_rows))
+            known.update(written_first)
+            worker_rows = {hostname: {} for hostname in named}
+            staged = {hostname: known.get(hostname) for hostname in named}
+            early = None not in staged.values()
         if early:
             self._stage_unlocked(db, self._task_rows(db, tasks, staged, adapters))
 
@@ -576,6 +584,7 @@ class SnapshotWriter:
             return ids, self._write_tasks(db, params) if params else 0
 
         ids, written = self._retrying(db, both)
+        ids = {**written_first, **ids}
         if len(known) > MAX_KNOWN_WORKERS:
             known.clear()
         known.update(ids)
