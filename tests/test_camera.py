@@ -564,6 +564,63 @@ def test_a_worker_that_says_goodbye_is_offline_at_once(state, camera):
     assert WorkerState.objects.get().is_alive()
 
 
+def _two_cameras(app) -> tuple[Camera, Camera]:
+    """Two cameras that share one queue's events (competing consumers): each gets a part,
+    and writes its workers at every shot."""
+    cameras = Camera(State(), app=app), Camera(State(), app=app)
+    for camera in cameras:
+        camera.worker_update_freq = 0
+    return cameras
+
+
+def test_a_camera_writing_an_older_heartbeat_later_changes_nothing_of_the_worker(app):
+    """Camera A got a heartbeat of a busy worker, camera B the next one; B's shot is written
+    first. A's later shot must not put the older heartbeat's counts and load on the row."""
+    a, b = _two_cameras(app)
+    now = time.time()
+    feed(a.state, events.worker_event("heartbeat", ts=now - 4, active=3, processed=100,
+                                      loadavg=[9.0, 9.0, 9.0]))  # fmt: skip
+    feed(b.state, events.worker_event("heartbeat", ts=now - 2, active=0, processed=110,
+                                      loadavg=[0.1, 0.1, 0.1], sw_ver="5.7.1"))  # fmt: skip
+    shutter(b)
+    shutter(a)
+    worker = WorkerState.objects.get()
+    assert worker.last_heartbeat.timestamp() == pytest.approx(now - 2, abs=1e-3)
+    assert (worker.active, worker.processed, worker.loadavg, worker.sw_ver) == (
+        0, 110, [0.1, 0.1, 0.1], "5.7.1"
+    )  # fmt: skip
+    # A newer heartbeat, from either camera, is taken whole.
+    feed(a.state, events.worker_event("heartbeat", ts=now - 1, active=2, processed=120))
+    shutter(a)
+    worker = WorkerState.objects.get()
+    assert (worker.active, worker.processed) == (2, 120)
+    assert worker.is_alive()
+
+
+def test_a_heartbeat_received_before_the_goodbye_does_not_bring_the_worker_back(app):
+    """Camera A got the worker's goodbye, camera B the heartbeat sent just before it, and
+    B's shot is written after A's: the worker stays offline."""
+    a, b = _two_cameras(app)
+    now = time.time()
+    feed(a.state, events.worker_event("heartbeat", ts=now - 6))
+    shutter(a)
+    feed(b.state, events.worker_event("heartbeat", ts=now - 2, processed=50))
+    feed(a.state, events.worker_event("offline", ts=now - 1))
+    shutter(a)
+    worker = WorkerState.objects.get()
+    assert worker.offline and not worker.is_alive()
+    assert worker.last_heartbeat.timestamp() == pytest.approx(now - 1, abs=1e-3)
+    shutter(b)
+    worker = WorkerState.objects.get()
+    assert worker.offline and not worker.is_alive()
+    assert worker.processed == 10  # the goodbye's, not the older heartbeat's
+    # The worker's next start is taken.
+    feed(b.state, events.worker_event("online", ts=now))
+    shutter(b)
+    worker = WorkerState.objects.get()
+    assert not worker.offline and worker.is_alive()
+
+
 def test_a_goodbye_noted_while_a_shot_runs_is_written_by_the_next(state, camera, monkeypatch):
     """The event hook notes a worker's goodbye once the state has taken it (and forgotten
     the worker), outside the state's lock: a shot may run in between."""

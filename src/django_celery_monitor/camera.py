@@ -220,6 +220,16 @@ def _shard(shard: Shard | tuple[int, int] | str | None) -> Shard | None:
     return Shard(*shard)
 
 
+def _goodbye_time(worker: Any) -> Any:
+    """When a worker's last event (its goodbye) was received, as a heartbeat is timed; its
+    own time when the receiver did not say; None when neither is a time."""
+    for attribute in ("local_received", "timestamp"):
+        stamp = clean_timestamp(getattr(worker, attribute, None))
+        if stamp is not None:
+            return stamp
+    return None
+
+
 def _state_of(subject: str) -> str:
     return TASK_EVENT_TO_STATE.get(subject) or subject.upper()
 
@@ -267,6 +277,9 @@ class Camera(Polaroid):
         #: evict a task before the shot).
         self._dirty_tasks: dict[str, Any] = {}
         self._last_worker_event: dict[str, str] = {}
+        #: The worker objects of the goodbyes noted there: Celery's State drops the worker
+        #: at its goodbye, and the object keeps when the goodbye came.
+        self._goodbyes: dict[str, Any] = {}
         #: Guards what the event hook notes (it runs outside the state's lock).
         self._events_lock = threading.Lock()
         self._started_at = time.monotonic()
@@ -337,9 +350,10 @@ class Camera(Polaroid):
         ``celery events --camera``, which Celery gives ``state.event``.
         """
         state, handle = self.state, self.state.event
-        dirty, last_worker_event, lock = (
+        dirty, last_worker_event, goodbyes, lock = (
             self._dirty_tasks,
             self._last_worker_event,
+            self._goodbyes,
             self._events_lock,
         )
         count_missed = self.shard is None
@@ -360,6 +374,8 @@ class Camera(Polaroid):
                             started_seen[hostname] = started_seen.get(hostname, 0) + 1
                     else:
                         last_worker_event[obj.hostname] = subject
+                        if subject == "offline":
+                            goodbyes[obj.hostname] = obj
                         if count_missed and "processed" in event:
                             self._note_processed(obj.hostname, event["processed"])
             return result
@@ -467,6 +483,11 @@ class Camera(Polaroid):
         event = self._last_worker_event.get(worker.hostname)
         if event == "offline":
             row["offline"] = True
+            if row["last_heartbeat"] is None:
+                # Celery forgets the heartbeats at the goodbye: the goodbye's time is the
+                # worker's last sign, which a heartbeat another camera received before it
+                # (sharing the events with this one) must not take back.
+                row["last_heartbeat"] = _goodbye_time(worker)
         elif event is not None and row["last_heartbeat"] is not None:
             row["offline"] = False
         return row
@@ -551,10 +572,11 @@ class Camera(Polaroid):
         # taken the event (and let go of its lock): a note may come while this shot runs.
         with self._events_lock:
             noted = dict(self._last_worker_event)
-        # Celery's State forgets a worker that says goodbye when it was not in the state.
+            goodbyes = dict(self._goodbyes)
+        # Celery's State forgets a worker that says goodbye: its object at the goodbye.
         for hostname, event in noted.items():
             if event == "offline" and hostname not in workers:
-                workers[hostname] = state.Worker(hostname)
+                workers[hostname] = goodbyes.get(hostname) or state.Worker(hostname)
         worker_rows = {}
         for hostname, worker in workers.items():
             key = clean_id(hostname)
@@ -573,6 +595,7 @@ class Camera(Polaroid):
             for hostname, event in noted.items():
                 if self._last_worker_event.get(hostname) == event:
                     del self._last_worker_event[hostname]
+                    self._goodbyes.pop(hostname, None)
         if len(self._worker_written) > REMEMBERED_WORKERS:
             self._forget_quiet_workers(now)
 

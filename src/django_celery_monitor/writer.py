@@ -381,9 +381,12 @@ def worker_upsert_sql(
 
     The recorded heartbeat is replaced when it is at most the floor (the incoming
     heartbeat; with ``floor_given``, a parameter ``floor``: later when the clock went back)
-    or later than ``ahead`` (it was written from a clock that ran ahead). The offline flag
-    goes with the heartbeat it came with; without ``offline_given`` the rows do not say,
-    and the recorded flag stays.
+    or later than ``ahead`` (it was written from a clock that ran ahead). What a worker
+    said with its heartbeat (its counters, load, software) and its offline flag go with
+    the heartbeat they came with: a row of an older heartbeat than the recorded one (from
+    a camera that shares the events with another, and wrote later) changes none of them.
+    Without ``offline_given`` the rows do not say, and the recorded flag stays. The
+    parameters that follow the rows' are at most twice as many as ``columns``.
     """
     d = _Dialect(connection, table, "hostname")
     new, old = d.new, d.old
@@ -391,20 +394,26 @@ def worker_upsert_sql(
     floor = "%s" if floor_given else beat
     replaces = f"{recorded} IS NULL OR {recorded} <= {floor} OR {recorded} > %s"
     taken = f"({beat} IS NOT NULL AND ({replaces}))"
+    # A heartbeat older than the recorded one (MySQL applies its assignments in order:
+    # all before the heartbeat's, which they read).
+    older = f"{beat} IS NOT NULL AND NOT {taken}"
     taken_params = ["floor", "ahead"] if floor_given else ["ahead"]
     assignments, order = [], []
     for column in columns:
         if column in ("hostname", "last_heartbeat", "offline"):
             continue
+        if column == "last_update":
+            assignments.append((column, new(column)))
+            continue
         merged = f"COALESCE({new(column)}, {old(column)})"
-        assignments.append((column, new(column) if column == "last_update" else merged))
+        assignments.append((column, f"CASE WHEN {older} THEN {old(column)} ELSE {merged} END"))
+        order += taken_params
     if offline_given:
         # MySQL applies its assignments in order: the flag before the heartbeat it reads.
         assignments.append(
             (
                 "offline",
-                f"CASE WHEN {beat} IS NOT NULL AND NOT {taken} THEN {old('offline')}"
-                f" ELSE {new('offline')} END",
+                f"CASE WHEN {older} THEN {old('offline')} ELSE {new('offline')} END",
             )
         )
         order += taken_params
@@ -970,7 +979,8 @@ class SnapshotWriter:
                 shapes[-1][1].append(params)
             else:
                 shapes.append((shape, [params], extra))
-        most = _rows_per_statement(connection, len(columns), more=4)  # floor, ahead: twice
+        # floor and ahead, at most once for each column (worker_upsert_sql)
+        most = _rows_per_statement(connection, len(columns), more=2 * len(columns))
         for (offline_given, floor_given), batch, extra in shapes:
             start = 0
             for count in _chunk_sizes(len(batch), most):
