@@ -11,6 +11,7 @@ import pytest
 from django.utils import timezone
 
 from django_celery_monitor import admin as monitor_admin
+from django_celery_monitor.control import reply_timeout
 from django_celery_monitor.models import TaskState, WorkerState
 from tests import tasks
 from tests.conftest import REQUIRE_SERVICES, wait_for
@@ -272,7 +273,9 @@ def test_the_history_of_a_task_names_the_action(page, live_server, redis_url):
     page.select_option("select[name=action]", "terminate_tasks")
     page.click("button[name=index]")
     assert page.locator("ul.messagelist li").inner_text() == (
-        "Terminated 1 task; no worker answered."
+        "Terminate (SIGTERM) sent for 1 task, but no worker answered in "
+        f"{reply_timeout():g} s: nothing says it was applied. A worker that reads it later "
+        "applies it then."
     )
 
     # From the admin's Recent actions to the task, then to its History.
@@ -280,7 +283,9 @@ def test_the_history_of_a_task_names_the_action(page, live_server, redis_url):
     page.click(f"#recent-actions-module a:has-text('{task.task_id}')")
     page.click("a.historylink")
     page.wait_for_selector("#change-history")
-    assert page.locator("#change-history tbody td").last.inner_text() == "Terminated (SIGTERM)"
+    assert page.locator("#change-history tbody td").last.inner_text() == (
+        "Terminate (SIGTERM) sent; no worker answered"
+    )
     screenshot(page, "task_history")
 
 

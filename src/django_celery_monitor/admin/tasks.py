@@ -52,6 +52,7 @@ from .helpers import (
     _seconds,
     _short_id,
     _task_name,
+    _timeout,
     _when,
 )
 from .lists import CappedPaginator
@@ -508,16 +509,21 @@ class TaskMonitor(TaskExportMixin, ModelMonitor):
         )
         if replies is None:
             return
-        if signal:
-            verb = gettext("Killed") if signal == "SIGKILL" else gettext("Terminated")
+        if replies:
+            if signal:
+                verb = gettext("Killed") if signal == "SIGKILL" else gettext("Terminated")
+            else:
+                verb = gettext("Revoked")
+            _log(request, tasks, f"{verb} ({signal})" if signal else verb)
+            text = ngettext("%(verb)s %(count)d task", "%(verb)s %(count)d tasks", len(tasks)) % {
+                "verb": verb,
+                "count": len(tasks),
+            }
+            self._report_replies(request, text, replies)
         else:
-            verb = gettext("Revoked")
-        _log(request, tasks, f"{verb} ({signal})" if signal else verb)
-        text = ngettext("%(verb)s %(count)d task", "%(verb)s %(count)d tasks", len(tasks)) % {
-            "verb": verb,
-            "count": len(tasks),
-        }
-        self._report_replies(request, text, replies)
+            # Nothing says the command was applied: a worker that is away, or busy (one
+            # whose full pool blocks its main loop), reads it later, or never.
+            self._report_unanswered_revoke(request, tasks, signal)
         running = sum(task.state == states.STARTED for task in tasks)
         if running and not terminate:
             # Celery's revoke only keeps a task from starting.
@@ -535,6 +541,28 @@ class TaskMonitor(TaskExportMixin, ModelMonitor):
                     running,
                 ) % {"count": running}
             self.message_user(request, text, messages.WARNING)
+
+    def _report_unanswered_revoke(self, request, tasks: list[TaskState], signal) -> None:
+        if signal == "SIGKILL":
+            command = gettext("Kill (SIGKILL)")
+        elif signal:
+            command = gettext("Terminate (%(signal)s)") % {"signal": signal}
+        else:
+            command = gettext("Revoke")
+        sent = gettext("%(command)s sent; no worker answered") % {"command": command}
+        _log(request, tasks, sent)
+        text = ngettext(
+            "%(command)s sent for %(count)d task, but no worker answered in %(timeout)s s: "
+            "nothing says it was applied. A worker that reads it later applies it then.",
+            "%(command)s sent for %(count)d tasks, but no worker answered in %(timeout)s s: "
+            "nothing says it was applied. A worker that reads it later applies it then.",
+            len(tasks),
+        ) % {
+            "command": command,
+            "count": len(tasks),
+            "timeout": _timeout(self.get_celery_app()),
+        }
+        self.message_user(request, text, messages.WARNING)
 
     def _report_finished(self, request, finished: list[TaskState]) -> None:
         if len(finished) == 1:
