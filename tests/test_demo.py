@@ -106,6 +106,52 @@ def test_the_demo_records_tasks_and_stops_cleanly_on_ctrl_c(demo):
     assert processes_of(demo.data_dir) == []
 
 
+CONTROL_WHILE_BUSY = """
+import json, time
+from celery import states
+from example.celery import app
+from demo.tasks import sleep
+ids = [sleep.apply_async(args=[60]).id for _ in range(3)]  # the pool's 2, and one more
+time.sleep(4)  # all three received: both pool processes run a sleep
+inspector = app.control.inspect(timeout=3)
+active = [t["id"] for tasks in (inspector.active() or {}).values() for t in tasks]
+pings = app.control.ping(timeout=3)
+replies = app.control.revoke(ids, terminate=True, reply=True, timeout=3)
+print(json.dumps({"active": [i for i in ids if i in active], "pings": pings,
+                  "revoke": replies}))
+"""
+
+
+def test_the_demos_worker_answers_control_commands_while_its_pool_is_busy(demo):
+    """Terminate is for tasks that keep the pool busy: the worker must read the command
+    then, not once a task ends (which it did on the folder broker, whose worker has no
+    event loop, until it stopped waiting for a free process before handing a task on)."""
+    process = demo()
+    wait_for(
+        lambda: "online" in demo.output.read_text(),
+        timeout=60,
+        message="the demo's worker to be online",
+    )
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "example.settings",
+        "PYTHONPATH": str(ROOT / "example"),
+        "DEMO_DATA_DIR": str(demo.data_dir),
+    }
+    manage = [sys.executable, str(ROOT / "example" / "manage.py")]
+    done = subprocess.run(
+        [*manage, "shell", "-c", CONTROL_WHILE_BUSY],
+        env=env, capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    answers = json.loads(done.stdout.strip().splitlines()[-1])
+    assert len(answers["pings"]) == 1, answers  # answered at once
+    assert len(answers["active"]) == 2, answers  # while the pool was full
+    assert answers["revoke"] and "ok" in next(iter(answers["revoke"][0].values())), answers
+    # The terminated sleeps end at once: a warm shutdown does not wait a minute for them.
+    process.send_signal(signal.SIGINT)
+    assert process.wait(30) == 0
+
+
 def test_the_demo_says_which_process_stopped_and_stops_the_others(demo):
     process = demo()
     wait_for(

@@ -90,6 +90,11 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {
     "control_folder": str(BROKER_DIR / "control"),
     "polling_interval": 0.1,
 }
+# The folder broker has no event loop: Celery's worker then waits, in the loop that also
+# reads the control commands, for a free pool process before it hands a task on. With both
+# busy, terminate, ping and the worker page went unanswered until a task ended. Without the
+# wait, received tasks queue in the pool, and the worker answers at once.
+CELERY_WORKER_POOL_PUTLOCKS = False
 CELERY_WORKER_SEND_TASK_EVENTS = True
 CELERY_TASK_SEND_SENT_EVENT = True
 CELERY_TASK_IGNORE_RESULT = True
