@@ -4,6 +4,7 @@ recorded, and the exception type of a failure (the dashboard links to it)."""
 from __future__ import annotations
 
 from django.contrib import admin
+from django.contrib.admin.options import IncorrectLookupParameters
 from django.db import connections
 from django.db.models import Q
 from django.utils import formats
@@ -105,7 +106,7 @@ class WorkerFilter(admin.SimpleListFilter):
         if self.value():
             pk = self.worker_pk()
             if pk is None:
-                return queryset.none()
+                raise IncorrectLookupParameters(f"Not a worker's key: {self.value()!r}")
             return queryset.filter(worker_id=pk)
         return queryset
 
@@ -122,6 +123,8 @@ class LostFilter(admin.SimpleListFilter):
     def queryset(self, request, queryset):
         if self.value() in ("0", "1"):
             return queryset.filter(lost=self.value() == "1")
+        if self.value():
+            raise IncorrectLookupParameters(f"lost is 0 or 1, not {self.value()!r}")
         return queryset
 
 
@@ -160,6 +163,8 @@ class UnnamedFilter(admin.SimpleListFilter):
     def queryset(self, request, queryset):
         if self.value() == "1":
             return queryset.filter(Q(name=None) | Q(name=""))
+        if self.value():
+            raise IncorrectLookupParameters(f"unnamed is 1, not {self.value()!r}")
         return queryset
 
 
