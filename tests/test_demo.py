@@ -112,9 +112,14 @@ from celery import states
 from example.celery import app
 from demo.tasks import sleep
 ids = [sleep.apply_async(args=[60]).id for _ in range(3)]  # the pool's 2, and one more
-time.sleep(4)  # all three received: both pool processes run a sleep
+# The demo's own sleeps (up to 8 s) may hold a process first: wait until ours fill the pool.
 inspector = app.control.inspect(timeout=3)
-active = [t["id"] for tasks in (inspector.active() or {}).values() for t in tasks]
+deadline = time.monotonic() + 30
+while True:
+    active = [t["id"] for tasks in (inspector.active() or {}).values() for t in tasks]
+    if sum(i in active for i in ids) >= 2 or time.monotonic() > deadline:
+        break
+    time.sleep(0.5)
 pings = app.control.ping(timeout=3)
 replies = app.control.revoke(ids, terminate=True, reply=True, timeout=3)
 print(json.dumps({"active": [i for i in ids if i in active], "pings": pings,
@@ -141,7 +146,7 @@ def test_the_demos_worker_answers_control_commands_while_its_pool_is_busy(demo):
     manage = [sys.executable, str(ROOT / "example" / "manage.py")]
     done = subprocess.run(
         [*manage, "shell", "-c", CONTROL_WHILE_BUSY],
-        env=env, capture_output=True, text=True, timeout=60, check=True,
+        env=env, capture_output=True, text=True, timeout=90, check=True,
     )  # fmt: skip
     answers = json.loads(done.stdout.strip().splitlines()[-1])
     assert len(answers["pings"]) == 1, answers  # answered at once
