@@ -580,6 +580,30 @@ def test_revoke_by_name_of_an_offline_worker_says_it_did_not_answer(
     assert re.fullmatch(r"Revoked 1 waiting task of proj\.add \(no answer in [\d.]+ s\)", text)
 
 
+def test_revoke_by_name_that_no_worker_answered_says_it_was_sent_not_done(
+    admin_client, inspected, monkeypatch
+):
+    monkeypatch.setattr(
+        control, "revoke_waiting", lambda task_ids, app=None, expected=None: control.Answer({}, {})
+    )
+    worker = make_worker("w1@test")
+    task = make_task("RECEIVED", name="proj.add", worker=worker)
+
+    response = post_control(admin_client, worker, "revoke_waiting", task_name="proj.add")
+
+    [text] = messages_of(response)
+    assert re.fullmatch(
+        r"Revoke sent for 1 waiting task of proj\.add, but no worker answered in [\d.]+ s: "
+        r"nothing says it was applied\. A worker that reads it later applies it then\.",
+        text,
+    ), text
+    [(_user, logged)] = history(admin_client, worker)
+    assert re.fullmatch(
+        r"Revoke sent for 1 waiting task of proj\.add; no worker answered in [\d.]+ s", logged
+    ), logged
+    assert history(admin_client, task) == [("admin", "Revoke sent; no worker answered")]
+
+
 def test_revoke_by_name_finds_the_tasks_without_asking_the_worker(
     admin_client, inspected, revoked
 ):

@@ -546,6 +546,9 @@ class WorkerMonitor(ModelMonitor):
         )
         if answer is None:
             return
+        if not answer.replies:
+            self._report_unanswered_revoke_waiting(request, worker, name, tasks, more)
+            return
         done = ngettext(
             "Revoked %(count)d waiting task of %(name)s",
             "Revoked %(count)d waiting tasks of %(name)s",
@@ -572,21 +575,47 @@ class WorkerMonitor(ModelMonitor):
             }
         _log(request, [worker], log)
         _log(request, tasks, gettext("Revoked"))
-        if answer.replies:
-            who = "; ".join(
-                gettext("%(host)s in %(ms).1f ms") % {"host": host, "ms": ms}
-                for host, ms in sorted(answer.ms.items(), key=lambda item: item[1])
+        who = "; ".join(
+            gettext("%(host)s in %(ms).1f ms") % {"host": host, "ms": ms}
+            for host, ms in sorted(answer.ms.items(), key=lambda item: item[1])
+        )
+        text = ngettext(
+            "%(done)s: %(count)d worker acknowledged: %(who)s.",
+            "%(done)s: %(count)d workers acknowledged: %(who)s.",
+            len(answer.replies),
+        ) % {"done": done, "count": len(answer.replies), "who": who}
+        self.message_user(request, text, messages.SUCCESS)
+
+    def _report_unanswered_revoke_waiting(
+        self,
+        request: HttpRequest,
+        worker: WorkerState,
+        name: str,
+        tasks: list[TaskState],
+        more: bool,
+    ) -> None:
+        """No worker acknowledged the revoke: it was sent, and nothing says it was applied."""
+        timeout = _timeout(self.get_celery_app())
+        sent = ngettext(
+            "Revoke sent for %(count)d waiting task of %(name)s",
+            "Revoke sent for %(count)d waiting tasks of %(name)s",
+            len(tasks),
+        ) % {"count": len(tasks), "name": name}
+        if more:
+            sent += gettext(" (the oldest; more are waiting)")
+        _log(
+            request,
+            [worker],
+            gettext("%(sent)s; no worker answered in %(timeout)s s")
+            % {"sent": sent, "timeout": timeout},
+        )
+        _log(request, tasks, gettext("Revoke sent; no worker answered"))
+        self.message_user(
+            request,
+            gettext(
+                "%(sent)s, but no worker answered in %(timeout)s s: nothing says it was "
+                "applied. A worker that reads it later applies it then."
             )
-            text = ngettext(
-                "%(done)s: %(count)d worker acknowledged: %(who)s.",
-                "%(done)s: %(count)d workers acknowledged: %(who)s.",
-                len(answer.replies),
-            ) % {"done": done, "count": len(answer.replies), "who": who}
-            self.message_user(request, text, messages.SUCCESS)
-        else:
-            self.message_user(
-                request,
-                gettext("%(done)s: no worker answered in %(timeout)s s.")
-                % {"done": done, "timeout": _timeout(self.get_celery_app())},
-                messages.WARNING,
-            )
+            % {"sent": sent, "timeout": timeout},
+            messages.WARNING,
+        )
