@@ -437,6 +437,30 @@ def test_after_a_shot_the_state_forgets_the_finished_tasks_only(state, camera):
     assert row(done).state == "SUCCESS"
 
 
+def test_a_forgotten_task_is_freed_without_the_garbage_collector(state, camera):
+    # Celery's Task refers to itself; a camera with thousands of finished tasks a second
+    # would leave them all to the collector, which then walks them again and again.
+    import gc
+    import weakref
+
+    parent, child = new_id(), new_id()
+    feed(state, events.received(parent), events.started(parent), events.succeeded(parent),
+         events.received(child, parent_id=parent, root_id=parent),
+         events.succeeded(child))  # fmt: skip
+    refs = [weakref.ref(state.tasks[parent]), weakref.ref(state.tasks[child])]
+    kept = state.tasks[child]  # held by someone else: it still works
+    gc.disable()
+    try:
+        shutter(camera)
+        assert refs[0]() is None
+        assert kept.as_dict()["uuid"] == child
+    finally:
+        gc.enable()
+    del kept
+    assert refs[1]() is None
+    assert row(child).state == "SUCCESS" and row(parent).state == "SUCCESS"
+
+
 def test_a_camera_that_keeps_finished_tasks_keeps_them(state, app):
     camera = Camera(state, app=app)
     camera.clear_after = False

@@ -66,6 +66,9 @@ UNAVAILABLE = (OperationalError, InterfaceError, ProgrammingError)
 REFUSED = (DatabaseError, ValueError, TypeError, OverflowError)
 #: The largest value of a 64-bit column.
 MAX_BIGINT = 2**63 - 1
+#: What a forgotten task of Celery's State serializes with: nothing of its own (see
+#: :meth:`Camera._forget_finished`). ``Task.as_dict`` still works, as for Celery's defaults.
+_NO_SERIALIZERS: dict = {}
 #: Past this many workers remembered, those not heard of for ``FORGET_WORKERS_AFTER``
 #: seconds are forgotten (their rows stay).
 REMEMBERED_WORKERS = 2_000
@@ -968,6 +971,9 @@ class Camera(Polaroid):
             task = tasks.data.get(uuid) if hasattr(tasks, "data") else tasks.get(uuid)
             if task is not None and task.state in ready:
                 tasks.pop(uuid, None)
+                # Celery's Task refers to itself (its serializers are its bound methods):
+                # unlinked, it is freed now, not by a collection walking every such task.
+                task._serializer_handlers = _NO_SERIALIZERS
         state.workers.clear()
         heap = getattr(state, "_taskheap", None)  # the events in time order (tasks_by_time)
         if isinstance(heap, list):
