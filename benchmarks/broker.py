@@ -153,7 +153,11 @@ def camera_process(
         common.configure_django(database)
         from celery import Celery
 
-        from django_celery_monitor.runner import MonitorRunner
+        from django_celery_monitor.runner import MonitorRunner, tune_garbage_collector
+
+        # The process settings the command makes (its garbage collector's threshold): this
+        # process runs a camera alone, until it ends.
+        tune_garbage_collector()
 
         counts = {"messages": 0, "shots": 0.0}
         heard = threading.Event()
