@@ -307,7 +307,7 @@ def test_rate_limit_confirmation(page, live_server, redis_url):
 @pytest.mark.e2e
 def test_revoke_a_task_waiting_on_a_real_worker(page, live_server, camera, celery_worker):
     worker = celery_worker("browser-1@test")
-    result = tasks.sleep.apply_async((1,), countdown=8)
+    result = tasks.sleep.apply_async((1,), countdown=12)
     wait_for(
         lambda: TaskState.objects.filter(task_id=result.id, state="RECEIVED").exists(),
         message="the camera to record the waiting task",
@@ -470,8 +470,9 @@ def test_live_refresh_shows_a_task_finishing_on_a_real_worker(
 @pytest.mark.e2e
 def test_the_page_of_a_real_worker(open_page, live_server, camera, celery_worker):
     node = celery_worker("browser-3@test")
-    running = tasks.sleep.delay(4)
-    held = tasks.add.apply_async((2, 2), countdown=6)
+    # Long enough for a slow machine: the page must see the one running, the other held.
+    running = tasks.sleep.delay(30)
+    held = tasks.add.apply_async((2, 2), countdown=12)
     wait_for(
         lambda: (
             TaskState.objects.filter(task_id=running.id, state="STARTED").exists()
@@ -516,6 +517,7 @@ def test_the_page_of_a_real_worker(open_page, live_server, camera, celery_worker
         timeout=30,
         message="the held task to run",
     )
+    tasks.add.app.control.revoke(running.id, terminate=True)  # the worker stops at once
 
 
 def test_a_live_list_that_was_empty_fills_and_a_logged_out_one_says_so(page, live_server):

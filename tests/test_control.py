@@ -106,7 +106,7 @@ def test_retry_really_sends(app, redis_url):
 def test_revoke_with_no_worker_returns_no_reply(app, redis_url):
     start = time.monotonic()
     assert control.revoke(["a", "b"], app=app) == {}
-    assert time.monotonic() - start < 3
+    assert time.monotonic() - start < 5  # its timeout (1 s), not a wait without end
 
 
 def test_revoke_of_nothing_sends_nothing(broker_down):
@@ -247,8 +247,8 @@ def test_inspect_asks_every_command_at_once(app, redis_url):
     start = time.monotonic()
     answers = control.inspect("nobody@test", app=app)
 
-    # One timeout for all of them, not one a command.
-    assert time.monotonic() - start < 2.5
+    # One timeout (1 s) for all of them, not one a command (8 s).
+    assert time.monotonic() - start < 4
     assert list(answers) == list(control.INSPECT_COMMANDS)
     assert all(answer == control.Answer() for answer in answers.values())
 

@@ -27,7 +27,8 @@ def test_tasks_and_workers_are_recorded(camera, celery_worker):
     ok = tasks.add.delay(2, 3)
     failed = tasks.fail.delay("kaput")
     retried = tasks.retry_then_succeed.delay(until=1)
-    waiting = tasks.sleep.apply_async((30,), countdown=3)
+    # Revoked below, before its countdown ends (which a slow machine must not miss).
+    waiting = tasks.sleep.apply_async((30,), countdown=12)
     running = tasks.sleep.delay(30)
 
     row = wait_for(task_in_state(ok.id, "SUCCESS"), message="the add task to succeed")
@@ -54,7 +55,7 @@ def test_tasks_and_workers_are_recorded(camera, celery_worker):
     assert row.eta is not None
     celery_app = tasks.add.app
     celery_app.control.revoke(waiting.id)  # revoked when its countdown is over
-    row = wait_for(task_in_state(waiting.id, "REVOKED"), message="the revoke")
+    row = wait_for(task_in_state(waiting.id, "REVOKED"), timeout=40, message="the revoke")
     assert row.name == "tests.tasks.sleep"  # the late event did not blank it
 
     wait_for(task_in_state(running.id, "STARTED"), message="the sleep task to start")

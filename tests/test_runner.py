@@ -304,13 +304,14 @@ def test_a_task_that_ends_while_the_camera_is_away_is_settled_from_the_result_ba
     runner = start_camera()
     try:
         worker.wait_ready(app=app)
-        result = app.send_task("tests.tasks.sleep", (2,))
+        # Long enough for the camera to stop before it ends, on a slow machine too.
+        result = app.send_task("tests.tasks.sleep", (6,))
         wait_for(
             lambda: TaskState.objects.filter(task_id=result.id, state="STARTED").exists(),
             message="the task to start",
         )
         stop_runner(runner)  # the camera goes away; on Redis, the task's last events are lost
-        assert result.get(timeout=30) == 2
+        assert result.get(timeout=30) == 6
         assert TaskState.objects.get(task_id=result.id).state == "STARTED"
 
         start_camera()
@@ -318,7 +319,7 @@ def test_a_task_that_ends_while_the_camera_is_away_is_settled_from_the_result_ba
             lambda: TaskState.objects.filter(task_id=result.id, state="SUCCESS").first(),
             message="the task to be settled from the result backend",
         )
-        assert (row.result, row.note) == ("2", RECONCILED_NOTE)
+        assert (row.result, row.note) == ("6", RECONCILED_NOTE)
     finally:
         worker.stop()
 
