@@ -289,7 +289,8 @@ def test_a_task_that_ends_while_the_camera_is_away_is_settled_from_the_result_ba
     from django_celery_monitor.writer import RECONCILED_NOTE
     from tests.conftest import WorkerProcess
 
-    backend = redis_url.rsplit("/", 1)[0] + "/14"
+    # This test process's own Redis database (another test process may use and empty others).
+    backend = redis_url
     app = Celery("reconcile", broker=redis_url, backend=backend)
     queue_name = f"celery_monitor.reconcile-{uuidlib.uuid4().hex[:8]}"
 
