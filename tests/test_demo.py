@@ -66,6 +66,7 @@ def demo(tmp_path):
 
     start.output = output
     start.data_dir = tmp_path
+    start.env, start.manage = env, manage
     yield start
     for process in started:
         if process.poll() is None:
@@ -135,16 +136,9 @@ def test_the_demos_worker_answers_control_commands_while_its_pool_is_busy(demo):
         timeout=60,
         message="the demo's worker to be online",
     )
-    env = {
-        **os.environ,
-        "DJANGO_SETTINGS_MODULE": "example.settings",
-        "PYTHONPATH": str(ROOT / "example"),
-        "DEMO_DATA_DIR": str(demo.data_dir),
-    }
-    manage = [sys.executable, str(ROOT / "example" / "manage.py")]
     done = subprocess.run(
-        [*manage, "shell", "-c", CONTROL_WHILE_BUSY],
-        env=env, capture_output=True, text=True, timeout=90, check=True,
+        [*demo.manage, "shell", "-c", CONTROL_WHILE_BUSY],
+        env=demo.env, capture_output=True, text=True, timeout=90, check=True,
     )  # fmt: skip
     answers = json.loads(done.stdout.strip().splitlines()[-1])
     assert len(answers["pings"]) == 1, answers  # answered at once
