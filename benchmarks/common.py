@@ -22,7 +22,7 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -738,9 +738,11 @@ def feed_with_shots(
     events: list[dict],
     shot: int,
     inline: bool = False,
+    due: Collection[int] | None = None,
 ) -> None:
     """Feed ``events`` to ``handle`` with a shot (``capture``) every ``shot`` events and one
-    at the end; return when the last shot is written.
+    at the end; return when the last shot is written. With ``due``, the shots come after the
+    events of those counts instead (1 for the first event).
 
     The shots run on a thread of their own, as a camera's timer takes them while its
     receiver goes on handling events: a shot that comes due while the previous one is still
@@ -749,21 +751,23 @@ def feed_with_shots(
     writes after releasing it does not. ``inline`` takes every shot on the feeding thread
     instead, with the events waiting for each.
     """
+    if due is None:
+        due = set(range(shot, len(events) + 1, shot))
     if inline:
         for count, event in enumerate(events, 1):
             handle(event)
-            if count % shot == 0:
+            if count in due:
                 capture()
         capture()
         return
-    due, last = threading.Event(), threading.Event()
+    wanted, last = threading.Event(), threading.Event()
     failed: list[BaseException] = []
 
     def shooter() -> None:
         try:
             while True:
-                due.wait()
-                due.clear()
+                wanted.wait()
+                wanted.clear()
                 ending = last.is_set()
                 capture()
                 if ending:
@@ -775,24 +779,30 @@ def feed_with_shots(
     thread.start()
     for count, event in enumerate(events, 1):
         handle(event)
-        if count % shot == 0:
-            due.set()
+        if count in due:
+            wanted.set()
             if failed:
                 break
     last.set()
-    due.set()
+    wanted.set()
     thread.join()
     if failed:
         raise failed[0]
 
 
-def feed_camera(camera: Any, events: list[dict], shot: int, inline: bool = False) -> None:
-    """Feed ``events`` to the camera's state with a forced shot every ``shot`` events
-    (:func:`feed_with_shots`), in a process set up as the camera's command sets its own
-    (:func:`camera_process`)."""
+def feed_camera(
+    camera: Any,
+    events: list[dict],
+    shot: int,
+    inline: bool = False,
+    due: Collection[int] | None = None,
+) -> None:
+    """Feed ``events`` to the camera's state with a forced shot every ``shot`` events (or
+    after those ``due``: :func:`feed_with_shots`), in a process set up as the camera's
+    command sets its own (:func:`camera_process`)."""
     with camera_process():
         feed_with_shots(
-            camera.state.event, lambda: camera.capture(force=True), events, shot, inline
+            camera.state.event, lambda: camera.capture(force=True), events, shot, inline, due
         )
 
 
@@ -922,6 +932,24 @@ def shard_process(database, stream_params, shard, shot, inline, ready, go, resul
     def prepare() -> Callable[[], None]:
         camera, events = _prepared_camera(database, stream_params, shard)
         return lambda: feed_camera(camera, events, shot, inline)
+
+    _timed_process(prepare, ready, go, results, finish=close_connections)
+
+
+def split_process(database, stream_params, shard, shot, inline, ready, go, results) -> None:
+    """One camera of a split that costs the cameras nothing: as :func:`shard_process`, but
+    fed only the events its shard keeps (its own tasks' and every worker's), picked out
+    before the clock starts, with its shots after the same events of the stream."""
+
+    def prepare() -> Callable[[], None]:
+        camera, events = _prepared_camera(database, stream_params, shard)
+        keeps, own, due = camera.shard.keeps, [], set()
+        for position, event in enumerate(events, 1):
+            if keeps(event):
+                own.append(event)
+            if position % shot == 0 and own:
+                due.add(len(own))
+        return lambda: feed_camera(camera, own, shot, inline, due)
 
     _timed_process(prepare, ready, go, results, finish=close_connections)
 

@@ -26,7 +26,11 @@ times the work of one; no split of the camera can gain more than that. Nor can i
 back the part of the second core one camera already keeps busy (its shots and the
 database server work while its events are handled): it prints how many cores one camera
 kept busy (the CPU time of its process and of the database servers running here, over
-the wall time), and the bound both make, the ceiling over those cores.
+the wall time), and the bound both make, the ceiling over those cores. And it times a
+split that costs the cameras nothing: N cameras each fed only its own shard's events
+(picked out before the clock starts), with their shots after the same events. Its gain
+over one camera is the most sharding can gain here; the shards' time against its time is
+what sharding itself costs (every shard reads every event, and writes every worker).
 
 Runs are interleaved (one of each per round, in a rotating order) and the medians of
 ``--rounds`` rounds are printed, with the median of the per-round ratios. Each run of
@@ -331,7 +335,11 @@ def measure_shards(db: common.Database, stream: common.Stream, options) -> dict 
     In the same rounds, the machine's own ceiling: ``--shards`` processes that each feed the
     whole stream to a bare Celery State (independent CPU-bound work, nothing shared) against
     one. Its gain is the most any split of the work into processes can get here and now:
-    virtual cores shared with other machines often give much less than one core each.
+    virtual cores shared with other machines often give much less than one core each. And a
+    split that costs the cameras nothing: each fed only its own shard's events, picked out
+    before the clock starts (``common.split_process``). The shards' time over its time is
+    what the sharding itself costs (each shard reading every event, and writing every
+    worker); its gain over one camera is the most sharding can gain on this database here.
     """
     n = options.shards
     if not common.shards_supported():
@@ -339,6 +347,7 @@ def measure_shards(db: common.Database, stream: common.Stream, options) -> dict 
         return None
     times: dict[int, list[float]] = {1: [], n: []}
     alone: dict[int, list[float]] = {1: [], n: []}
+    split: list[float] = []
     cores: list[float] = []  # what one camera keeps busy
     for round_ in range(options.rounds):
         for count in (1, n) if round_ % 2 == 0 else (n, 1):
@@ -346,15 +355,22 @@ def measure_shards(db: common.Database, stream: common.Stream, options) -> dict 
             times[count].append(seconds)
             if count == 1:
                 cores.append(busy)
+            else:
+                split.append(
+                    shard_run(
+                        db, stream, n, options.shot, options.inline_shots, common.split_process
+                    )[0]
+                )
             alone[count].append(parallel_run(stream, count))
         print(
             f"  shards round {round_ + 1}: 1 camera {times[1][-1]:.2f} s, "
-            f"{n} cameras {times[n][-1]:.2f} s; bare State: 1 process {alone[1][-1]:.2f} s, "
-            f"{n} processes {alone[n][-1]:.2f} s",
+            f"{n} cameras {times[n][-1]:.2f} s, a free split {split[-1]:.2f} s; bare State: "
+            f"1 process {alone[1][-1]:.2f} s, {n} processes {alone[n][-1]:.2f} s",
             flush=True,
         )
     one, many = common.median(times[1]), common.median(times[n])
     speedup = common.median([a / b for a, b in zip(times[1], times[n], strict=True)])
+    free = common.median([a / b for a, b in zip(times[1], split, strict=True)])
     # n processes did n times the work of one: their gain in throughput.
     ceiling = common.median([n * a / b for a, b in zip(alone[1], alone[n], strict=True)])
     print(
@@ -378,7 +394,20 @@ def measure_shards(db: common.Database, stream: common.Stream, options) -> dict 
         f"  shards/bound {common.ratio(speedup / bound)}",
         flush=True,
     )
-    return {"one": one, "many": many, "speedup": speedup, "ceiling": ceiling, "bound": bound}
+    print(
+        f"{options.backend:<11}a free split: {n} cameras fed only their own shard's events "
+        f"{common.median(split):.2f} s  speed-up {common.ratio(free)} (the most sharding can "
+        f"gain here)  shards/free split {common.ratio(speedup / free)}",
+        flush=True,
+    )
+    return {
+        "one": one,
+        "many": many,
+        "speedup": speedup,
+        "ceiling": ceiling,
+        "bound": bound,
+        "free": free,
+    }
 
 
 def parallel_run(stream: common.Stream, count: int) -> float:
@@ -387,14 +416,17 @@ def parallel_run(stream: common.Stream, count: int) -> float:
 
 
 def shard_run(
-    db: common.Database, stream: common.Stream, count: int, shot: int, inline: bool
+    db: common.Database,
+    stream: common.Stream,
+    count: int,
+    shot: int,
+    inline: bool,
+    target: Any = common.shard_process,
 ) -> tuple[float, float]:
-    """``count`` camera processes (shards) on one database: the wall time, and how many
-    cores they kept busy meanwhile, with the database server's (its CPU time over the
-    wall time)."""
-    seconds, cpu, server, _ = common.camera_processes(
-        db, stream, count, common.shard_process, shot, inline
-    )
+    """``count`` camera processes (shards; ``target`` runs each) on one database: the wall
+    time, and how many cores they kept busy meanwhile, with the database server's (its CPU
+    time over the wall time)."""
+    seconds, cpu, server, _ = common.camera_processes(db, stream, count, target, shot, inline)
     return seconds, (cpu + server) / seconds
 
 
@@ -474,7 +506,8 @@ def summary(results: list[dict], skipped: dict[str, str]) -> None:
             if "ceiling" in shards:
                 text += (
                     f" (the machine's ceiling {common.ratio(shards['ceiling'])}, the most "
-                    f"shards can gain {common.ratio(shards['bound'])})"
+                    f"shards can gain {common.ratio(shards['bound'])}, a free split "
+                    f"{common.ratio(shards['free'])})"
                 )
         parts.append(text)
     parts += [f"{backend}: skipped" for backend in skipped]

@@ -75,7 +75,31 @@ def test_ingest_compares_shards_with_one_camera_and_the_machines_ceiling():
     assert "shards: 1 camera" in output
     assert "machine: 2 processes of independent work did" in output
     assert "one camera kept " in output and "the most 2 shards can gain here is" in output
+    # The split that costs the cameras nothing recorded every task too (else ERROR).
+    assert "a free split: 2 cameras fed only their own shard's events" in output
     assert "shards speed-up" in line and "the machine's ceiling" in line
+    assert "a free split" in line
+
+
+def test_shots_come_after_every_shot_events_or_after_those_due():
+    sys.path.insert(0, str(BENCHMARKS))
+    import common
+
+    seen: list[int] = []
+    shots: list[int] = []
+
+    def feed(**kwargs):
+        seen.clear()
+        shots.clear()
+        common.feed_with_shots(
+            seen.append, lambda: shots.append(len(seen)), list(range(10)), 4, **kwargs
+        )
+        return shots
+
+    assert feed(inline=True) == [4, 8, 10]
+    assert feed(inline=True, due={1, 7}) == [1, 7, 10]
+    # On a thread of their own the shots come while the events go on: the last is after all.
+    assert feed(due={1, 7})[-1] == 10 and len(shots) <= 3
 
 
 def test_rate_finds_the_highest_rate_one_camera_and_two_shards_keep_up_with():
