@@ -939,10 +939,15 @@ def shard_process(database, stream_params, shard, shot, inline, ready, go, resul
 def split_process(database, stream_params, shard, shot, inline, ready, go, results) -> None:
     """One camera of a split that costs the cameras nothing: as :func:`shard_process`, but
     fed only the events its shard keeps (its own tasks' and every worker's), picked out
-    before the clock starts, with its shots after the same events of the stream."""
+    before the clock starts and not checked again, with its shots after the same events of
+    the stream."""
 
     def prepare() -> Callable[[], None]:
         camera, events = _prepared_camera(database, stream_params, shard)
+        # The shard's filter comes first in the state's handler: it has nothing to drop.
+        if camera.state.event.__name__ != "in_shard":
+            raise RuntimeError("the camera's handler does not begin with its shard's filter")
+        camera.state.event = camera.state.event.__wrapped__
         keeps, own, due = camera.shard.keeps, [], set()
         for position, event in enumerate(events, 1):
             if keeps(event):
