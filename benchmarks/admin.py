@@ -342,8 +342,10 @@ def pages() -> list[tuple[str, str, str | None]]:
     worker = WorkerState.objects.get(hostname=WORKERS[3])
     name = TASK_NAMES[4][0]
     when = timezone.localtime(task.tstamp)
-    today = timezone.localdate()
-    week = f"tstamp__gte={today - timedelta(days=7)}&tstamp__lt={today + timedelta(days=1)}"
+    # As the filter's "Past 7 days" link has it: local midnights, with their offset.
+    today = timezone.localtime().replace(hour=0, minute=0, second=0, microsecond=0)
+    since, until = quote(str(today - timedelta(days=7))), quote(str(today + timedelta(days=1)))
+    week = f"tstamp__gte={since}&tstamp__lt={until}"
     day = f"tstamp__year={when.year}&tstamp__month={when.month}&tstamp__day={when.day}"
     return [
         ("task list", tasks, None),
