@@ -50,6 +50,31 @@ def row(task_id) -> TaskState:
     return TaskState.objects.get(task_id=task_id)
 
 
+@pytest.mark.parametrize("split", ["shots", "cameras"])
+def test_a_task_revoked_by_two_workers_keeps_the_later_revoke_however_the_events_split(
+    state, camera, app, split
+):
+    """The later of two task-revoked events decides the row's time and worker, whether the
+    earlier one comes after it in another shot, or to another camera writing after it."""
+    tid, now = new_id(), time.time()
+    feed(state, events.received(tid, ts=now - 9))
+    feed(state, events.task_event("revoked", tid, hostname="w1@h", ts=now - 4, terminated=True))
+    shutter(camera)
+    late = events.task_event("revoked", tid, hostname="w2@h", ts=now - 5, terminated=False)
+    if split == "shots":
+        feed(state, late)
+        shutter(camera)
+    else:
+        other_state = State()
+        other = Camera(other_state, app=app)
+        feed(other_state, late)
+        shutter(other)
+    task = row(tid)
+    assert task.state == "REVOKED"
+    assert task.tstamp.timestamp() == pytest.approx(now - 4)
+    assert task.worker.hostname == "w1@h"
+
+
 def test_camera_without_app_uses_the_current_app(state, app):
     app.set_current()
     assert Camera(state).app is app

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import uuid as uuidlib
 from collections.abc import Iterator
@@ -95,6 +96,24 @@ def test_writing_a_row_twice_changes_nothing(sequence):
     for incoming in sequence:
         write_snapshot({}, {task_id: incoming})
     assert recorded(task_id) == once
+
+
+@pytest.mark.parametrize("state", ["SUCCESS", "FAILURE", "REVOKED"])
+@pytest.mark.parametrize("order", list(itertools.permutations(range(3))))
+def test_the_same_finished_state_twice_keeps_the_later_event_in_any_order(state, order):
+    """A task revoked by two workers, or run again: whichever row is written last, the row
+    keeps the later event's time, worker and outcome, as one shot of all the events does."""
+    rows = [
+        {"state": state, "tstamp": T0 + timedelta(seconds=1), "worker": "w1@h", "result": "1"},
+        {"state": state, "tstamp": T0 + timedelta(seconds=3), "worker": "w2@h", "result": "2"},
+        {"state": state, "tstamp": T0 + timedelta(seconds=2), "worker": "w1@h", "result": "x"},
+    ]
+    task_id = str(uuidlib.uuid4())
+    for index in order:
+        write_snapshot({}, {task_id: rows[index]})
+    got = recorded(task_id)
+    assert (got["tstamp"], got["worker"], got["result"]) == (rows[1]["tstamp"], "w2@h", "2")
+    assert got == expected([rows[index] for index in order], hidden_first=False)
 
 
 def test_a_batch_is_a_handful_of_statements_with_no_read_of_the_tasks():

@@ -136,7 +136,9 @@ def incoming_state_wins(
 
     A finished state (SUCCESS, FAILURE, REVOKED) always beats an unfinished one, and among
     finished states Celery's precedence decides (SUCCESS, then FAILURE, then REVOKED): a late
-    or redelivered event never takes a finished task back. PENDING (a client's task-sent)
+    or redelivered event never takes a finished task back. Of the same finished state twice
+    (a task revoked by two workers, or run again), the later event wins, as in the camera's
+    own notes, however the shots or the cameras split the events. PENDING (a client's task-sent)
     beats no other state, whatever the times: the client times it by its own clock, and
     after it sent the message, so it may come later than the worker's received or started.
     Among the other unfinished states the later event wins (a retried task is received and
@@ -147,11 +149,13 @@ def incoming_state_wins(
     if current is None:
         return True
     old, new = state_rank(current), state_rank(incoming)
+    then, now = _instant(current_tstamp), _instant(incoming_tstamp)
     if old >= READY_RANK or new >= READY_RANK:
+        if new == old and then is not None and now is not None:
+            return now >= then
         return new >= old
     if (current == states.PENDING) != (incoming == states.PENDING):
         return incoming != states.PENDING
-    then, now = _instant(current_tstamp), _instant(incoming_tstamp)
     if then is not None and now is not None and then != now:
         return now > then
     if states.RETRY in (current, incoming) and then is None:
@@ -291,7 +295,9 @@ def task_upsert_sql(
     pending = _literal(states.PENDING)
     wins = (
         f"(CASE WHEN {new_rank} >= {READY_RANK} OR {old_rank} >= {READY_RANK}"
-        f" THEN {new_rank} >= {old_rank}"
+        # The same finished state twice: the later event (incoming_state_wins).
+        f" THEN (CASE WHEN {new_rank} = {old_rank} THEN {new('tstamp')} >= {old('tstamp')}"
+        f" ELSE {new_rank} > {old_rank} END)"
         # A client's PENDING beats no other state, whatever its time (incoming_state_wins).
         f" WHEN ({new('state')} = {pending}) <> ({old('state')} = {pending})"
         f" THEN {new('state')} <> {pending}"
