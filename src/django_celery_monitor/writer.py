@@ -151,7 +151,7 @@ def incoming_state_wins(
     old, new = state_rank(current), state_rank(incoming)
     then, now = _instant(current_tstamp), _instant(incoming_tstamp)
     if old >= READY_RANK or new >= READY_RANK:
-        if new == old and then is not None and now is not None:
+        if current == incoming and then is not None and now is not None:
             return now >= then
         return new >= old
     if (current == states.PENDING) != (incoming == states.PENDING):
@@ -296,7 +296,7 @@ def task_upsert_sql(
     wins = (
         f"(CASE WHEN {new_rank} >= {READY_RANK} OR {old_rank} >= {READY_RANK}"
         # The same finished state twice: the later event (incoming_state_wins).
-        f" THEN (CASE WHEN {new_rank} = {old_rank} THEN {new('tstamp')} >= {old('tstamp')}"
+        f" THEN (CASE WHEN {new('state')} = {old('state')} THEN {new('tstamp')} >= {old('tstamp')}"
         f" ELSE {new_rank} > {old_rank} END)"
         # A client's PENDING beats no other state, whatever its time (incoming_state_wins).
         f" WHEN ({new('state')} = {pending}) <> ({old('state')} = {pending})"
