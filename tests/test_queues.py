@@ -16,6 +16,7 @@ from kombu import Queue as KombuQueue
 
 from django_celery_monitor import queues, stats
 from django_celery_monitor.models import QueueSample
+from tests.conftest import wait_for
 from tests.test_admin import XSS, staff
 
 UTC = dt_timezone.utc  # datetime.UTC from Python 3.11 on
@@ -133,9 +134,7 @@ def test_a_broker_that_does_not_answer_leaves_a_gap(monkeypatch, redis_url):
     again = sampler.measure()
     assert again[0].note == "the previous measure is still waiting for the broker"
     release.set()
-    deadline = time.monotonic() + 10
-    while sampler._busy.locked() and time.monotonic() < deadline:
-        time.sleep(0.05)  # the stuck measure ends
+    wait_for(lambda: not sampler._busy.locked(), timeout=10, message="the stuck measure to end")
     assert sampler.measure()[0].messages == 1
     row = QueueSample.objects.get()
     assert (row.queue, row.messages, row.note) == ("celery", None, measures[0].note)
